@@ -1,0 +1,182 @@
+"""All configuration, in one pydantic-settings model read once at start-up.
+
+Every field comes from an environment variable ``MODSTREAM_<FIELD>`` (the API key and base URL
+also from the SDK's own ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``). ``load_settings`` turns a
+validation failure into a :class:`~consumer.errors.ConfigError` whose message names each bad
+field, so the CLI can print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.errors import ConfigError
+
+
+class InputFormat(StrEnum):
+    """How input record values are read."""
+
+    JSON = "json"  # a ModerationRequest object
+    TEXT = "text"  # the whole value is the UTF-8 text; the id is derived from its source
+
+
+class OversizePolicy(StrEnum):
+    """What admit does with a text over the token budget."""
+
+    TRUNCATE = "truncate"  # keep head and tail, mark the verdict truncated
+    DEAD_LETTER = "dead_letter"
+
+
+class Delivery(StrEnum):
+    """Output delivery guarantee."""
+
+    AT_LEAST_ONCE = "at_least_once"
+    EXACTLY_ONCE = "exactly_once"
+
+
+class LogFormat(StrEnum):
+    """Log rendering: JSON lines for machines, coloured console for people, auto by TTY."""
+
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """modstream's configuration. Field docs are the reference for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODSTREAM_",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = "localhost:9092"
+    input_topic: str = "moderation.requests"
+    verdict_topic: str = "moderation.verdicts"
+    usage_topic: str = "moderation.usage"
+    dlq_topic: str = "moderation.dead-letters"
+    group_id: str = "modstream"
+    client_id: str = "modstream"
+    auto_offset_reset: str = Field(default="earliest", pattern="^(earliest|latest)$")
+    security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    sasl_mechanism: str | None = Field(
+        default=None, pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    delivery: Delivery = Delivery.AT_LEAST_ONCE
+
+    # Model provider
+    openai_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("MODSTREAM_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MODSTREAM_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    )
+    model: str = "gpt-4o-mini"
+    context_window: PositiveInt = Field(
+        default=128_000, description="Model context in tokens; the prompt must fit inside."
+    )
+    max_tokens: PositiveInt = Field(default=400, description="Completion budget per call.")
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    connect_timeout_s: PositiveFloat = 5.0
+    request_timeout_s: PositiveFloat = 30.0
+    rpm: PositiveInt | None = Field(default=None, description="Client-side requests/minute.")
+    tpm: PositiveInt | None = Field(default=None, description="Client-side tokens/minute.")
+    retry_max_backoff_s: PositiveFloat = 30.0
+
+    # Work window
+    concurrency: PositiveInt = Field(default=32, description="Model calls at once.")
+    max_in_flight: PositiveInt = Field(
+        default=256, description="Messages between fetch and commit; fetching stops when full."
+    )
+    commit_interval_s: PositiveFloat = 1.0
+    shutdown_grace_s: PositiveFloat = 20.0
+
+    # Input handling
+    input_format: InputFormat = InputFormat.JSON
+    max_message_bytes: PositiveInt = Field(
+        default=1_000_000, description="Records larger than this are dead-lettered undecoded."
+    )
+    max_input_tokens: PositiveInt = Field(
+        default=32_000, description="Hard limit on the content's tokens before truncation."
+    )
+    oversize: OversizePolicy = OversizePolicy.TRUNCATE
+    redact_dead_letters: bool = Field(
+        default=False, description="Replace dead-letter payloads by their sha256 only."
+    )
+
+    # Policy and prompt (None: the built-in defaults that ship with modstream)
+    policy_file: Path | None = None
+    prompt_file: Path | None = None
+
+    # Operations
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: LogFormat = LogFormat.AUTO
+    log_content: bool = Field(default=False, description="Log message text (debug only).")
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.concurrency > self.max_in_flight:
+            raise ValueError(
+                f"concurrency ({self.concurrency}) cannot exceed max_in_flight "
+                f"({self.max_in_flight}): calls beyond the window could never start"
+            )
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        if self.max_tokens >= self.context_window:
+            raise ValueError("max_tokens must be smaller than context_window")
+        return self
+
+    @property
+    def max_poll_interval_ms(self) -> int:
+        """Kafka's liveness bound: above the worst case of one message's model time."""
+        worst_s = (self.connect_timeout_s + self.request_timeout_s) * 3 + self.shutdown_grace_s
+        return int(max(300.0, worst_s * 2) * 1000)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus ``overrides``) once; raise ConfigError naming bad fields."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad field: the environment variable, the reason and the given value."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        env = f"MODSTREAM_{loc.upper()}" if loc else "settings"
+        given = err.get("input")
+        shown = "" if loc.endswith(("api_key", "password")) or isinstance(given, dict) else (
+            f" (got {given!r})"
+        )
+        lines.append(f"{env}: {err['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

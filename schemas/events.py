@@ -1,0 +1,177 @@
+"""The event contracts modstream reads and writes.
+
+Downstream services import these models (or read the JSON Schema files generated from them in
+``schemas/json/``). Output models are frozen and reject unknown fields, so a drift between
+producer and consumer is an error rather than a silently ignored field. The model's own reply
+format is private to the classifier and deliberately absent here: a prompt change never breaks
+a downstream consumer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Bumped on any incompatible change of an output model; every event carries it.
+SCHEMA_VERSION = 1
+
+JsonScalar = str | int | float | bool | None
+
+
+class Action(StrEnum):
+    """What the policy says to do with the content."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+
+class ModerationRequest(BaseModel):
+    """One piece of content to moderate, as producers write it to the input topic.
+
+    Unknown fields are ignored so producers can add their own without breaking us.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+    id: Annotated[str, Field(min_length=1, max_length=256, description="Producer's content id.")]
+    text: Annotated[str, Field(min_length=1, description="The content to judge.")]
+    user: Annotated[str | None, Field(max_length=256, description="Author id, if any.")] = None
+    context: Annotated[
+        str | None, Field(description="Surrounding text shown to the model, e.g. the thread.")
+    ] = None
+    metadata: dict[str, JsonScalar] = Field(
+        default_factory=dict, description="Opaque values carried through to the verdict."
+    )
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Output):
+    """Where the input record came from: enough to find it again and to de-duplicate."""
+
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+    key: str | None = Field(
+        default=None, description="Record key, UTF-8 decoded (invalid bytes backslash-escaped)."
+    )
+    timestamp: datetime | None = Field(default=None, description="Record timestamp (UTC).")
+
+
+class CategoryScore(_Output):
+    """One policy category's score and whether it crossed the policy's threshold."""
+
+    score: Annotated[float, Field(ge=0.0, le=1.0)]
+    flagged: bool
+
+
+class Verdict(_Output):
+    """The moderation decision for one input record."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(description="Deterministic: same input and policy give the same id.")
+    source: Source
+    content_id: str
+    content_sha256: str
+    flagged: bool
+    action: Action
+    categories: dict[str, CategoryScore]
+    rationale: str = Field(max_length=1000)
+    refusal: str | None = Field(
+        default=None, description="Set when the model refused or its output was filtered."
+    )
+    model: str
+    policy_version: str
+    prompt_version: str
+    truncated: bool = Field(description="The text was cut to fit the model's context.")
+    latency_ms: Annotated[float, Field(ge=0.0)]
+    cache_hit: bool = False
+    metadata: dict[str, JsonScalar] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class UsageOutcome(StrEnum):
+    """How one model call ended."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    INVALID_REPLY = "invalid_reply"
+    LENGTH = "length"
+    REFUSAL = "refusal"
+    CONTENT_FILTER = "content_filter"
+    REJECTED = "request_rejected"
+    AUTH = "provider_auth"
+    CACHE_HIT = "cache_hit"
+
+
+class UsageEvent(_Output):
+    """One model call (failed attempts included): tokens, cost and latency."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    source: Source
+    content_id: str | None
+    model: str
+    attempt: Annotated[int, Field(ge=1)]
+    outcome: UsageOutcome
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
+    cached_tokens: Annotated[int, Field(ge=0)] = 0
+    estimated: bool = Field(
+        default=False, description="Tokens were counted locally: the provider reported none."
+    )
+    cost_usd: Annotated[float, Field(ge=0.0)] | None = Field(
+        default=None, description="None when the model is not in the price table."
+    )
+    price_source: str | None = None
+    latency_ms: Annotated[float, Field(ge=0.0)]
+    created_at: datetime
+
+
+class Header(_Output):
+    """A Kafka record header; the value is base64 because headers are arbitrary bytes."""
+
+    key: str
+    value_b64: str | None
+
+
+class DeadLetter(_Output):
+    """An input that can never succeed, with everything needed to inspect or replay it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    source: Source
+    stage: Literal["decode", "admit", "classify"]
+    error_class: str
+    error_message: str
+    attempts: Annotated[int, Field(ge=0)]
+    payload_b64: str | None = Field(description="Original bytes; None when redacted.")
+    payload_sha256: str
+    payload_redacted: bool = False
+    headers: list[Header] = Field(default_factory=list)
+    reply: str | None = Field(default=None, description="The model's last reply, when relevant.")
+    created_at: datetime
+
+
+EventKind = Literal["verdict", "usage", "dead_letter"]
+
+
+def make_event_id(
+    source: Source, policy_version: str, kind: EventKind, attempt: int | None = None
+) -> str:
+    """Deterministic id: the same input under the same policy always gets the same id.
+
+    Consumers de-duplicate on it, so at-least-once redelivery never doubles a decision.
+    """
+    parts = [source.topic, str(source.partition), str(source.offset), policy_version, kind]
+    if attempt is not None:
+        parts.append(str(attempt))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
