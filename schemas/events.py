@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Bumped on any incompatible change of an output model; every event carries it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 JsonScalar = str | int | float | bool | None
 

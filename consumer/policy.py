@@ -1,0 +1,194 @@
+"""Policy and prompt: versioned data that the classifier applies.
+
+The model scores; the policy decides. A ``Policy`` (categories with descriptions, thresholds
+and actions) maps scores to ``flagged`` and ``action``; a ``Prompt`` (a static system text and a
+user template) builds the messages. Both are YAML files with a ``version`` that every verdict
+carries; the built-in defaults ship in ``consumer/data``.
+
+The content is only ever placed in the user message, inside a ``<content>`` block with ``&``,
+``<`` and ``>`` escaped, so no text can close the block or reach the system prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from consumer.errors import ConfigError
+from schemas import Action, CategoryScore
+
+_SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
+
+
+class Category(BaseModel):
+    """One policy category."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)]
+    action: Action
+
+    @property
+    def field(self) -> str:
+        """The category's name as a JSON property in the model's reply (``self-harm/intent``
+        becomes ``self_harm_intent``): strict schemas want plain identifiers."""
+        return re.sub(r"[^0-9a-zA-Z]+", "_", self.name).strip("_").lower()
+
+
+class Policy(BaseModel):
+    """Categories, thresholds and actions; the only place that turns scores into decisions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[str, Field(min_length=1)]
+    refusal_action: Action = Action.REVIEW
+    categories: Annotated[tuple[Category, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_fields(self) -> Policy:
+        fields = [c.field for c in self.categories]
+        if len(set(fields)) != len(fields) or "" in fields:
+            raise ValueError("category names must be distinct after normalisation to [a-z0-9_]")
+        return self
+
+    def decide(self, scores: dict[str, float]) -> tuple[bool, Action, dict[str, CategoryScore]]:
+        """Flagged, action and per-category results for scores keyed by category name."""
+        results: dict[str, CategoryScore] = {}
+        action = Action.ALLOW
+        for cat in self.categories:
+            score = scores[cat.name]
+            hit = score >= cat.threshold
+            results[cat.name] = CategoryScore(score=score, flagged=hit)
+            if hit and _SEVERITY[cat.action] > _SEVERITY[action]:
+                action = cat.action
+        flagged = any(r.flagged for r in results.values())
+        return flagged, action, results
+
+    @functools.cached_property
+    def reply_model(self) -> type[BaseModel]:
+        """The private pydantic model of the model's reply: one score field per category."""
+        score = (Annotated[float, Field(ge=0.0, le=1.0)], ...)
+        scores_model: type[BaseModel] = create_model(
+            "Scores",
+            __config__=ConfigDict(extra="forbid"),
+            **{c.field: score for c in self.categories},  # type: ignore[call-overload]
+        )
+        model: type[BaseModel] = create_model(
+            "ModerationReply",
+            __config__=ConfigDict(extra="forbid"),
+            scores=(scores_model, ...),
+            rationale=(Annotated[str, Field(max_length=1000)], ...),
+        )
+        return model
+
+    @functools.cached_property
+    def response_format(self) -> dict[str, Any]:
+        """``response_format`` for a strict json_schema reply, written out by hand because
+        strict mode accepts a subset of JSON Schema (no bounds, all fields required)."""
+        props = {c.field: {"type": "number", "description": c.description} for c in self.categories}
+        schema = {
+            "type": "object",
+            "properties": {
+                "scores": {
+                    "type": "object",
+                    "properties": props,
+                    "required": list(props),
+                    "additionalProperties": False,
+                },
+                "rationale": {"type": "string"},
+            },
+            "required": ["scores", "rationale"],
+            "additionalProperties": False,
+        }
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "moderation_reply", "strict": True, "schema": schema},
+        }
+
+    def scores_from_reply(self, reply: BaseModel) -> dict[str, float]:
+        """Category name -> score, from a validated ``reply_model`` instance."""
+        raw = reply.model_dump()["scores"]
+        return {c.name: float(raw[c.field]) for c in self.categories}
+
+
+class Prompt(BaseModel):
+    """The system text and the user template; the system text never contains content."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[str, Field(min_length=1)]
+    system: Annotated[str, Field(min_length=1)]
+    user: Annotated[str, Field(min_length=1)]
+    context: str = ""
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> Prompt:
+        if "{content}" not in self.user or "{context_block}" not in self.user:
+            raise ValueError("user template needs the {content} and {context_block} placeholders")
+        if "{" in self.system:
+            raise ValueError("the system text is static: no placeholders, no content")
+        return self
+
+
+def escape(text: str) -> str:
+    """Escape content so it cannot open or close a block in the user message."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class PromptBuilder:
+    """Builds the chat messages for one content under one policy and prompt."""
+
+    def __init__(self, policy: Policy, prompt: Prompt) -> None:
+        self.policy = policy
+        self.prompt = prompt
+        lines = [f"- {c.field}: {c.description}" for c in policy.categories]
+        # Static text first and identical for every call: providers' prefix caches hit.
+        self.system = prompt.system.rstrip() + "\n\nPolicy categories:\n" + "\n".join(lines)
+
+    def messages(self, text: str, context: str | None) -> list[dict[str, str]]:
+        """System + user messages; ``text`` and ``context`` enter only the user message."""
+        context_block = (
+            self.prompt.context.format(context=escape(context)) if context else ""
+        )
+        user = self.prompt.user.format(content=escape(text), context_block=context_block)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def overhead_text(self) -> str:
+        """Everything but the content, for the token budget (the context is counted by admit)."""
+        parts = [self.system, self.prompt.user, self.prompt.context]
+        return "\n".join(parts) + str(self.policy.response_format)
+
+
+def _load_yaml(path: Path | None, default: str) -> Any:
+    if path is None:
+        return yaml.safe_load((resources.files("consumer") / "data" / default).read_text())
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """The policy in ``path``, or the built-in OpenAI-taxonomy default."""
+    try:
+        return Policy.model_validate(_load_yaml(path, "policy.default.yaml"))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid policy {path or 'default'}: {exc}") from exc
+
+
+def load_prompt(path: Path | None = None) -> Prompt:
+    """The prompt in ``path``, or the built-in default."""
+    try:
+        return Prompt.model_validate(_load_yaml(path, "prompt.default.yaml"))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid prompt {path or 'default'}: {exc}") from exc
