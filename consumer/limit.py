@@ -65,7 +65,8 @@ class TokenBucket:
     async def take(self, amount: float) -> None:
         """Wait until ``amount`` is available, then take it."""
         async with self._lock:
-            while (wait := self.try_take(amount)) > 0:
+            # Time, not an event, refills the bucket: sleeping until it has enough is right.
+            while (wait := self.try_take(amount)) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
 
     def give_back(self, amount: float) -> None:

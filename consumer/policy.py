@@ -155,9 +155,7 @@ class PromptBuilder:
 
     def messages(self, text: str, context: str | None) -> list[dict[str, str]]:
         """System + user messages; ``text`` and ``context`` enter only the user message."""
-        context_block = (
-            self.prompt.context.format(context=escape(context)) if context else ""
-        )
+        context_block = self.prompt.context.format(context=escape(context)) if context else ""
         user = self.prompt.user.format(content=escape(text), context_block=context_block)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 

@@ -175,8 +175,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         env = f"MODSTREAM_{loc.upper()}" if loc else "settings"
         given = err.get("input")
-        shown = "" if loc.endswith(("api_key", "password")) or isinstance(given, dict) else (
-            f" (got {given!r})"
+        shown = (
+            ""
+            if loc.endswith(("api_key", "password")) or isinstance(given, dict)
+            else (f" (got {given!r})")
         )
         lines.append(f"{env}: {err['msg']}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,12 +1,16 @@
 """Source stage: the aiokafka consumer, fetching only as much as the work window has room for.
 
-(The consumer loop lands here next; ``Envelope`` is the value this stage hands on.)
+It hands on ``Envelope`` values (the record, untouched) and reports rebalances through
+``Rebalance``; it never decides anything about the content.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from schemas import Source
 
@@ -35,3 +39,67 @@ class Envelope:
             if self.timestamp_ms is None or self.timestamp_ms < 0
             else datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC),
         )
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands partition revocations to the pipeline, which drains and commits them.
+
+    aiokafka awaits ``on_partitions_revoked`` before it rejoins the group, so the new owner of
+    a partition starts from an offset we committed after our in-flight work finished.
+    """
+
+    def __init__(
+        self,
+        on_revoked: Callable[[set[TopicPartition]], Awaitable[None]],
+        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]],
+    ) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Called by aiokafka before a rebalance takes partitions away."""
+        await self._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Called by aiokafka once the new assignment is known."""
+        await self._on_assigned(set(assigned))
+
+
+class KafkaSource:
+    """Fetches only as many records as the work window has room for.
+
+    When the window is full the assigned partitions are paused and ``getmany`` keeps being
+    called, returning nothing: the consumer stays in its group (``max_poll_interval_ms``) while
+    memory stays bounded by the window, not by the backlog.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, fetch_timeout_ms: int = 200) -> None:
+        self.consumer = consumer
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self._paused = False
+
+    async def fetch(self, room: int) -> list[Envelope]:
+        """Up to ``room`` records, in offset order within each partition."""
+        if room <= 0:
+            if not self._paused:
+                self.consumer.pause(*self.consumer.assignment())
+                self._paused = True
+            await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=1)
+            return []
+        if self._paused:
+            self.consumer.resume(*self.consumer.assignment())
+            self._paused = False
+        batches = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=room)
+        return [
+            Envelope(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers=tuple(r.headers),
+                timestamp_ms=r.timestamp,
+            )
+            for records in batches.values()
+            for r in records
+        ]

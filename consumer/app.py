@@ -1,0 +1,181 @@
+"""The app's lifespan: build every client once, run the pipeline, stop cleanly.
+
+Clients (the Kafka consumer and producer, the OpenAI client) are created here, entered with
+``async with`` and passed down; no stage builds or finds a client of its own. SIGTERM and
+SIGINT set one stop event: intake stops, in-flight work finishes within the grace period, the
+done watermark is committed, the clients close, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx2
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from openai import AsyncOpenAI
+
+from consumer.admit import Admitter
+from consumer.classify import Classifier
+from consumer.cost import PriceTable
+from consumer.errors import ConfigError, FatalError
+from consumer.limit import Limiter
+from consumer.logs import configure_logging
+from consumer.pipeline import Pipeline
+from consumer.policy import PromptBuilder, load_policy, load_prompt
+from consumer.publish import Publisher, Topics
+from consumer.settings import Settings
+from consumer.source import Rebalance
+
+log = structlog.get_logger(__name__)
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """Connection and security options shared by every Kafka client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        assert settings.sasl_password is not None  # checked by the settings validator
+        options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile,
+            certfile=settings.ssl_certfile,
+            keyfile=settings.ssl_keyfile,
+        )
+    return options
+
+
+def openai_client(settings: Settings) -> AsyncOpenAI:
+    """The one AsyncOpenAI client: no SDK retries (ours re-acquire budget), short timeouts."""
+    key = settings.openai_api_key.get_secret_value()
+    if not key and settings.openai_base_url is None:
+        raise ConfigError("OPENAI_API_KEY is required when OPENAI_BASE_URL is not set")
+    return AsyncOpenAI(
+        api_key=key or "unused",
+        base_url=settings.openai_base_url,
+        max_retries=0,
+        timeout=httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s),
+    )
+
+
+async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+    """Fail at start-up, naming the topic, rather than block on a missing one later."""
+    existing = await consumer.topics()
+    wanted = {
+        "MODSTREAM_INPUT_TOPIC": settings.input_topic,
+        "MODSTREAM_VERDICT_TOPIC": settings.verdict_topic,
+        "MODSTREAM_USAGE_TOPIC": settings.usage_topic,
+        "MODSTREAM_DLQ_TOPIC": settings.dlq_topic,
+    }
+    missing = [f"{name}={topic}" for name, topic in wanted.items() if topic not in existing]
+    if missing:
+        raise ConfigError("topics do not exist on the broker: " + ", ".join(missing))
+
+
+async def serve(
+    settings: Settings, *, stop: asyncio.Event | None = None, exit_when_idle: float | None = None
+) -> Pipeline:
+    """Run the consumer until ``stop`` is set, a signal arrives, or it has been idle."""
+    stop = stop or asyncio.Event()
+    policy = load_policy(settings.policy_file)
+    builder = PromptBuilder(policy, load_prompt(settings.prompt_file))
+    kafka = kafka_options(settings)
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(openai_client(settings))
+        producer = AIOKafkaProducer(
+            **kafka, acks="all", enable_idempotence=True, linger_ms=5, compression_type=None
+        )
+        await stack.enter_async_context(producer)
+        consumer = AIOKafkaConsumer(
+            **kafka,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            max_poll_records=settings.max_in_flight,
+        )
+        await stack.enter_async_context(consumer)
+        await check_topics(consumer, settings)
+        classifier = Classifier(
+            client,
+            model=settings.model,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            builder=builder,
+            limiter=Limiter(settings.concurrency, rpm=settings.rpm, tpm=settings.tpm),
+            prices=PriceTable(),
+            max_backoff_s=settings.retry_max_backoff_s,
+        )
+        budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
+        admitter = Admitter(
+            model=settings.model,
+            budget_tokens=budget,
+            max_input_tokens=settings.max_input_tokens,
+            oversize=settings.oversize,
+        )
+        pipeline = Pipeline(
+            settings,
+            consumer=consumer,
+            publisher=Publisher(
+                producer, Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
+            ),
+            admitter=admitter,
+            classifier=classifier,
+        )
+        consumer.subscribe(
+            [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "consuming",
+            topic=settings.input_topic,
+            group=settings.group_id,
+            model=settings.model,
+            policy=policy.version,
+            concurrency=settings.concurrency,
+            max_in_flight=settings.max_in_flight,
+        )
+        try:
+            await pipeline.run(stop, exit_when_idle=exit_when_idle)
+        except ExceptionGroup as group:
+            # The task group wraps a fatal error (401/403) from a message task: surface it.
+            fatal = group.subgroup(lambda e: isinstance(e, FatalError))
+            if fatal is not None:
+                raise _first(fatal) from None
+            raise
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        stats = pipeline.stats
+        log.info(
+            "stopped",
+            fetched=stats.fetched,
+            verdicts=stats.verdicts,
+            dead_letters=stats.dead_letters,
+            commits=stats.commits,
+        )
+        return pipeline
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def run_consumer(settings: Settings, *, exit_when_idle: float | None = None) -> None:
+    """Blocking entry for the CLI."""
+    configure_logging(settings)
+    asyncio.run(serve(settings, exit_when_idle=exit_when_idle))

@@ -1,0 +1,239 @@
+"""The pipeline: wires the stages and owns the work window, commits and rebalances.
+
+    source -> decode -> admit -> limit+classify -> publish -> offsets
+
+One task fetches; one task per message runs it through the stages; one task commits the
+contiguous done watermark every ``commit_interval_s``. At most ``max_in_flight`` messages sit
+between fetch and commit. A message is marked done only after the broker acknowledged all its
+outputs, so a commit can never pass an output that might be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
+
+from consumer.admit import Admitter
+from consumer.classify import Classifier
+from consumer.decode import decode
+from consumer.errors import BrokerUnavailable, PermanentError
+from consumer.offsets import OffsetTracker
+from consumer.publish import Publisher, Stage, dead_letter
+from consumer.settings import Settings
+from consumer.source import Envelope, KafkaSource
+from schemas import DeadLetter, UsageEvent, Verdict
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Stats:
+    """Counters for the run's summary (metrics proper are exported by the operations layer)."""
+
+    fetched: int = 0
+    verdicts: int = 0
+    dead_letters: int = 0
+    usage_events: int = 0
+    commits: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Pipeline:
+    """Runs messages through the stages with bounded concurrency and in-order commits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: AIOKafkaConsumer,
+        publisher: Publisher,
+        admitter: Admitter,
+        classifier: Classifier,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.source = KafkaSource(consumer)
+        self.publisher = publisher
+        self.admitter = admitter
+        self.classifier = classifier
+        self.policy_version = classifier.policy.version
+        self.tracker = OffsetTracker()
+        self.stats = Stats()
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        self._group: asyncio.TaskGroup | None = None
+        self._last_activity = time.monotonic()
+
+    async def run(self, stop: asyncio.Event, *, exit_when_idle: float | None = None) -> None:
+        """Process until ``stop`` is set (or idle), then drain within the grace period."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                committer = group.create_task(self._commit_loop(), name="commit-loop")
+                await self._fetch_loop(stop, exit_when_idle)
+                await self._drain()
+                committer.cancel()
+        finally:
+            self._group = None
+            await self.commit()
+
+    async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
+        while not stop.is_set():
+            room = self.settings.max_in_flight - self.tracker.in_flight()
+            envelopes = await self.source.fetch(room)
+            now = time.monotonic()
+            if envelopes:
+                self._last_activity = now
+            elif (
+                exit_when_idle is not None
+                and self.tracker.in_flight() == 0
+                and now - self._last_activity >= exit_when_idle
+            ):
+                log.info("idle, stopping", idle_s=exit_when_idle)
+                return
+            for envelope in envelopes:
+                self._start(envelope)
+        log.info("stop requested: intake stopped, draining", in_flight=self.tracker.in_flight())
+
+    def _start(self, envelope: Envelope) -> None:
+        assert self._group is not None
+        tp = TopicPartition(envelope.topic, envelope.partition)
+        self.tracker.track(tp, envelope.offset)
+        self.stats.fetched += 1
+        task = self._group.create_task(self._process(tp, envelope))
+        tasks = self._tasks[tp]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _process(self, tp: TopicPartition, envelope: Envelope) -> None:
+        """One message through every stage; done only when its outputs are acknowledged."""
+        settings = self.settings
+        stage: Stage = "decode"
+        try:
+            request = decode(
+                envelope,
+                input_format=settings.input_format,
+                max_message_bytes=settings.max_message_bytes,
+            )
+            stage = "admit"
+            admitted = self.admitter.admit(request)
+        except PermanentError as exc:
+            await self._dead_letter(envelope, exc, stage, attempts=0)
+        else:
+            result = await self.classifier.classify(admitted, envelope.source)
+            if result.failure is not None:
+                await self._dead_letter(
+                    envelope, result.failure, "classify", len(result.usage), result.usage
+                )
+            else:
+                await self._publish(envelope, verdict=result.verdict, usage=result.usage)
+                self.stats.verdicts += 1
+        self.tracker.done(tp, envelope.offset)
+        self._last_activity = time.monotonic()
+
+    async def _dead_letter(
+        self,
+        envelope: Envelope,
+        error: PermanentError,
+        stage: Stage,
+        attempts: int,
+        usage: list[UsageEvent] | None = None,
+    ) -> None:
+        dead = dead_letter(
+            envelope,
+            error,
+            stage=stage,
+            policy_version=self.policy_version,
+            attempts=attempts,
+            redact=self.settings.redact_dead_letters,
+        )
+        log.info(
+            "dead letter",
+            partition=envelope.partition,
+            offset=envelope.offset,
+            stage=stage,
+            reason=error.kind,
+            detail=error.message[:200],
+        )
+        await self._publish(envelope, dead=dead, usage=usage or [])
+        self.stats.dead_letters += 1
+        self.stats.dead_letter_reasons[error.kind] += 1
+
+    async def _publish(
+        self,
+        envelope: Envelope,
+        *,
+        verdict: Verdict | None = None,
+        usage: list[UsageEvent] | None = None,
+        dead: DeadLetter | None = None,
+    ) -> None:
+        """Publish, retrying while the broker is unavailable (outputs are idempotent by id)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(BrokerUnavailable),
+            wait=wait_random_exponential(multiplier=0.2, max=5),
+            stop=stop_never,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self.publisher.publish(
+                    envelope, verdict=verdict, usage=usage or (), dead=dead
+                )
+        self.stats.usage_events += len(usage or ())
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_s)
+            await self.commit()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit each partition's contiguous done watermark (all, or ``only`` these)."""
+        offsets = self.tracker.committable()
+        if only is not None:
+            offsets = {tp: o for tp, o in offsets.items() if tp in only}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # Typically a rebalance in progress: the work is redone by the next owner.
+            log.warning("commit failed; uncommitted work will be redelivered", error=str(exc))
+            return
+        self.tracker.mark_committed(offsets)
+        self.stats.commits += 1
+
+    async def _drain(self) -> None:
+        """Let in-flight work finish within the grace period; cancel what is left."""
+        everything = self.tracker.partitions()
+        grace = self.settings.shutdown_grace_s
+        if not await self.tracker.drained(everything, timeout=grace):
+            log.warning("grace period over; unfinished work will be redelivered", grace_s=grace)
+        await self._cancel(everything)
+
+    async def _cancel(self, partitions: set[TopicPartition]) -> None:
+        tasks = [t for tp in partitions for t in self._tasks.pop(tp, set())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes ``revoked`` away: drain them, commit them, forget them."""
+        mine = revoked & self.tracker.partitions()
+        if not mine:
+            return
+        grace = self.settings.shutdown_grace_s
+        drained = await self.tracker.drained(mine, timeout=grace)
+        await self.commit(only=mine)
+        await self._cancel(mine)
+        self.tracker.forget(mine)
+        log.info("partitions revoked", partitions=len(mine), drained=drained)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """New partitions: nothing to set up, tracking starts at their first fetched record."""
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
