@@ -6,13 +6,16 @@ exit code 2, and hands over to the module that does the work.
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from consumer.errors import ConfigError, FatalError
+from consumer.settings import Settings, load_settings
 
 app = typer.Typer(
     name="modstream",
@@ -37,12 +40,8 @@ def consume(
 ) -> None:
     """Consume the input topic, classify, publish verdicts and usage, commit."""
     from consumer.app import run_consumer  # noqa: PLC0415  (keeps --help fast)
-    from consumer.settings import load_settings  # noqa: PLC0415
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        _fail(exc, 2)
+    settings = _settings()
     try:
         run_consumer(settings, exit_when_idle=exit_when_idle)
     except ConfigError as exc:
@@ -78,6 +77,46 @@ def fake_openai(
     except ConfigError as exc:
         _fail(exc, 2)
     serve(config, host=host, port=port)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(exc, 2)
+
+
+@app.command()
+def topics(
+    partitions: Annotated[int, typer.Option(help="Partitions for new topics.")] = 6,
+) -> None:
+    """Create the input, verdict, usage and dead-letter topics that don't exist yet."""
+    from consumer.topics import ensure_topics  # noqa: PLC0415
+
+    created = asyncio.run(ensure_topics(_settings(), partitions=partitions))
+    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@app.command()
+def sample(
+    count: Annotated[int, typer.Option(help="Records to produce.")] = 200,
+    seed: Annotated[int, typer.Option(help="Corpus seed.")] = 7,
+) -> None:
+    """Produce a mixed sample corpus (clean, harmful, poison) to the input topic."""
+    from consumer.sample import corpus, produce  # noqa: PLC0415
+
+    records = list(corpus(count, seed=seed))
+    sent = asyncio.run(produce(_settings(), records))
+    kinds = Counter(r.kind.split(":")[0] for r in records)
+    typer.echo(f"produced {sent} records: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+
+
+@app.command()
+def report() -> None:
+    """Summarise the verdict, usage and dead-letter topics (reads them from the start)."""
+    from consumer.report import render, summarise  # noqa: PLC0415
+
+    render(asyncio.run(summarise(_settings())))
 
 
 def main() -> None:
