@@ -1,0 +1,29 @@
+"""modstream's OpenAI-compatible FAKE server. It is NOT a model.
+
+``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
+strict ``json_schema`` replies), ``/v1/moderations`` and ``/v1/models`` over real HTTP, with
+verdicts from a keyword heuristic (:mod:`.heuristic`), OpenAI-style usage and rate-limit
+headers, and injectable latency and faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests,
+the demo and the benchmarks use it; nothing here reaches OpenAI.
+
+Modules, in the order a request meets them::
+
+    config         FakeConfig: the knobs (env MODSTREAM_FAKE_*, PATCH /_fake/config)
+    app            aiohttp handlers: auth, outage, faults, rate limits, replies
+    faults         the fault draw, latency, retry-after headers, OpenAI error bodies
+    ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
+    usage          prompt/completion token counts and the simulated prefix cache
+    reply          reply content per response_format and the OpenAI response bodies
+    instances      JSON Schema instance generator (moderation-flavoured values)
+    heuristic      keyword scores per moderation category (deterministic per content)
+    stats          counters and the request log behind /_fake/stats and /_fake/requests
+    admin_routes   the /_fake/* routes
+    admin          FakeAdmin, the test-side client of /_fake/*
+    server         serve() for the CLI, running_fake() for in-process use
+"""
+
+from consumer.fake_openai.admin import FakeAdmin
+from consumer.fake_openai.config import FakeConfig
+from consumer.fake_openai.server import running_fake, serve
+
+__all__ = ["FakeAdmin", "FakeConfig", "running_fake", "serve"]

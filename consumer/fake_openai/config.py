@@ -1,0 +1,149 @@
+"""The fake's knobs: one pydantic-settings model read from ``MODSTREAM_FAKE_*`` variables.
+
+The same model is re-validated when a test sends ``PATCH /_fake/config``, so a knob has one
+definition, one range check and one default whichever way it is set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.errors import ConfigError
+
+ENV_PREFIX = "MODSTREAM_FAKE_"
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+#: Fault probabilities in the order one uniform draw is compared against them (see faults.py).
+FAULT_KNOBS: tuple[str, ...] = (
+    "p_429",
+    "p_500",
+    "p_503",
+    "p_hang",
+    "p_drop",
+    "p_malformed",
+    "p_truncated",
+    "p_refusal",
+    "p_content_filter",
+)
+
+
+class FakeConfig(BaseSettings):
+    """Latency, faults, auth and rate limits of the fake server.
+
+    Every field is read from ``MODSTREAM_FAKE_<FIELD>`` and can be changed at run time with
+    ``PATCH /_fake/config``. Fault probabilities are exclusive: one uniform draw per request
+    picks at most one fault, in the order of :data:`FAULT_KNOBS`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, frozen=True
+    )
+
+    latency_ms: NonNegative = 0.0
+    """Mean added latency per API request, in milliseconds."""
+    latency_dist: Literal["fixed", "exponential", "uniform"] = "fixed"
+    """fixed: always the mean; exponential: mean ``latency_ms``; uniform: 0 to 2x the mean."""
+    seed: int | None = None
+    """Seed for fault and latency draws; None draws from the OS. Replies never depend on it."""
+
+    p_429: Probability = 0.0
+    """Share of requests answered 429 with ``retry-after`` (independent of rpm/tpm)."""
+    retry_after_mode: Literal["seconds", "ms", "both", "mixed"] = "seconds"
+    """Which header a 429 carries; ``mixed`` alternates seconds-only and ms-only."""
+    retry_after_s: NonNegative = 1.0
+    """The wait a random 429 asks for (rate-limit 429s compute theirs from the bucket)."""
+    p_500: Probability = 0.0
+    """Share of requests answered 500."""
+    p_503: Probability = 0.0
+    """Share of requests answered 503."""
+    p_hang: Probability = 0.0
+    """Share of requests that sleep ``hang_s`` before answering normally."""
+    hang_s: NonNegative = 600.0
+    """How long a hanging request sleeps."""
+    p_drop: Probability = 0.0
+    """Share of requests whose TCP connection is closed with no response at all."""
+    p_malformed: Probability = 0.0
+    """Share of chat replies that are invalid JSON or violate the schema (alternating)."""
+    p_truncated: Probability = 0.0
+    """Share of chat replies cut mid-way with finish_reason "length"."""
+    p_refusal: Probability = 0.0
+    """Share of chat replies that are a refusal (content null, refusal set)."""
+    p_content_filter: Probability = 0.0
+    """Share of chat replies stopped by the content filter."""
+    outage: bool = False
+    """When true every API request gets 503 (start and end an outage with PATCH)."""
+
+    api_key: str | None = None
+    """When set, requests must carry ``Authorization: Bearer <api_key>`` or get 401."""
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    """Requests per minute for chat completions; None means unlimited."""
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    """Tokens per minute for chat completions (prompt + max_tokens charged at admission)."""
+
+    cache_min_tokens: Annotated[int, Field(ge=0)] = 1024
+    """Smallest repeated first-message prefix that counts as cached, in tokens."""
+    request_log_size: Annotated[int, Field(gt=0)] = 1000
+    """How many request bodies ``GET /_fake/requests`` keeps."""
+
+    @model_validator(mode="after")
+    def _faults_fit_one_draw(self) -> Self:
+        # One draw picks the fault, so shares above 1 in total cannot all be honoured.
+        total = sum(getattr(self, name) for name in FAULT_KNOBS)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault probabilities add up to {total:.3f}, more than 1")
+        return self
+
+    @classmethod
+    def from_env(cls) -> FakeConfig:
+        """Read ``MODSTREAM_FAKE_*``; raise ConfigError naming each bad or unknown variable."""
+        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(
+            key
+            for key in os.environ
+            if key.upper().startswith(ENV_PREFIX) and key.upper() not in known
+        )
+        if unknown:
+            # pydantic-settings ignores unknown prefixed variables; a typo would silently
+            # turn a fault off, so name it instead.
+            raise ConfigError(f"unknown fake-openai variable(s): {', '.join(unknown)}")
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, env=True)) from exc
+
+    def patched(self, changes: dict[str, Any]) -> FakeConfig:
+        """A copy with ``changes`` applied and re-validated; ValueError names bad fields."""
+        unknown = sorted(set(changes) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(f"unknown knob(s): {', '.join(unknown)}")
+        # Passing every field explicitly keeps environment variables from leaking back in.
+        try:
+            return type(self)(**(self.model_dump() | changes))
+        except ValidationError as exc:
+            raise ValueError(describe(exc, env=False)) from exc
+
+    def public(self) -> dict[str, Any]:
+        """The knobs as JSON, with the API key masked."""
+        data = self.model_dump()
+        if data["api_key"] is not None:
+            data["api_key"] = "***"
+        return data
+
+
+def describe(exc: ValidationError, *, env: bool) -> str:
+    """One line per bad field, named as the variable (``env``) or the knob."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        name = (
+            (ENV_PREFIX + loc.upper() if loc else "MODSTREAM_FAKE_*") if env else (loc or "config")
+        )
+        shown = "" if loc in ("", "api_key") else f" (got {err.get('input')!r})"
+        lines.append(f"{name}: {err['msg']}{shown}")
+    return "invalid fake-openai configuration: " + "; ".join(lines)

@@ -1,0 +1,120 @@
+"""Which fault a request gets, how long it waits, and what its error looks like.
+
+One uniform draw per request is compared against the cumulative fault probabilities in the
+order of :data:`~consumer.fake_openai.config.FAULT_KNOBS`, so each probability is exactly the
+share of requests with that fault. With ``seed`` set, the sequence of faults and latencies is
+reproducible for a given sequence of requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from enum import StrEnum
+
+from consumer.fake_openai.config import FAULT_KNOBS, FakeConfig
+
+
+class Outcome(StrEnum):
+    """What happened to a request; the keys of ``by_outcome`` in ``/_fake/stats``."""
+
+    OK = "ok"
+    RATE_LIMITED = "429"
+    SERVER_ERROR = "500"
+    UNAVAILABLE = "503"
+    HANG = "hang"
+    DROP = "drop"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    REFUSAL = "refusal"
+    CONTENT_FILTER = "content_filter"
+    UNAUTHORIZED = "401"
+    BAD_REQUEST = "400"
+    NOT_FOUND = "404"
+
+
+_FAULTS: dict[str, Outcome] = {
+    "p_429": Outcome.RATE_LIMITED,
+    "p_500": Outcome.SERVER_ERROR,
+    "p_503": Outcome.UNAVAILABLE,
+    "p_hang": Outcome.HANG,
+    "p_drop": Outcome.DROP,
+    "p_malformed": Outcome.MALFORMED,
+    "p_truncated": Outcome.TRUNCATED,
+    "p_refusal": Outcome.REFUSAL,
+    "p_content_filter": Outcome.CONTENT_FILTER,
+}
+assert tuple(_FAULTS) == FAULT_KNOBS
+
+#: Faults that only make sense for a chat reply; other endpoints answer normally instead.
+REPLY_FAULTS = frozenset(
+    {Outcome.MALFORMED, Outcome.TRUNCATED, Outcome.REFUSAL, Outcome.CONTENT_FILTER}
+)
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+def _seconds_text(seconds: float) -> str:
+    # Whole seconds as an integer (RFC 9110); fractions kept, since the SDK parses floats and
+    # rounding 50 ms up to 1 s would slow every retry test down.
+    return (
+        str(int(seconds)) if seconds == int(seconds) else f"{seconds:.3f}".rstrip("0").rstrip(".")
+    )
+
+
+class Dice:
+    """Random decisions for one server: fault, latency, and alternations."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)  # simulation, not security
+        self._retry_turn = itertools.cycle(("seconds", "ms"))
+        self._malformed_turn = itertools.cycle(("invalid_json", "schema_violation"))
+        self._filter_turn = itertools.cycle((None, ""))
+
+    def roll(self, config: FakeConfig) -> Outcome:
+        """The fault for this request, or OK."""
+        if not any(getattr(config, name) for name in FAULT_KNOBS):
+            return Outcome.OK  # no draw: keeps a seeded sequence aligned with faulty requests
+        draw = self.rng.random()
+        edge = 0.0
+        for name, outcome in _FAULTS.items():
+            edge += getattr(config, name)
+            if draw < edge:
+                return outcome
+        return Outcome.OK
+
+    def latency(self, config: FakeConfig) -> float:
+        """Seconds to wait before answering."""
+        mean = config.latency_ms / 1000.0
+        if mean <= 0:
+            return 0.0
+        if config.latency_dist == "exponential":
+            return self.rng.expovariate(1.0 / mean)
+        if config.latency_dist == "uniform":
+            return self.rng.uniform(0.0, 2.0 * mean)
+        return mean
+
+    def retry_after(self, seconds: float, mode: str) -> dict[str, str]:
+        """``retry-after`` and/or ``retry-after-ms`` headers for a 429."""
+        if mode == "mixed":
+            mode = next(self._retry_turn)
+        headers = {}
+        if mode in ("seconds", "both"):
+            headers["retry-after"] = _seconds_text(seconds)
+        if mode in ("ms", "both"):
+            headers["retry-after-ms"] = str(round(seconds * 1000))
+        return headers
+
+    def malformed_kind(self) -> str:
+        """Alternates "invalid_json" and "schema_violation"."""
+        return next(self._malformed_turn)
+
+    def filtered_content(self) -> str | None:
+        """Alternates null and empty content for content-filter replies."""
+        return next(self._filter_turn)

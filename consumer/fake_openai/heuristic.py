@@ -1,0 +1,191 @@
+"""Keyword heuristic that gives moderation-flavoured scores. It is NOT a model.
+
+Each category of the OpenAI moderation taxonomy has a short keyword list. A keyword hit scores
+0.90-0.99; a subcategory whose own keywords miss but whose parent hits scores 0.35-0.45 (related,
+under the 0.5 flag line); anything else 0.01-0.05. The jitter comes from a hash of the content,
+so the same text always gets the same scores and replays through the fake are comparable.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+
+#: The OpenAI moderation taxonomy, with its real (slash) names.
+CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+FLAG_THRESHOLD = 0.5
+
+
+def category_key(name: str) -> str:
+    """A category or property name with non-alphanumerics turned into ``_`` (lower case)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+#: Underscore key -> slash name, in taxonomy order.
+KEYS: dict[str, str] = {category_key(name): name for name in CATEGORIES}
+
+#: Subcategory key -> parent key.
+PARENTS: dict[str, str] = {
+    key: category_key(name.split("/")[0]) for key, name in KEYS.items() if "/" in name
+}
+
+_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "harassment": ("idiot", "stupid", "loser", "hate you", "moron", "shut up", "pathetic"),
+    "harassment_threatening": ("i will kill you", "i'll kill you", "watch your back", "hurt you"),
+    "hate": ("subhuman", "vermin", "inferior race", "go back to your country"),
+    "hate_threatening": ("exterminate", "wipe them out", "should all be killed"),
+    "illicit": (
+        "cocaine",
+        "meth",
+        "heroin",
+        "counterfeit",
+        "hack into",
+        "launder",
+        "fake passport",
+    ),
+    "illicit_violent": ("build a bomb", "make a bomb", "pipe bomb", "untraceable gun"),
+    "self_harm": ("suicide", "suicidal", "kill myself", "cut myself", "hurt myself", "self-harm"),
+    "self_harm_intent": ("kill myself", "want to die", "end my life", "going to end it"),
+    "self_harm_instructions": ("how to cut", "how to overdose", "painless way to die"),
+    "sexual": ("explicit", "nsfw", "porn", "nude", "xxx"),
+    "sexual_minors": (),  # deliberately no list: only the parent's keywords score it (lower)
+    "violence": ("kill", "murder", "shoot", "stab", "stabbed", "stabbing", "attack", "shot"),
+    "violence_graphic": ("gore", "dismember", "mutilate", "mutilated", "blood everywhere"),
+}
+
+_SUFFIX = r"(?:s|es|ed|ing|er|ers)?"
+
+
+def _pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not words:
+        return None
+    # Longest first so "kill myself" wins over "kill"; whole words only ("skill" is not "kill").
+    alternation = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"\b(?:{alternation}){_SUFFIX}\b", re.IGNORECASE)
+
+
+# Compiled once at import: the per-request cost is one scan per category.
+_PATTERNS: dict[str, re.Pattern[str] | None] = {k: _pattern(v) for k, v in _KEYWORDS.items()}
+
+_SUFFIXES = (
+    "_scores",
+    "_score",
+    "_probability",
+    "_prob",
+    "_confidence",
+    "_likelihood",
+    "_level",
+    "_severity",
+    "_flagged",
+    "_flag",
+)
+_ALIASES = {"selfharm": "self_harm", "violent": "violence", "harass": "harassment"}
+
+
+@functools.lru_cache(maxsize=1024)
+def resolve_category(name: str) -> str | None:
+    """The category key a property name refers to ("violence_score" -> "violence"), if any."""
+    key = category_key(name)
+    if key in KEYS:
+        return key
+    for suffix in _SUFFIXES:
+        if key.endswith(suffix) and key[: -len(suffix)] in KEYS:
+            return key[: -len(suffix)]
+    return _ALIASES.get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Scores for one piece of content, keyed by underscore category key."""
+
+    scores: dict[str, float]
+    matched: tuple[str, ...]
+    """Distinct matched keywords in order of appearance."""
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any category reaches the flag threshold."""
+        return any(score >= FLAG_THRESHOLD for score in self.scores.values())
+
+    @property
+    def rationale(self) -> str:
+        """A short explanation naming what matched."""
+        if not self.matched:
+            return "no policy keywords found"
+        return "matched keywords: " + ", ".join(self.matched[:6])
+
+    def flags(self) -> dict[str, bool]:
+        """Category key -> flagged."""
+        return {key: score >= FLAG_THRESHOLD for key, score in self.scores.items()}
+
+    def top_category(self) -> str:
+        """The highest-scoring category key."""
+        return max(self.scores, key=self.scores.__getitem__)
+
+
+@functools.lru_cache(maxsize=8192)
+def judge(text: str) -> Judgement:
+    """Score ``text`` against every category; deterministic for a given text."""
+    digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest()
+    hits: dict[str, bool] = {}
+    found: list[tuple[int, int, str]] = []
+    for key, pattern in _PATTERNS.items():
+        matches = list(pattern.finditer(text)) if pattern is not None else []
+        hits[key] = bool(matches)
+        found.extend((m.start(), m.end(), m.group(0).lower()) for m in matches)
+    scores: dict[str, float] = {}
+    for i, key in enumerate(KEYS):
+        jitter = digest[i] / 255.0
+        if hits[key]:
+            score = 0.90 + 0.09 * jitter
+        elif key in PARENTS and hits[PARENTS[key]]:
+            score = 0.35 + 0.10 * jitter
+        else:
+            score = 0.01 + 0.04 * jitter
+        scores[key] = round(score, 4)
+    return Judgement(scores=scores, matched=_distinct_words(found))
+
+
+def _distinct_words(found: list[tuple[int, int, str]]) -> tuple[str, ...]:
+    # "kill" inside "i will kill you" is one finding, not two: keep outermost matches only.
+    words: list[str] = []
+    end = -1
+    for start, stop, word in sorted(found, key=lambda f: (f[0], -f[1])):
+        if start >= end or stop > end:
+            if start >= end:
+                words.append(word)
+            end = max(end, stop)
+    return tuple(dict.fromkeys(words))
+
+
+_BLOCK = re.compile(r"<content\b([^>]*)>(.*?)</content\s*>", re.IGNORECASE | re.DOTALL)
+_INDEX = re.compile(r"""\bindex\s*=\s*["']?(\d+)""", re.IGNORECASE)
+
+
+def find_blocks(text: str) -> list[tuple[int, str]]:
+    """``(index, text)`` for each ``<content index="N">...</content>`` block, in order.
+
+    Blocks without an index attribute are numbered by position.
+    """
+    blocks = []
+    for position, match in enumerate(_BLOCK.finditer(text)):
+        number = _INDEX.search(match.group(1))
+        blocks.append((int(number.group(1)) if number else position, match.group(2)))
+    return blocks

@@ -1,0 +1,176 @@
+"""What the fake says: chat reply content for each response_format, its faulty variants, and
+the chat completion and moderation bodies in OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+from consumer.fake_openai.heuristic import CATEGORIES, KEYS, Judgement, find_blocks, judge
+from consumer.fake_openai.instances import Context, SchemaError, generate
+from consumer.fake_openai.usage import message_text
+
+REFUSAL = "I'm sorry, I can't help with that."
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+
+# Ids only need to be unique per run; a counter is cheaper than uuid4 per request.
+_RUN = os.urandom(4).hex()
+_serial = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    """A unique id like ``chatcmpl-1a2b3c4d000000000001``."""
+    return f"{prefix}-{_RUN}{next(_serial):012x}"
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last user message (empty when there is none)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+def context_for(text: str) -> Context:
+    """The judged content of a user message.
+
+    When the message delimits content in ``<content ...>`` blocks, only the blocks are judged
+    (the classifier's instructions around them mention categories and would score); each block
+    is kept for the batch form.
+    """
+    blocks = tuple(find_blocks(text))
+    judged = "\n".join(block for _, block in blocks) if blocks else text
+    return Context(judgement=judge(judged), index=blocks[0][0] if blocks else 0, blocks=blocks)
+
+
+def response_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema of a ``json_schema`` response_format, else None."""
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise SchemaError("response_format.json_schema.schema must be an object")
+        schema: dict[str, Any] = spec.get("schema", {})
+        return schema
+    return None
+
+
+def content_value(response_format: Any, context: Context) -> Any:
+    """The reply as a JSON value (json_schema / json_object), or a string for plain text."""
+    schema = response_schema(response_format)
+    if schema is not None:
+        return generate(schema, context)
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    judgement = context.judgement
+    if kind == "json_object":
+        return {"scores": dict(judgement.scores), "rationale": judgement.rationale}
+    if kind not in (None, "text"):
+        raise SchemaError(f"unsupported response_format type {kind!r}")
+    return plain_text(judgement)
+
+
+def plain_text(judgement: Judgement) -> str:
+    """A one-sentence verdict for requests without a response_format."""
+    if not judgement.flagged:
+        return f"Not flagged: {judgement.rationale}."
+    return f"Flagged for {KEYS[judgement.top_category()]}: {judgement.rationale}."
+
+
+def render(value: Any) -> str:
+    """Reply content text: JSON values serialised compactly, plain text as is."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def malformed(value: Any, kind: str) -> str:
+    """A broken reply: invalid JSON, or valid JSON that violates the schema."""
+    text = render(value)
+    if kind == "invalid_json":
+        # A trailing comma before the closing brace: looks right, does not parse.
+        return text[:-1] + ",}" if text.endswith("}") else "{" + text
+    if isinstance(value, dict) and value:
+        bad: dict[str, Any] = dict(value)
+        first = next(iter(bad))
+        # Wrong type for the first property and a property the schema does not allow.
+        bad[first] = 12345 if isinstance(bad[first], str) else "n/a"
+        bad["unexpected_field"] = True
+        return render(bad)
+    return render({"unexpected_field": True} if isinstance(value, list) else ["unexpected"])
+
+
+def truncated(text: str) -> str:
+    """The reply cut mid-way, as a length stop leaves it."""
+    return text[: max(1, len(text) // 2)]
+
+
+def completion_body(
+    *,
+    model: str,
+    content: str | None,
+    refusal: str | None,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+) -> dict[str, Any]:
+    """A ``chat.completion`` object in OpenAI's exact shape."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": refusal,
+        "annotations": [],
+    }
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_modstream_fake",
+    }
+
+
+def moderation_inputs(raw: Any) -> list[str]:
+    """The texts of a moderations ``input``: a string, strings, or multimodal parts."""
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return list(raw)
+    if isinstance(raw, list) and all(isinstance(item, dict) for item in raw):
+        # Multimodal parts make one input; only text parts are judged.
+        return ["\n".join(str(p.get("text", "")) for p in raw if p.get("type") == "text")]
+    raise SchemaError("input must be a string, a list of strings, or a list of content parts")
+
+
+def moderation_body(model: str, texts: list[str]) -> dict[str, Any]:
+    """A moderation response with one result per input text."""
+    results = []
+    for text in texts:
+        judgement = judge(text)
+        flags = judgement.flags()
+        results.append(
+            {
+                "flagged": judgement.flagged,
+                "categories": {name: flags[key] for key, name in KEYS.items()},
+                "category_scores": {name: judgement.scores[key] for key, name in KEYS.items()},
+                "category_applied_input_types": {name: ["text"] for name in CATEGORIES},
+            }
+        )
+    return {"id": new_id("modr"), "model": model, "results": results}

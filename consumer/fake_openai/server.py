@@ -1,0 +1,75 @@
+"""Running the fake: ``serve`` for the CLI (blocking) and ``running_fake`` for in-process use.
+
+Plain asyncio (uvloop is not a dependency), access logging off (it costs more than a reply),
+and handler cancellation on, so a hanging request stops when its client gives up instead of
+holding a task for ``hang_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from consumer.fake_openai.app import build_app
+from consumer.fake_openai.config import FakeConfig
+
+__all__ = ["FakeConfig", "running_fake", "serve"]
+
+log = structlog.get_logger("consumer.fake_openai")
+
+#: Hanging handlers are cancelled after this long at shutdown instead of delaying the exit.
+SHUTDOWN_GRACE_S = 1.0
+
+
+async def _start(config: FakeConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(
+        build_app(config),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+@contextlib.asynccontextmanager
+async def running_fake(
+    config: FakeConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve the fake on this event loop; yields its base URL, e.g. ``http://127.0.0.1:PORT/v1``.
+
+    ``port=0`` picks a free port. Use :class:`~consumer.fake_openai.admin.FakeAdmin` with the
+    URL to read stats or change knobs.
+    """
+    runner, bound = await _start(config or FakeConfig(), host, port)
+    try:
+        yield f"http://{host}:{bound}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def _serve(config: FakeConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner, bound = await _start(config, host, port)
+    knobs = {k: v for k, v in config.public().items() if v not in (None, 0, 0.0, False)}
+    log.info("fake-openai listening (NOT a model)", url=f"http://{host}:{bound}/v1", **knobs)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log.info("fake-openai stopped")
+
+
+def serve(config: FakeConfig, *, host: str = "127.0.0.1", port: int = 8400) -> None:
+    """Serve until SIGINT or SIGTERM, then return (exit status 0)."""
+    asyncio.run(_serve(config, host, port))
