@@ -9,6 +9,8 @@
 #   KAFKA_PORT      client listener port            (default 9092)
 #   KAFKA_DATA_DIR  log dirs, pid file, broker logs (default deploy/kafka/.data; git-ignored)
 #   KAFKA_EXTRA_PROPS  a file whose lines are appended to server.properties (e.g. SASL listeners)
+#   KAFKA_PYTHON    python for the readiness probe (default python3)
+#   KAFKA_HEAP      broker max heap (default 1g)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -53,11 +55,9 @@ resolve() {
 
 kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml"; }
 
-java_cmd() {
-  java -Xms256m -Xmx${KAFKA_HEAP:-1g} -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$here/log4j2.yaml" -Dkafka.logs.dir="$data/logs" \
-    -cp "$lib/*" "$@"
-}
+java_opts=(-Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j2.configurationFile=$here/log4j2.yaml" "-Dkafka.logs.dir=$data/logs" -cp "$lib/*")
+java_cmd() { java "${java_opts[@]}" "$@"; }
 
 up() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && is_up; then
@@ -78,7 +78,10 @@ up() {
       -c "$props" ${KAFKA_FORMAT_ARGS:-} >> "$log" 2>&1
   fi
   local start=$SECONDS
-  java_cmd kafka.Kafka "$props" < /dev/null >> "$log" 2>&1 &
+  # `exec` in the background subshell: $! is then the JVM itself, so `down` signals the broker
+  # (a background function call would leave a bash wrapper in the pid file, and killing it
+  # orphaned the JVM, which kept the port and the data dir).
+  ( exec java "${java_opts[@]}" kafka.Kafka "$props" ) < /dev/null >> "$log" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 240); do
     if is_up; then
@@ -100,11 +103,17 @@ down() {
   if [ ! -f "$pidfile" ]; then echo "kafka: not running (no pid file)"; return 0; fi
   local pid
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    if kill -0 "$pid" 2>/dev/null; then echo "kafka: still alive after 30s, killing" >&2; kill -KILL "$pid"; fi
-  fi
+  # Pid files written before the exec fix name the bash wrapper; its java child is the broker.
+  local pids=$pid child
+  for child in $(pgrep -P "$pid" -x java 2>/dev/null || true); do pids="$child $pids"; done
+  for pid in $pids; do
+    # Only a process of ours: after a reboot the pid may belong to something else.
+    if kill -0 "$pid" 2>/dev/null && ps -o args= -p "$pid" | grep -q kafka; then
+      kill -TERM "$pid"
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      if kill -0 "$pid" 2>/dev/null; then echo "kafka: still alive after 30s, killing" >&2; kill -KILL "$pid"; fi
+    fi
+  done
   rm -f "$pidfile"
   echo "kafka: stopped"
 }
