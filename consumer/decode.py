@@ -112,11 +112,11 @@ def _utf8(value: bytes, *, json_hint: bool) -> str:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        bad = value[exc.start : exc.start + 1].hex()
+        bad = value[exc.start : exc.end].hex(" ")
         guess = _other_encoding(value, json_hint=json_hint)
         hint = f"; it looks like {guess}, send UTF-8" if guess else ""
         raise DecodeError(
-            f"value is not valid UTF-8: {exc.reason} 0x{bad} at byte offset {exc.start:,}{hint}"
+            f"value is not valid UTF-8 at byte offset {exc.start:,}: {exc.reason} ({bad}){hint}"
         ) from None
     return text[1:] if text.startswith("\ufeff") else text
 
