@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -35,14 +36,24 @@ async def read_topic(settings: Settings, topic: str) -> list[bytes]:
     """Every record value of ``topic`` up to its end offsets at call time."""
     from consumer.app import kafka_options  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
+    options = kafka_options(settings)
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(topic, p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in t["partitions"]
+    ]
     values: list[bytes] = []
+    if not partitions:
+        return values
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
     async with consumer:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not partitions:
-            await consumer.topics()  # metadata may not be loaded yet
-            found = consumer.partitions_for_topic(topic) or []
-            partitions = [TopicPartition(topic, p) for p in found]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
@@ -99,12 +110,17 @@ def render(summary: Summary, console: Console | None = None) -> None:
         cats.add_row(name, str(n))
     console.print(cats)
 
+    by_reason: dict[tuple[str, str], list[DeadLetter]] = {}
+    for d in summary.dead_letters:
+        by_reason.setdefault((d.stage, d.error_message), []).append(d)
     dead = Table(title=f"Dead letters ({len(summary.dead_letters)})")
-    dead.add_column("partition/offset")
     dead.add_column("stage")
     dead.add_column("reason")
-    for d in sorted(summary.dead_letters, key=lambda d: (d.source.partition, d.source.offset)):
-        dead.add_row(f"{d.source.partition}/{d.source.offset}", d.stage, d.error_message[:90])
+    dead.add_column("count", justify="right")
+    dead.add_column("e.g. partition/offset")
+    for (stage, reason), letters in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        examples = ", ".join(f"{d.source.partition}/{d.source.offset}" for d in letters[:3])
+        dead.add_row(stage, reason[:100], str(len(letters)), examples)
     console.print(dead)
 
     prompt = sum(u.prompt_tokens for u in summary.usage)
