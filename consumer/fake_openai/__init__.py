@@ -9,12 +9,14 @@ the demo and the benchmarks use it; nothing here reaches OpenAI.
 Modules, in the order a request meets them::
 
     config         FakeConfig: the knobs (env MODSTREAM_FAKE_*, PATCH /_fake/config)
-    app            aiohttp handlers: auth, outage, faults, rate limits, replies
+    app            the /v1 handlers and build_app()
+    state          FakeState and the shared request steps: auth, outage, faults, admission
     faults         the fault draw, latency, retry-after headers, OpenAI error bodies
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
     usage          prompt/completion token counts and the simulated prefix cache
     reply          reply content per response_format and the OpenAI response bodies
     instances      JSON Schema instance generator (moderation-flavoured values)
+    values         its leaf values: numbers, booleans, strings, enums
     heuristic      keyword scores per moderation category (deterministic per content)
     stats          counters and the request log behind /_fake/stats and /_fake/requests
     admin_routes   the /_fake/* routes

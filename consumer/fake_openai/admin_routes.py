@@ -19,7 +19,7 @@ from aiohttp import web
 from consumer.fake_openai.faults import error_body
 
 if TYPE_CHECKING:
-    from consumer.fake_openai.app import FakeState
+    from consumer.fake_openai.state import FakeState
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

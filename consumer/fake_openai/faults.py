@@ -59,6 +59,57 @@ def error_body(message: str, kind: str, code: str | None, param: str | None = No
     return json.dumps({"error": error}).encode()
 
 
+class Fail(Exception):  # a control-flow signal: "stop here and send this error"
+    """Stop handling a request and send an OpenAI-shaped error with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        outcome: Outcome,
+        message: str,
+        kind: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.outcome, self.kind, self.code = status, outcome, kind, code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        """The error JSON."""
+        return error_body(str(self), self.kind, self.code)
+
+    @classmethod
+    def bad_request(cls, message: str, code: str | None = None) -> Fail:
+        """400 invalid_request_error."""
+        return cls(400, Outcome.BAD_REQUEST, message, "invalid_request_error", code=code)
+
+    @classmethod
+    def unauthorized(cls) -> Fail:
+        """401 invalid_api_key."""
+        message = "Incorrect API key provided."
+        kind, code = "invalid_request_error", "invalid_api_key"
+        return cls(401, Outcome.UNAUTHORIZED, message, kind, code=code)
+
+    @classmethod
+    def server_error(cls) -> Fail:
+        """500 server_error."""
+        message = "The server had an error while processing your request. Sorry about that!"
+        return cls(500, Outcome.SERVER_ERROR, message, "server_error")
+
+    @classmethod
+    def unavailable(cls, message: str) -> Fail:
+        """503 server_error."""
+        return cls(503, Outcome.UNAVAILABLE, message, "server_error")
+
+    @classmethod
+    def rate_limited(cls, message: str, kind: str, headers: dict[str, str]) -> Fail:
+        """429 rate_limit_exceeded; ``kind`` is "requests" or "tokens" as OpenAI says."""
+        code = "rate_limit_exceeded"
+        return cls(429, Outcome.RATE_LIMITED, message, kind, code=code, headers=headers)
+
+
 def _seconds_text(seconds: float) -> str:
     # Whole seconds as an integer (RFC 9110); fractions kept, since the SDK parses floats and
     # rounding 50 ms up to 1 s would slow every retry test down.

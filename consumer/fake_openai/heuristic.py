@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: The OpenAI moderation taxonomy, with its real (slash) names.
@@ -73,16 +74,28 @@ _KEYWORDS: dict[str, tuple[str, ...]] = {
 _SUFFIX = r"(?:s|es|ed|ing|er|ers)?"
 
 
-def _pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not words:
-        return None
+def _alternation(words: Iterable[str]) -> str:
     # Longest first so "kill myself" wins over "kill"; whole words only ("skill" is not "kill").
-    alternation = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternation}){_SUFFIX}\b", re.IGNORECASE)
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-# Compiled once at import: the per-request cost is one scan per category.
-_PATTERNS: dict[str, re.Pattern[str] | None] = {k: _pattern(v) for k, v in _KEYWORDS.items()}
+_SELF_HARM_WORDS = {w for k, ws in _KEYWORDS.items() if k.startswith("self_harm") for w in ws}
+_ALL_WORDS = {word for words in _KEYWORDS.values() for word in words}
+# Compiled once at import. One scan of the text finds every keyword; each keyword then implies
+# the categories whose own lists match inside it ("i will kill you" is harassment_threatening
+# and, through "kill", violence too), which is what one scan per category would find.
+_ANY = re.compile(rf"\b({_alternation(_ALL_WORDS)}){_SUFFIX}\b", re.IGNORECASE)
+_IMPLIES: dict[str, frozenset[str]] = {
+    word: frozenset(
+        key
+        for key, words in _KEYWORDS.items()
+        if words
+        and re.search(rf"\b(?:{_alternation(words)}){_SUFFIX}\b", word)
+        # "kill myself" is about self-harm, not violence against others.
+        and (key.startswith("self_harm") or word not in _SELF_HARM_WORDS)
+    )
+    for word in _ALL_WORDS
+}
 
 _SUFFIXES = (
     "_scores",
@@ -144,35 +157,22 @@ class Judgement:
 def judge(text: str) -> Judgement:
     """Score ``text`` against every category; deterministic for a given text."""
     digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest()
-    hits: dict[str, bool] = {}
-    found: list[tuple[int, int, str]] = []
-    for key, pattern in _PATTERNS.items():
-        matches = list(pattern.finditer(text)) if pattern is not None else []
-        hits[key] = bool(matches)
-        found.extend((m.start(), m.end(), m.group(0).lower()) for m in matches)
+    hits: set[str] = set()
+    words: list[str] = []
+    for match in _ANY.finditer(text):
+        hits |= _IMPLIES[match.group(1).lower()]
+        words.append(match.group(0).lower())
     scores: dict[str, float] = {}
     for i, key in enumerate(KEYS):
         jitter = digest[i] / 255.0
-        if hits[key]:
+        if key in hits:
             score = 0.90 + 0.09 * jitter
-        elif key in PARENTS and hits[PARENTS[key]]:
+        elif key in PARENTS and PARENTS[key] in hits:
             score = 0.35 + 0.10 * jitter
         else:
             score = 0.01 + 0.04 * jitter
-        scores[key] = round(score, 4)
-    return Judgement(scores=scores, matched=_distinct_words(found))
-
-
-def _distinct_words(found: list[tuple[int, int, str]]) -> tuple[str, ...]:
-    # "kill" inside "i will kill you" is one finding, not two: keep outermost matches only.
-    words: list[str] = []
-    end = -1
-    for start, stop, word in sorted(found, key=lambda f: (f[0], -f[1])):
-        if start >= end or stop > end:
-            if start >= end:
-                words.append(word)
-            end = max(end, stop)
-    return tuple(dict.fromkeys(words))
+        scores[key] = round(score, 3)
+    return Judgement(scores=scores, matched=tuple(dict.fromkeys(words)))
 
 
 _BLOCK = re.compile(r"<content\b([^>]*)>(.*?)</content\s*>", re.IGNORECASE | re.DOTALL)

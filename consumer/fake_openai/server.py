@@ -61,7 +61,8 @@ async def _serve(config: FakeConfig, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner, bound = await _start(config, host, port)
-    knobs = {k: v for k, v in config.public().items() if v not in (None, 0, 0.0, False)}
+    changed = config.model_dump(exclude_defaults=True)
+    knobs = {k: v for k, v in config.public().items() if k in changed}
     log.info("fake-openai listening (NOT a model)", url=f"http://{host}:{bound}/v1", **knobs)
     try:
         await stop.wait()

@@ -20,7 +20,7 @@ class Stats:
     """Counters by path and outcome, tokens served, and the last request bodies."""
 
     def __init__(self, log_size: int) -> None:
-        self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
+        self.log: deque[tuple[float, str, str, Any, Any]] = deque(maxlen=log_size)
         self.by_path: Counter[str] = Counter()
         self.by_outcome: Counter[str] = Counter()
         self.reset()
@@ -29,10 +29,9 @@ class Stats:
         """Count an API request and log its body and headers (credentials left out)."""
         self.total += 1
         self.by_path[path] += 1
-        kept = {k: v for k, v in headers.items() if k.lower() not in HIDDEN_HEADERS}
-        self.log.append(
-            {"time": time.time(), "method": method, "path": path, "headers": kept, "body": body}
-        )
+        # The (immutable) headers object is kept as is and filtered when read: copying it on
+        # every request would cost more than the rest of the bookkeeping.
+        self.log.append((time.time(), method, path, headers, body))
 
     def outcome(self, outcome: Outcome) -> None:
         """Count what the request got."""
@@ -76,5 +75,13 @@ class Stats:
         """The last ``limit`` logged requests, oldest first."""
         if limit <= 0:
             return []
-        items = list(self.log)
-        return items[-limit:]
+        return [
+            {
+                "time": when,
+                "method": method,
+                "path": path,
+                "headers": {k: v for k, v in headers.items() if k.lower() not in HIDDEN_HEADERS},
+                "body": body,
+            }
+            for when, method, path, headers, body in list(self.log)[-limit:]
+        ]

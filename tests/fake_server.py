@@ -1,0 +1,94 @@
+"""Run the fake OpenAI server as a subprocess, the way benchmarks and end-to-end tests need it.
+
+    from tests.fake_server import fake_openai_server
+
+    with fake_openai_server(latency_ms=20, p_429=0.1) as base_url:   # "http://127.0.0.1:PORT/v1"
+        client = AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0)
+        ...
+
+Knobs are ``FakeConfig`` field names; they reach the child as ``MODSTREAM_FAKE_<NAME>``
+variables, exactly as an operator would set them. The context manager picks a free port,
+starts ``python -m consumer fake-openai --port P``, waits until ``/_fake/health`` answers,
+and on exit sends SIGTERM (then SIGKILL after ``stop_timeout``). Use
+``consumer.fake_openai.FakeAdmin(base_url)`` for stats and runtime knob changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+ENV_PREFIX = "MODSTREAM_FAKE_"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def knob_env(knobs: dict[str, Any]) -> dict[str, str]:
+    """``{"p_429": 0.5}`` -> ``{"MODSTREAM_FAKE_P_429": "0.5"}`` (booleans as true/false)."""
+    env = {}
+    for name, value in knobs.items():
+        if value is None:
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[ENV_PREFIX + name.upper()] = text
+    return env
+
+
+def _ready(origin: str) -> bool:
+    try:
+        with urllib.request.urlopen(origin + "/_fake/health", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def fake_openai_server(
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+    **knobs: Any,
+) -> Iterator[str]:
+    """Start the fake in a subprocess with ``knobs``; yield its base URL (``.../v1``)."""
+    port = port or free_port(host)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    env |= knob_env(knobs)
+    command = [sys.executable, "-m", "consumer", "fake-openai", "--host", host, "--port", str(port)]
+    origin = f"http://{host}:{port}"
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not _ready(origin):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output.seek(0)
+                    log = output.read().decode(errors="replace")
+                    state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+                    raise RuntimeError(f"fake-openai {state} before it answered:\n{log}")
+                time.sleep(0.05)
+            yield origin + "/v1"
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(stop_timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
