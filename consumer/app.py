@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from openai import AsyncOpenAI
 
 from consumer.admit import Admitter
+from consumer.circuit import CircuitBreaker
 from consumer.classify import Classifier
 from consumer.cost import PriceTable
 from consumer.errors import ConfigError, FatalError
@@ -115,6 +116,10 @@ async def serve(
             builder=builder,
             limiter=Limiter(settings.concurrency, rpm=settings.rpm, tpm=settings.tpm),
             prices=PriceTable(),
+            breaker=CircuitBreaker(
+                failure_threshold=settings.circuit_failure_threshold,
+                reset_s=settings.circuit_reset_s,
+            ),
             max_backoff_s=settings.retry_max_backoff_s,
         )
         budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens

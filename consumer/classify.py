@@ -6,7 +6,8 @@ and ``action``. What can go wrong, and what happens:
 
 ====================================  ==========================================
 transient (429, 5xx, timeout, drop,   retried with full-jitter exponential backoff
-empty choices)                        honouring ``retry-after(-ms)``; never dead-lettered
+empty choices)                        honouring ``retry-after(-ms)``; never dead-lettered;
+                                      a run of 5xx/timeouts opens the circuit (see circuit)
 401 / 403                             ``ProviderAuthError``: fatal, the service stops
 400 / 404 / 422                       ``RequestRejected``: dead letter
 invalid JSON or schema violation      one repair request showing the error, then dead letter
@@ -43,6 +44,7 @@ from tenacity import (
 )
 
 from consumer.admit import Admitted
+from consumer.circuit import CircuitBreaker
 from consumer.cost import PriceTable
 from consumer.errors import (
     InvalidReply,
@@ -82,7 +84,7 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 
 def translate(exc: Exception) -> ModstreamError:
-    """The one place where openai's exceptions become ours."""
+    """The one place where openai's (and the transport's) exceptions become ours."""
     if isinstance(exc, openai.APITimeoutError):
         return ProviderUnavailable("the model did not answer within the timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -154,6 +156,7 @@ class Classifier:
         builder: PromptBuilder,
         limiter: Limiter,
         prices: PriceTable,
+        breaker: CircuitBreaker | None = None,
         max_backoff_s: float = 30.0,
         on_retry: Callable[[ModstreamError], None] | None = None,
     ) -> None:
@@ -165,6 +168,7 @@ class Classifier:
         self.policy = builder.policy
         self.limiter = limiter
         self.prices = prices
+        self.breaker = breaker or CircuitBreaker()
         self.max_backoff_s = max_backoff_s
         self.on_retry = on_retry
         self.overhead_tokens = count_tokens(builder.overhead_text(), model) + 16
@@ -255,6 +259,21 @@ class Classifier:
             log.debug("model call failed, retrying", kind=exc.kind, attempt=state.attempt_number)
 
     async def _attempt(self, call: _Call) -> Any:
+        """One HTTP call, gated by the circuit breaker and the limiter."""
+        probe = await self.breaker.admit()
+        try:
+            completion = await self._send(call)
+        except ProviderUnavailable:
+            self.breaker.failure()
+            raise
+        finally:
+            if probe:
+                self.breaker.end_probe()
+        self.breaker.success()
+        await self.limiter.concurrency.on_success()
+        return completion
+
+    async def _send(self, call: _Call) -> Any:
         estimate = self.overhead_tokens + call.admitted.content_tokens + call.max_tokens
         attempt = len(call.usage) + 1
         async with self.limiter.slot(estimate) as permit:
@@ -267,14 +286,15 @@ class Classifier:
                     max_tokens=call.max_tokens,
                     temperature=self.temperature,
                 )
-            except openai.OpenAIError as exc:
+                self.limiter.observe_headers(raw.headers)
+                completion = raw.parse()
+            except (openai.OpenAIError, ValueError) as exc:
+                # ValueError: a 200 whose body is not a chat completion (a broken proxy).
                 permit.settle(0)
                 error = translate(exc)
                 outcome = _OUTCOME_OF.get(type(error), UsageOutcome.PROVIDER_UNAVAILABLE)
                 call.usage.append(self._usage(call, attempt, outcome, Tokens(0, 0), started))
                 raise error from exc
-            self.limiter.observe_headers(raw.headers)
-            completion = raw.parse()
         usage = completion.usage
         if usage is not None:
             cached = getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0
@@ -290,7 +310,6 @@ class Classifier:
         if not completion.choices:
             self._mark_last(call, UsageOutcome.PROVIDER_UNAVAILABLE)
             raise ProviderUnavailable("the model returned no choices")
-        await self.limiter.concurrency.on_success()
         return completion
 
     def _usage(

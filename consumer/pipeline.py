@@ -89,6 +89,8 @@ class Pipeline:
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
             room = self.settings.max_in_flight - self.tracker.in_flight()
+            if not self.classifier.breaker.is_closed:
+                room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
             now = time.monotonic()
             if envelopes:

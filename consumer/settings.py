@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     rpm: PositiveInt | None = Field(default=None, description="Client-side requests/minute.")
     tpm: PositiveInt | None = Field(default=None, description="Client-side tokens/minute.")
     retry_max_backoff_s: PositiveFloat = 30.0
+    circuit_failure_threshold: PositiveInt = Field(
+        default=10, description="Provider failures in a row that open the circuit (stop intake)."
+    )
+    circuit_reset_s: PositiveFloat = Field(
+        default=5.0, description="First wait before a probe call; doubles up to 60 s."
+    )
 
     # Work window
     concurrency: PositiveInt = Field(default=32, description="Model calls at once.")

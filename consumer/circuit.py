@@ -1,0 +1,130 @@
+"""A circuit breaker for the model provider: a sustained outage stops intake, not messages.
+
+    closed ──(failure_threshold provider failures in a row)──▶ open
+    open ──(reset_s passes)──▶ half_open: one probe call goes through, the others wait
+    half_open ──probe succeeds──▶ closed      half_open ──probe fails──▶ open (reset_s doubles)
+
+Only ``ProviderUnavailable`` (5xx, timeouts, dropped connections) counts: rate limits are the
+limit stage's business (AIMD and ``retry-after``). While the circuit is not closed the pipeline
+fetches nothing, so lag grows and an alert can fire, and the messages already in flight wait
+here instead of hammering the provider; none is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class CircuitState(StrEnum):
+    """Where the breaker is."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Counts consecutive provider failures and gates calls while the provider is down."""
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 10,
+        reset_s: float = 5.0,
+        max_reset_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[CircuitState], None] | None = None,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.base_reset_s = reset_s
+        self.max_reset_s = max_reset_s
+        self._clock = clock
+        self._on_change = on_change
+        self.state = CircuitState.CLOSED
+        self._failures = 0
+        self._reset_s = reset_s
+        self._open_until = 0.0
+        self._probing = False
+        self._changed = asyncio.Event()
+
+    @property
+    def is_closed(self) -> bool:
+        """Calls flow freely (the pipeline fetches only then)."""
+        return self.state is CircuitState.CLOSED
+
+    async def admit(self) -> bool:
+        """Wait until a call may go out; return True when this call is the half-open probe."""
+        while True:
+            if self.state is CircuitState.CLOSED:
+                return False
+            if self.state is CircuitState.OPEN:
+                remaining = self._open_until - self._clock()
+                if remaining > 0:
+                    await self._wait(remaining)
+                    continue
+                self._set(CircuitState.HALF_OPEN)
+            if not self._probing:
+                self._probing = True
+                return True
+            await self._wait(self._reset_s)
+
+    def end_probe(self) -> None:
+        """The probe finished without a verdict on the provider (e.g. a 429): let another try."""
+        self._probing = False
+        self._wake()
+
+    def success(self) -> None:
+        """A call reached the provider and got an answer."""
+        self._failures = 0
+        self._probing = False
+        if self.state is not CircuitState.CLOSED:
+            self._reset_s = self.base_reset_s
+            self._set(CircuitState.CLOSED)
+
+    def failure(self) -> None:
+        """A call failed with ProviderUnavailable."""
+        self._failures += 1
+        if self.state is CircuitState.HALF_OPEN:
+            self._probing = False
+            self._reset_s = min(self._reset_s * 2, self.max_reset_s)
+            self._open()
+        elif self.state is CircuitState.CLOSED and self._failures >= self.failure_threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self._open_until = self._clock() + self._reset_s
+        self._set(CircuitState.OPEN)
+
+    def _set(self, state: CircuitState) -> None:
+        if state is self.state:
+            return
+        log.warning(
+            "circuit " + state.value,
+            previous=self.state.value,
+            consecutive_failures=self._failures,
+            retry_in_s=round(self._reset_s, 1) if state is CircuitState.OPEN else None,
+        )
+        self.state = state
+        if self._on_change is not None:
+            self._on_change(state)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, at_most_s: float) -> None:
+        """Sleep until the state changes or ``at_most_s`` passes."""
+        changed = self._changed
+        try:
+            async with asyncio.timeout(max(at_most_s, 0.001)):
+                await changed.wait()
+        except TimeoutError:
+            pass
