@@ -4,6 +4,8 @@
 #   deploy/kafka/kafka.sh up       resolve jars (once), format storage (once), start, wait for the port
 #   deploy/kafka/kafka.sh down     stop the broker started by `up` (pid file), wait for it to exit
 #   deploy/kafka/kafka.sh status   exit 0 when the broker answers
+#   deploy/kafka/kafka.sh clean    down, then remove the data dir
+#   deploy/kafka/kafka.sh fetch    only resolve the jars (once; `make test` does it up front)
 #
 # Settings (environment):
 #   KAFKA_PORT      client listener port            (default 9092)
@@ -122,6 +124,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) is_up && echo "kafka: up on localhost:$port" ;;
+  fetch) resolve ;;
   clean) down; rm -rf "$data"; echo "kafka: data removed" ;;
-  *) echo "usage: $0 up|down|status|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|clean|fetch" >&2; exit 2 ;;
 esac

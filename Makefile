@@ -1,0 +1,80 @@
+# modstream developer entry points. `make test` is what CI runs (.ci/run).
+#
+#   make install     .venv with python3.11 and the project (editable, dev extras)
+#   make lint        ruff check, ruff format --check, mypy --strict
+#   make test        install, lint, then unit + integration + e2e tests (starts its own broker)
+#   make demo        the pipeline end to end on a local broker (deploy/demo.sh)
+#   make bench       benchmarks (not part of `make test`)
+#   make kafka-up    start the dev broker on localhost:9092 (kafka-down stops it)
+#   make schema      regenerate schemas/json from the event models
+#   make clean       remove caches and run state (keeps .venv and the Kafka jars)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modstream-installed
+KAFKA_SH := deploy/kafka/kafka.sh
+TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
+PYTEST_ARGS ?=
+
+.PHONY: help install lint test bench demo kafka-up kafka-down kafka-jars schema clean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall only when pyproject.toml is newer than the last install.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict consumer schemas
+
+# Resolve the broker's jars up front, so the first integration test's timeout does not
+# include a Maven download on a fresh clone.
+kafka-jars:
+	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) fetch
+
+# pytest exits 5 when it collected nothing: that is a failure here too (no `|| true`).
+test: install lint kafka-jars
+	$(PY) -m pytest $(TEST_DIRS) $(PYTEST_ARGS)
+
+bench: install
+	@if [ -f tests/benchmarks/__main__.py ]; then \
+	  $(PY) -m tests.benchmarks; \
+	elif ls tests/benchmarks/test_*.py >/dev/null 2>&1; then \
+	  $(PY) -m pytest tests/benchmarks -p no:cacheprovider; \
+	else \
+	  echo "no benchmarks yet (tests/benchmarks is empty)"; \
+	fi
+
+demo: install
+	bash deploy/demo.sh
+
+kafka-up: install
+	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) up
+
+kafka-down:
+	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down
+
+schema: install
+	$(VENV)/bin/modstream schema
+
+clean:
+	@for d in .run/kafka-test*/; do \
+	  [ -d "$$d" ] && KAFKA_DATA_DIR=$$d KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down >/dev/null || true; \
+	done
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist .run
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,210 @@
+"""Fixtures every test suite shares: a real, dedicated Kafka broker and topic helpers.
+
+The broker is the same Apache Kafka the demo uses (``deploy/kafka/kafka.sh``), started once per
+session and only when a test asks for ``kafka_bootstrap``, so ``pytest tests/unit`` never starts
+Java. It listens on ``MODSTREAM_TEST_KAFKA_PORT`` (default 39092; its controller on port+1),
+keeps its data in ``.run/kafka-test`` (wiped at session start, so every run begins clean), and
+is stopped at session end.
+
+``MODSTREAM_TEST_KAFKA_BOOTSTRAP=host:port`` uses an existing broker instead and starts nothing.
+
+Several sessions may run at once in the same tree (two engineers, or ``make test`` next to an
+editor's test run). Each session holds a lock on its broker's data directory; when the default
+port's lock is held by another session, the next free slot (port + 10, + 20, ...) is used with
+its own data directory. An explicit ``MODSTREAM_TEST_KAFKA_PORT`` is never moved: a busy one
+fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import IO
+
+import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+RUN_DIR = ROOT / ".run"
+DEFAULT_PORT = 39092
+PORT_STEP = 10
+PORT_SLOTS = 5
+_KAFKA_DIRS = ("integration", "e2e")
+
+#: How the session's broker came to be, shown in the terminal summary.
+_broker_note: list[str] = []
+
+MakeTopic = Callable[..., Awaitable[str]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/integration and tests/e2e need the broker: mark them ``kafka``."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(ROOT).parts
+        if len(parts) > 1 and parts[0] == "tests" and parts[1] in _KAFKA_DIRS:
+            item.add_marker(pytest.mark.kafka)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for note in _broker_note:
+        terminalreporter.write_line(note)
+
+
+def _answers(port: int) -> bool:
+    """Something accepts TCP connections on localhost:port."""
+    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _kafka_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "KAFKA_PORT",
+            "KAFKA_CONTROLLER_PORT",
+            "KAFKA_DATA_DIR",
+            "KAFKA_EXTRA_PROPS",
+            "KAFKA_FORMAT_ARGS",
+        }
+    }
+    env = {
+        **inherited,
+        "KAFKA_PORT": str(port),
+        "KAFKA_DATA_DIR": str(data),
+        "KAFKA_PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        ["bash", str(KAFKA_SH), command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _data_dir(port: int) -> Path:
+    return RUN_DIR / ("kafka-test" if port == DEFAULT_PORT else f"kafka-test-{port}")
+
+
+def _claim_slot(port: int, *, may_move: bool) -> tuple[int, Path, IO[str]]:
+    """Lock a (port, data dir) no other session uses; return it with the held lock file."""
+    RUN_DIR.mkdir(exist_ok=True)
+    tried = []
+    for slot in range(PORT_SLOTS if may_move else 1):
+        candidate = port + slot * PORT_STEP
+        data = _data_dir(candidate)
+        lock = (RUN_DIR / f"{data.name}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            tried.append(f"{candidate} (another test session holds {data.name}.lock)")
+            continue
+        # Ours now. A broker a killed session left behind is stopped through its pid file.
+        _kafka_sh("down", candidate, data)
+        if _answers(candidate) or _answers(candidate + 1):
+            lock.close()
+            tried.append(f"{candidate} (port or port+1 in use by another process)")
+            continue
+        return candidate, data, lock
+    hint = "" if may_move else "; unset MODSTREAM_TEST_KAFKA_PORT or choose another port"
+    raise pytest.UsageError("no free test broker slot: tried " + ", ".join(tried) + hint)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``localhost:PORT`` of a clean broker for this session (started on first use)."""
+    existing = os.environ.get("MODSTREAM_TEST_KAFKA_BOOTSTRAP")
+    if existing:
+        _broker_note.append(f"test broker: {existing} (MODSTREAM_TEST_KAFKA_BOOTSTRAP)")
+        yield existing
+        return
+    explicit = os.environ.get("MODSTREAM_TEST_KAFKA_PORT")
+    port, data, lock = _claim_slot(int(explicit or DEFAULT_PORT), may_move=not explicit)
+    try:
+        shutil.rmtree(data, ignore_errors=True)
+        started = time.monotonic()
+        result = _kafka_sh("up", port, data)
+        elapsed = time.monotonic() - started
+        if result.returncode != 0:
+            log = data / "kafka.out"
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+            pytest.fail(
+                f"test broker did not start on port {port} (kafka.sh up exit "
+                f"{result.returncode}):\n{result.stdout}{result.stderr}\n--- {log}:\n{tail}",
+                pytrace=False,
+            )
+        _broker_note.append(
+            f"test broker: localhost:{port} started in {elapsed:.1f}s (data {data})"
+        )
+        try:
+            yield f"localhost:{port}"
+        finally:
+            _kafka_sh("down", port, data)
+    finally:
+        lock.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """One admin client for the session."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short suffix no other test (or earlier run) uses: for topics, groups, ids."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_topic(kafka_admin: AIOKafkaAdminClient, unique: str) -> MakeTopic:
+    """``await make_topic(partitions=3, prefix="t")`` creates a fresh topic, returns its name.
+
+    It returns once every partition has a leader, so producing right away does not race the
+    topic's creation.
+    """
+    counter = iter(range(1_000_000))
+
+    async def create(partitions: int = 1, prefix: str = "test", **configs: str) -> str:
+        name = f"{prefix}-{unique}-{next(counter)}"
+        await kafka_admin.create_topics(
+            [NewTopic(name, partitions, 1, topic_configs=configs or None)]
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            (described,) = await kafka_admin.describe_topics([name])
+            parts = described.get("partitions") or []
+            if (
+                described.get("error_code") == 0
+                and len(parts) == partitions
+                and all(p.get("leader", -1) >= 0 for p in parts)
+            ):
+                return name
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} has no leaders after 30 s: {described}")
+            await asyncio.sleep(0.05)
+
+    return create

@@ -1,0 +1,92 @@
+"""The ``modstream`` command as a user runs it: a real process, real exit codes, real output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas.export import schema_files
+
+ROOT = Path(__file__).resolve().parents[2]
+MODSTREAM = Path(sys.executable).parent / "modstream"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.upper().startswith(("MODSTREAM_", "OPENAI_"))
+    }
+    # Nothing in these tests may reach a broker: point at a port where nothing listens.
+    env["MODSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args),
+        env=_env(**env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_python_m_consumer_help_lists_the_commands() -> None:
+    result = _run(sys.executable, "-m", "consumer", "--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("consume", "schema", "fake-openai"):
+        assert command in result.stdout
+
+
+def test_console_script_is_installed() -> None:
+    result = _run(str(MODSTREAM), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "consume" in result.stdout
+
+
+def test_bad_setting_exits_2_naming_the_variable_without_traceback() -> None:
+    result = _run(str(MODSTREAM), "consume", MODSTREAM_CONCURRENCY="abc")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "MODSTREAM_CONCURRENCY" in result.stderr
+    assert "'abc'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_inconsistent_settings_exit_2_without_traceback() -> None:
+    result = _run(
+        str(MODSTREAM), "consume", MODSTREAM_CONCURRENCY="100", MODSTREAM_MAX_IN_FLIGHT="10"
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "max_in_flight" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_secret_is_not_echoed_on_config_error() -> None:
+    result = _run(
+        str(MODSTREAM),
+        "consume",
+        MODSTREAM_CONCURRENCY="abc",
+        OPENAI_API_KEY="sk-cli-secret-value",
+        MODSTREAM_SASL_PASSWORD="pw-cli-secret-value",
+    )
+    assert result.returncode == 2
+    assert "sk-cli-secret-value" not in result.stderr + result.stdout
+    assert "pw-cli-secret-value" not in result.stderr + result.stdout
+
+
+def test_schema_writes_the_four_schema_files(tmp_path: Path) -> None:
+    out = tmp_path / "json"
+    result = _run(str(MODSTREAM), "schema", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    expected = schema_files()
+    assert written == sorted(expected)
+    assert len(written) == 4
+    for name, text in expected.items():
+        assert (out / name).read_text() == text
+    # It prints the paths it wrote, one a line.
+    assert sorted(Path(line).name for line in result.stdout.split()) == written
