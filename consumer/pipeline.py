@@ -72,6 +72,7 @@ class Pipeline:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
+        self._paused_for_provider = False
 
     async def run(self, stop: asyncio.Event, *, exit_when_idle: float | None = None) -> None:
         """Process until ``stop`` is set (or idle), then drain within the grace period."""
@@ -89,7 +90,7 @@ class Pipeline:
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
             room = self.settings.max_in_flight - self.tracker.in_flight()
-            if not self.classifier.breaker.is_closed:
+            if self._intake_paused(not self.classifier.breaker.is_closed):
                 room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
             now = time.monotonic()
@@ -105,6 +106,16 @@ class Pipeline:
             for envelope in envelopes:
                 self._start(envelope)
         log.info("stop requested: intake stopped, draining", in_flight=self.tracker.in_flight())
+
+    def _intake_paused(self, paused: bool) -> bool:
+        """Log each change of the provider-driven intake pause; return ``paused``."""
+        if paused != self._paused_for_provider:
+            self._paused_for_provider = paused
+            if paused:
+                log.warning("intake paused: the model provider is down (circuit open)")
+            else:
+                log.warning("intake resumed: the model provider answers again")
+        return paused
 
     def _start(self, envelope: Envelope) -> None:
         assert self._group is not None

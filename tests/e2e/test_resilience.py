@@ -1,0 +1,145 @@
+"""Provider resilience end to end: the fake misbehaves over real HTTP, the broker is real.
+
+- a storm of 429s, 500s, hangs, malformed and truncated replies and refusals loses nothing,
+  dead-letters nothing for a transient reason, and every token is accounted for;
+- a client-side TPM budget equal to the provider's keeps 429s under 1 %;
+- a 60-second outage opens the circuit, pauses intake, and everything is processed after;
+- a 401 stops the service with a clear message and commits nothing it did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from consumer.app import serve
+from consumer.fake_openai import FakeAdmin
+from tests.e2e.harness import expected_offsets, new_run, outcomes_per_offset
+from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.fake_server import fake_openai_server
+
+pytestmark = pytest.mark.timeout(600)
+
+
+async def test_chaos_storm_loses_nothing_and_accounts_every_token(kafka_bootstrap: str) -> None:
+    knobs = {
+        "p_429": 0.30,
+        "retry_after_mode": "mixed",
+        "retry_after_s": 0.05,
+        "p_500": 0.05,
+        "p_hang": 0.03,
+        "p_malformed": 0.05,
+        "p_truncated": 0.03,
+        "p_refusal": 0.02,
+        "latency_ms": 5,
+        "latency_dist": "exponential",
+        "seed": 42,
+    }
+    with fake_openai_server(**knobs) as url:
+        run = new_run(kafka_bootstrap, url, partitions=6)
+        await run.create_topics()
+        await run.produce(clean_values(2000))
+
+        await serve(
+            run.settings(concurrency=64, request_timeout_s=1.0, retry_max_backoff_s=1.0),
+            exit_when_idle=3,
+        )
+
+        await assert_nothing_lost(run)
+        summary = await run.outputs()
+        # Only a reply still invalid after its repair (or cut twice) may be dead-lettered.
+        assert {d.error_class for d in summary.dead_letters} <= {"InvalidReply"}
+        assert len(summary.dead_letters) < 20
+        refusals = [v for v in summary.verdicts if v.refusal]
+        assert refusals and all(v.action == "review" for v in refusals)
+        outcomes = {u.outcome.value for u in summary.usage}
+        assert {"ok", "rate_limited", "provider_unavailable", "invalid_reply", "length"} <= outcomes
+        async with FakeAdmin(url) as admin:
+            stats = await admin.stats()
+        prompt = sum(u.prompt_tokens for u in summary.usage)
+        completion = sum(u.completion_tokens for u in summary.usage)
+        assert (prompt, completion) == (stats["tokens"]["prompt"], stats["tokens"]["completion"])
+        # One retry layer: every request the fake saw is one usage event (hangs abandoned by the
+        # client are the fake's only requests without an answer, and they are usage events too).
+        assert len(summary.usage) == stats["by_path"]["/v1/chat/completions"]
+
+
+async def test_tpm_budget_matching_the_provider_avoids_429s(kafka_bootstrap: str) -> None:
+    tpm = 150_000
+    with fake_openai_server(tpm=tpm, latency_ms=20, seed=7) as url:
+        run = new_run(kafka_bootstrap, url, partitions=3)
+        await run.create_topics()
+        await run.produce(clean_values(300))
+
+        await serve(run.settings(tpm=tpm, max_tokens=200, concurrency=32), exit_when_idle=3)
+
+        await assert_nothing_lost(run)
+        summary = await run.outputs()
+        calls = len(summary.usage)
+        rate_limited = sum(1 for u in summary.usage if u.outcome == "rate_limited")
+        assert rate_limited < 0.01 * calls, f"{rate_limited} of {calls} calls got a 429"
+
+
+async def test_outage_opens_circuit_pauses_intake_and_recovers(kafka_bootstrap: str) -> None:
+    with fake_openai_server(latency_ms=5, seed=9) as url:
+        run = new_run(kafka_bootstrap, url, partitions=3)
+        await run.create_topics()
+        await run.produce(clean_values(3000))
+        process = run.spawn(
+            "--exit-when-idle",
+            "5",
+            MODSTREAM_CONCURRENCY="8",
+            MODSTREAM_MAX_IN_FLIGHT="32",
+            MODSTREAM_CIRCUIT_RESET_S="2",
+            MODSTREAM_RETRY_MAX_BACKOFF_S="2",
+            MODSTREAM_LOG_LEVEL="INFO",
+        )
+        async with FakeAdmin(url) as admin:
+            await asyncio.sleep(4)
+            assert process.poll() is None
+            await admin.patch(outage=True)
+            await asyncio.sleep(60)
+            during = await admin.stats()
+            await admin.patch(outage=False)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=400)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+
+        events = [json.loads(line)["event"] for line in stderr.decode().splitlines() if line]
+        assert "circuit open" in events
+        assert "circuit half_open" in events
+        assert "circuit closed" in events
+        assert "intake paused: the model provider is down (circuit open)" in events
+        assert events.index("intake paused: the model provider is down (circuit open)") < events.index(
+            "intake resumed: the model provider answers again"
+        )
+        # While open, only probes reach the provider: far fewer than the work waiting.
+        assert during["by_outcome"].get("503", 0) < 200
+
+        await assert_nothing_lost(run)
+        summary = await run.outputs()
+        assert summary.dead_letters == []
+        assert len(summary.verdicts) == 3000
+
+
+async def test_401_stops_with_clear_message_and_commits_nothing_unfinished(
+    kafka_bootstrap: str,
+) -> None:
+    with fake_openai_server(api_key="sk-the-right-key") as url:
+        run = new_run(kafka_bootstrap, url, partitions=2)
+        await run.create_topics()
+        await run.produce(clean_values(50))
+        process = run.spawn()
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=120)
+
+        assert process.returncode == 3
+        message = stderr.decode()
+        assert "401" in message and "OPENAI_API_KEY" in message
+        assert "sk-test-not-a-real-key" not in message  # the key itself is never printed
+        summary = await run.outputs()
+        assert summary.verdicts == [] and summary.dead_letters == []
+        committed = await run.committed()
+        assert all(offset <= 0 for offset in committed.values()), committed
+        seen = outcomes_per_offset(summary)
+        assert not (set(seen) & expected_offsets(await run.end_offsets()))
