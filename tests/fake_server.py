@@ -80,7 +80,11 @@ def fake_openai_server(
                 if process.poll() is not None or time.monotonic() > deadline:
                     output.seek(0)
                     log = output.read().decode(errors="replace")
-                    state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+                    state = (
+                        f"exited with {process.returncode}"
+                        if process.poll() is not None
+                        else "timed out"
+                    )
                     raise RuntimeError(f"fake-openai {state} before it answered:\n{log}")
                 time.sleep(0.05)
             yield origin + "/v1"

@@ -70,8 +70,8 @@ class Endpoints:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         allowance = int(limit or DEFAULT_MAX_TOKENS)
         state.admit(prompt + allowance)
-        used = 0
-        try:  # the finally refunds the unused allowance, also when the client gives up
+        unused = allowance
+        try:  # the finally refunds the allowance when no reply is sent (drop, client gone)
             await state.fault(request, outcome)
             if outcome is Outcome.DROP:
                 return web.Response()
@@ -82,10 +82,13 @@ class Endpoints:
                 value, model=model, outcome=outcome, usage=(prompt, cached), allowance=allowance
             )
             state.stats.tokens(prompt, used, cached)
+            # Refund before the headers are written, so they show the bucket after this call.
+            state.limiter.refund(allowance - used)
+            unused = 0
             headers = state.limiter.headers() | {"x-request-id": new_id("req")}
             return json_response(data, headers=headers)
         finally:
-            state.limiter.refund(allowance - used)
+            state.limiter.refund(unused)
 
     def reply(
         self, value: Any, *, model: str, outcome: Outcome, usage: tuple[int, int], allowance: int

@@ -48,7 +48,8 @@ def compiled(schema_json: str) -> Gen:
 
 def generate(schema: dict[str, Any], context: Context) -> Any:
     """An instance of ``schema`` filled from ``context``."""
-    key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    # Not sort_keys: property order is part of the reply (OpenAI answers in schema order).
+    key = json.dumps(schema, separators=(",", ":"))
     try:
         return compiled(key)(context, 0)
     except RecursionError as exc:  # pathological schemas must not kill the server

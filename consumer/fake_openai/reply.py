@@ -28,11 +28,16 @@ def new_id(prefix: str) -> str:
 
 
 def last_user_text(messages: list[Any]) -> str:
-    """The text of the last user message (empty when there is none)."""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return message_text(message)
-    return ""
+    """The text to judge: the last user message that holds a ``<content>`` block, else the
+    last user message (empty when there is none).
+
+    Looking back for the block matters for repair turns, where the last user message only
+    says what was wrong with the previous reply.
+    """
+    users = [message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return next(
+        (text for text in reversed(users) if "<content" in text), users[-1] if users else ""
+    )
 
 
 def context_for(text: str) -> Context:

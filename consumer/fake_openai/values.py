@@ -114,14 +114,19 @@ def number(schema: dict[str, Any], name: str, category: str | None, *, integer: 
     # A category number on a wider scale (0-10, 0-100) gets the score stretched over it.
     scale = (low if low > -math.inf else 0.0, high) if high > 1 and high < math.inf else None
 
+    if integer:
+        int_low = low if math.isinf(low) else math.floor(low) + 1 if low_open else math.ceil(low)
+        int_high = (
+            high if math.isinf(high) else math.ceil(high) - 1 if high_open else math.floor(high)
+        )
+        if int_low > int_high:
+            raise SchemaError(f"no integer fits the bounds of {name or 'a value'}")
+    elif low > high or (low == high and (low_open or high_open)):
+        raise SchemaError(f"no number fits the bounds of {name or 'a value'}")
+
     def fit(value: float) -> float | int:
         if integer:
-            value = round(value)
-            lo = math.floor(low) + 1 if low_open and low == math.floor(low) else math.ceil(low)
-            hi = math.ceil(high) - 1 if high_open and high == math.ceil(high) else math.floor(high)
-            if lo > hi:
-                raise SchemaError(f"no integer fits the bounds of {name or 'a value'}")
-            return int(min(max(value, lo), hi))
+            return int(min(max(round(value), int_low), int_high))
         if (
             low < value < high
             or (value == low and not low_open)
