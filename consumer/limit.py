@@ -16,6 +16,7 @@ from headers, which is most of the saving, so the bucket here is a small one of 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -158,7 +159,9 @@ class Limiter:
         tpm: int | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.concurrency = AdaptiveConcurrency(concurrency, floor=min(floor, concurrency))
+        self.concurrency = AdaptiveConcurrency(
+            concurrency, floor=min(floor, concurrency), clock=clock
+        )
         self.rpm = TokenBucket(rpm, clock=clock) if rpm else None
         self.tpm = TokenBucket(tpm, clock=clock) if tpm else None
 
@@ -171,6 +174,8 @@ class Limiter:
                 await self.rpm.take(1)
             if self.tpm is not None:
                 await self.tpm.take(estimated_tokens)
+                # The bucket clamps a request above its size: settle against what it took.
+                estimated_tokens = min(estimated_tokens, int(self.tpm.capacity))
             yield Permit(self, estimated_tokens)
         finally:
             await self.concurrency.release()
@@ -181,6 +186,8 @@ class Limiter:
             value = headers.get(f"x-ratelimit-remaining-{name}")
             if bucket is not None and value is not None:
                 try:
-                    bucket.sync_down(float(value))
+                    remaining = float(value)
                 except ValueError:
                     continue
+                if math.isfinite(remaining):  # "-inf" would stall the bucket forever
+                    bucket.sync_down(remaining)
