@@ -108,7 +108,13 @@ class AdaptiveConcurrency:
     async def acquire(self) -> None:
         """Wait for a free slot under the current limit."""
         async with self._cond:
-            await self._cond.wait_for(lambda: self._in_use < int(self._limit))
+            try:
+                await self._cond.wait_for(lambda: self._in_use < int(self._limit))
+            except asyncio.CancelledError:
+                # Cancelled after release() woke us (Python < 3.13 drops that wake-up): pass
+                # it on, or a free slot strands the other waiters.
+                self._cond.notify(1)
+                raise
             self._in_use += 1
 
     async def release(self) -> None:

@@ -316,6 +316,56 @@ async def test_a_cut_limit_admits_nobody_until_holders_drain(clock: FakeClock) -
     assert conc.in_use == 2
 
 
+async def test_a_waiter_cancelled_after_its_wake_up_passes_it_on() -> None:
+    """A release wakes one waiter; if that one is cancelled first, the next must still run."""
+    conc = AdaptiveConcurrency(1)
+    await conc.acquire()
+    first = asyncio.create_task(conc.acquire())
+    second = asyncio.create_task(conc.acquire())
+    await _real_sleep(0)
+    await conc.release()  # wakes first...
+    first.cancel()  # ...which is cancelled before it runs
+    async with asyncio.timeout(5):  # a deadlock, not a timing check
+        await second
+    assert conc.in_use == 1
+
+
+@given(
+    ceiling=st.integers(1, 4),
+    tasks=st.integers(2, 30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cancelled_waiters_never_strand_the_others(ceiling: int, tasks: int, seed: int) -> None:
+    rng = random.Random(seed)
+
+    async def main() -> None:
+        conc = AdaptiveConcurrency(ceiling)
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            await conc.acquire()
+            try:
+                for _ in range(rng.randint(0, 2)):
+                    await _real_sleep(0)
+            finally:
+                await conc.release()
+            done += 1
+
+        running = [asyncio.create_task(worker()) for _ in range(tasks)]
+        doomed = rng.sample(running, rng.randint(1, tasks - 1))
+        for _ in range(rng.randint(0, 3)):
+            await _real_sleep(0)
+        for task in doomed:
+            task.cancel()
+        async with asyncio.timeout(5):  # a deadlock, not a timing check
+            await asyncio.gather(*running, return_exceptions=True)
+        assert conc.in_use == 0
+        assert done >= tasks - len(doomed)
+
+    asyncio.run(main())
+
+
 def test_on_overload_halves_to_the_floor_once_per_second(clock: FakeClock) -> None:
     conc = AdaptiveConcurrency(16, floor=3, clock=clock)
     conc.on_overload()
