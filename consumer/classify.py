@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,22 +66,34 @@ log = structlog.get_logger(__name__)
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """The wait a response asks for: ``retry-after-ms`` first, then ``retry-after``."""
+    """The wait a response asks for: ``retry-after-ms`` first, then ``retry-after``.
+
+    Garbage (not a number, not an HTTP-date, not finite) is ``None``: a bad header must not
+    stop the retry or make it wait forever.
+    """
     if headers is None:
         return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value) if value else None
-            if when is not None:
-                return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return None
+    if (ms := _seconds(headers.get("retry-after-ms"))) is not None:
+        return ms / 1000
+    value = headers.get("retry-after")
+    if (seconds := _seconds(value)) is not None or not value:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC without a zone (RFC 5322)
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _seconds(value: str | None) -> float | None:
+    """A finite, non-negative number from a header value, else ``None``."""
+    try:
+        number = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return max(0.0, number) if math.isfinite(number) else None
 
 
 def translate(exc: Exception) -> ModstreamError:
@@ -184,7 +197,10 @@ class Classifier:
         )
         repaired = lengthened = False
         while True:
-            completion = await self._with_retries(call)
+            try:
+                completion = await self._with_retries(call)
+            except PermanentError as exc:  # 400/404/422: dead letter, keep the usage
+                return Classified(None, exc, call.usage)
             choice = completion.choices[0]
             content = choice.message.content or ""
             refusal = choice.message.refusal
