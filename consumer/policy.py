@@ -75,11 +75,15 @@ class Policy(BaseModel):
     @functools.cached_property
     def reply_model(self) -> type[BaseModel]:
         """The private pydantic model of the model's reply: one score field per category."""
-        score = (Annotated[float, Field(ge=0.0, le=1.0)], ...)
+        # Python names are positional, the JSON names are aliases: a category called
+        # "model config" or "json" must not clash with BaseModel's own members.
         scores_model: type[BaseModel] = create_model(
             "Scores",
             __config__=ConfigDict(extra="forbid"),
-            **{c.field: score for c in self.categories},  # type: ignore[call-overload]
+            **{  # type: ignore[call-overload]
+                f"c{i}": (Annotated[float, Field(ge=0.0, le=1.0, alias=c.field)], ...)
+                for i, c in enumerate(self.categories)
+            },
         )
         model: type[BaseModel] = create_model(
             "ModerationReply",
@@ -115,7 +119,7 @@ class Policy(BaseModel):
 
     def scores_from_reply(self, reply: BaseModel) -> dict[str, float]:
         """Category name -> score, from a validated ``reply_model`` instance."""
-        raw = reply.model_dump()["scores"]
+        raw = reply.model_dump(by_alias=True)["scores"]
         return {c.name: float(raw[c.field]) for c in self.categories}
 
 

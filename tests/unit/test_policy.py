@@ -224,7 +224,7 @@ def test_response_format_and_reply_model_agree() -> None:
     p = load_policy()
     scores_schema = p.response_format["json_schema"]["schema"]["properties"]["scores"]
     reply_fields = p.reply_model.model_fields["scores"].annotation.model_fields  # type: ignore[union-attr]
-    assert set(scores_schema["properties"]) == set(reply_fields)
+    assert set(scores_schema["properties"]) == {f.alias or n for n, f in reply_fields.items()}
 
 
 # ---- category names -----------------------------------------------------------------------
@@ -252,6 +252,25 @@ def test_field_name_collision_is_rejected(a: str, b: str) -> None:
 def test_name_with_no_usable_characters_is_rejected() -> None:
     with pytest.raises(ValidationError, match="distinct"):
         policy(("///", 0.5, "block"))
+
+
+@pytest.mark.parametrize(
+    "name", ["model config", "model-dump", "model_validate", "json", "copy", "schema", "123"]
+)
+def test_any_category_name_works_in_the_reply_model(
+    name: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Names that are also BaseModel members must not break (or silently reject) replies."""
+    p = policy((name, 0.5, "block"), ("hate", 0.5, "review"))
+    field = p.categories[0].field
+    reply = p.reply_model.model_validate_json(
+        f'{{"scores": {{"{field}": 0.7, "hate": 0.1}}, "rationale": "r"}}'
+    )
+    assert p.scores_from_reply(reply) == {name: 0.7, "hate": 0.1}
+    assert p.decide(p.scores_from_reply(reply))[1] == Action.BLOCK
+    with pytest.raises(ValidationError, match=field):
+        p.reply_model.model_validate({"scores": {"hate": 0.1}, "rationale": "r"})
+    assert [str(w.message) for w in recwarn] == []
 
 
 def test_category_field_is_a_plain_identifier() -> None:
