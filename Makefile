@@ -7,7 +7,7 @@
 #   make bench       benchmarks (not part of `make test`)
 #   make kafka-up    start the dev broker on localhost:9092 (kafka-down stops it)
 #   make schema      regenerate schemas/json from the event models
-#   make clean       remove caches and run state (keeps .venv and the Kafka jars)
+#   make clean       remove caches and .run/ (keeps .venv, the jars, busy test brokers)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -72,9 +72,14 @@ kafka-down:
 schema: install
 	$(VENV)/bin/modstream schema
 
+# Test brokers another session still holds (its lock in .run) are left alone.
 clean:
 	@for d in .run/kafka-test*/; do \
-	  [ -d "$$d" ] && KAFKA_DATA_DIR=$$d KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down >/dev/null || true; \
+	  [ -d "$$d" ] || continue; d=$${d%/}; \
+	  if flock -n "$$d.lock" true 2>/dev/null; then \
+	    KAFKA_DATA_DIR=$$d KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down >/dev/null; rm -rf "$$d" "$$d.lock"; \
+	  else echo "keeping $$d: a test session is using it"; fi; \
 	done
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist .run
+	find .run -mindepth 1 -maxdepth 1 ! -name 'kafka-test*' -exec rm -rf {} + 2>/dev/null || true
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
 import shutil
 import socket
@@ -52,8 +53,8 @@ MakeTopic = Callable[..., Awaitable[str]]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests under tests/integration and tests/e2e need the broker: mark them ``kafka``."""
     for item in items:
-        parts = Path(str(item.path)).relative_to(ROOT).parts
-        if len(parts) > 1 and parts[0] == "tests" and parts[1] in _KAFKA_DIRS:
+        parts = Path(str(item.path)).parts
+        if any(a == "tests" and b in _KAFKA_DIRS for a, b in itertools.pairwise(parts)):
             item.add_marker(pytest.mark.kafka)
 
 

@@ -102,7 +102,7 @@ async def test_manual_commit_and_resume_in_group(
 
     first = await _group_consumer(kafka_bootstrap, topic, group)
     try:
-        seen = []
+        seen: list[ConsumerRecord] = []
         while len(seen) < 4:
             seen.append(await asyncio.wait_for(first.getone(), TIMEOUT_S))
         assert [r.value for r in seen] == [b"m0", b"m1", b"m2", b"m3"]
@@ -135,7 +135,7 @@ async def test_transaction_commits_outputs_and_offsets_together(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{unique}")
     await producer.start()
     try:
-        inputs = []
+        inputs: list[ConsumerRecord] = []
         while len(inputs) < 3:
             inputs.append(await asyncio.wait_for(consumer.getone(), TIMEOUT_S))
         async with producer.transaction():
