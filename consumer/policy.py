@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,11 +136,24 @@ class Prompt(BaseModel):
 
     @model_validator(mode="after")
     def _placeholders(self) -> Prompt:
-        if "{content}" not in self.user or "{context_block}" not in self.user:
-            raise ValueError("user template needs the {content} and {context_block} placeholders")
+        if _placeholders(self.user) != {"content", "context_block"}:
+            raise ValueError(
+                "user template needs the {content} and {context_block} placeholders and no "
+                "others (write literal braces as {{ and }})"
+            )
+        if self.context and _placeholders(self.context) != {"context"}:
+            raise ValueError("context template needs the {context} placeholder and no others")
         if "{" in self.system:
             raise ValueError("the system text is static: no placeholders, no content")
         return self
+
+
+def _placeholders(template: str) -> set[str]:
+    """The names ``str.format`` fills in ``template`` (``""`` for a positional ``{}``)."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:  # a single "{" or "}"
+        return {"<unbalanced brace>"}
 
 
 def escape(text: str) -> str:

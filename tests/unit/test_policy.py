@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from consumer.errors import ConfigError
-from consumer.policy import Category, Policy, Prompt, load_policy, load_prompt
+from consumer.policy import Category, Policy, Prompt, PromptBuilder, load_policy, load_prompt
 from schemas import Action
 
 SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
@@ -361,6 +361,21 @@ BAD_PROMPTS = {
     "not yaml": "system: 'unclosed\nuser: [",
     "no content placeholder": _with(GOOD_PROMPT, user="{context_block} judge this"),
     "no context placeholder": _with(GOOD_PROMPT, user="<content>{content}</content>"),
+    "content placeholder escaped": _with(GOOD_PROMPT, user="{context_block}{{content}}"),
+    "unknown placeholder in user": _with(
+        GOOD_PROMPT, user="{context_block}<content>{content}</content> by {user}"
+    ),
+    "literal json braces in user": _with(
+        GOOD_PROMPT, user='{context_block}<content>{content}</content> e.g. {"hate": 0.1}'
+    ),
+    "positional placeholder in user": _with(
+        GOOD_PROMPT, user="{context_block}<content>{content}</content>{0}"
+    ),
+    "unbalanced brace in user": _with(
+        GOOD_PROMPT, user="{context_block}<content>{content}</content> }"
+    ),
+    "unknown placeholder in context": _with(GOOD_PROMPT, context="<context>{thread}</context>"),
+    "context template without context": _with(GOOD_PROMPT, context="<context></context>"),
     "brace in system": _with(GOOD_PROMPT, system="You judge {content} fairly."),
     "lone brace in system": _with(GOOD_PROMPT, system="Reply with JSON like {"),
     "empty system": _with(GOOD_PROMPT, system=""),
@@ -375,6 +390,21 @@ def test_bad_prompt_file_is_a_config_error_naming_the_file(tmp_path: Path, case:
     with pytest.raises(ConfigError) as info:
         load_prompt(path)
     assert str(path) in info.value.message
+
+
+def test_literal_braces_in_templates_are_fine_when_doubled(tmp_path: Path) -> None:
+    data = _with(
+        GOOD_PROMPT, user='{context_block}<content>\n{content}\n</content>\nlike {{"hate": 0.1}}'
+    )
+    prompt = load_prompt(write(tmp_path, "q.yaml", data))
+    _, user = PromptBuilder(SMALL, prompt).messages("hi", None)
+    assert user["content"].endswith('like {"hate": 0.1}')
+
+
+def test_no_context_template_drops_the_context(tmp_path: Path) -> None:
+    prompt = load_prompt(write(tmp_path, "q.yaml", _with(GOOD_PROMPT, context=...)))
+    _, user = PromptBuilder(SMALL, prompt).messages("hi", "the thread")
+    assert "the thread" not in user["content"]
 
 
 def test_missing_file_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
