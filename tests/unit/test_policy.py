@@ -392,6 +392,21 @@ def test_bad_prompt_file_is_a_config_error_naming_the_file(tmp_path: Path, case:
     assert str(path) in info.value.message
 
 
+@pytest.mark.parametrize("load", [load_policy, load_prompt])
+def test_non_utf8_file_is_a_config_error_naming_the_file(tmp_path: Path, load: Any) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("version: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(path) in info.value.message
+
+
+def test_directory_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_policy(tmp_path)
+    assert str(tmp_path) in info.value.message
+
+
 def test_literal_braces_in_templates_are_fine_when_doubled(tmp_path: Path) -> None:
     data = _with(
         GOOD_PROMPT, user='{context_block}<content>\n{content}\n</content>\nlike {{"hate": 0.1}}'
