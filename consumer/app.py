@@ -84,13 +84,38 @@ async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
         raise ConfigError("topics do not exist on the broker: " + ", ".join(missing))
 
 
+def model_stages(settings: Settings, client: AsyncOpenAI) -> tuple[Classifier, Admitter]:
+    """The classifier and the admitter its prompt budget implies, from the settings."""
+    builder = PromptBuilder(load_policy(settings.policy_file), load_prompt(settings.prompt_file))
+    classifier = Classifier(
+        client,
+        model=settings.model,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        builder=builder,
+        limiter=Limiter(settings.concurrency, rpm=settings.rpm, tpm=settings.tpm),
+        prices=PriceTable(),
+        breaker=CircuitBreaker(
+            failure_threshold=settings.circuit_failure_threshold,
+            reset_s=settings.circuit_reset_s,
+        ),
+        max_backoff_s=settings.retry_max_backoff_s,
+    )
+    budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
+    admitter = Admitter(
+        model=settings.model,
+        budget_tokens=budget,
+        max_input_tokens=settings.max_input_tokens,
+        oversize=settings.oversize,
+    )
+    return classifier, admitter
+
+
 async def serve(
     settings: Settings, *, stop: asyncio.Event | None = None, exit_when_idle: float | None = None
 ) -> Pipeline:
     """Run the consumer until ``stop`` is set, a signal arrives, or it has been idle."""
     stop = stop or asyncio.Event()
-    policy = load_policy(settings.policy_file)
-    builder = PromptBuilder(policy, load_prompt(settings.prompt_file))
     kafka = kafka_options(settings)
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(openai_client(settings))
@@ -108,27 +133,7 @@ async def serve(
         )
         await stack.enter_async_context(consumer)
         await check_topics(consumer, settings)
-        classifier = Classifier(
-            client,
-            model=settings.model,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            builder=builder,
-            limiter=Limiter(settings.concurrency, rpm=settings.rpm, tpm=settings.tpm),
-            prices=PriceTable(),
-            breaker=CircuitBreaker(
-                failure_threshold=settings.circuit_failure_threshold,
-                reset_s=settings.circuit_reset_s,
-            ),
-            max_backoff_s=settings.retry_max_backoff_s,
-        )
-        budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
-        admitter = Admitter(
-            model=settings.model,
-            budget_tokens=budget,
-            max_input_tokens=settings.max_input_tokens,
-            oversize=settings.oversize,
-        )
+        classifier, admitter = model_stages(settings, client)
         pipeline = Pipeline(
             settings,
             consumer=consumer,
@@ -149,7 +154,7 @@ async def serve(
             topic=settings.input_topic,
             group=settings.group_id,
             model=settings.model,
-            policy=policy.version,
+            policy=classifier.policy.version,
             concurrency=settings.concurrency,
             max_in_flight=settings.max_in_flight,
         )
