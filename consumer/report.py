@@ -10,13 +10,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from consumer.settings import Settings
+from consumer.topics import topic_partitions
 from schemas import DeadLetter, UsageEvent, Verdict
 
 T = TypeVar("T", bound=BaseModel)
@@ -37,18 +37,7 @@ async def read_topic(settings: Settings, topic: str) -> list[bytes]:
     from consumer.app import kafka_options  # noqa: PLC0415
 
     options = kafka_options(settings)
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [
-        TopicPartition(topic, p["partition"])
-        for t in described
-        if t["error_code"] == 0
-        for p in t["partitions"]
-    ]
+    partitions = await topic_partitions(options, topic)
     values: list[bytes] = []
     if not partitions:
         return values

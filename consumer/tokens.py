@@ -86,3 +86,20 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 def count_tokens(text: str, model: str) -> int:
     """Number of tokens ``text`` takes for ``model`` (special-token text counted as plain text)."""
     return len(encoding_for_model(model).encode(text, disallowed_special=()))
+
+
+#: OpenAI's published recipe for chat prompts: per message 3 tokens plus role and content,
+#: plus 3 that prime the reply (the response_format schema is counted by the provider in an
+#: undocumented way and is not included).
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING = 3
+
+
+def chat_prompt_tokens(messages: list[dict[str, str]], model: str) -> int:
+    """Prompt tokens a provider reports for plain-text chat ``messages``."""
+    return REPLY_PRIMING + sum(
+        TOKENS_PER_MESSAGE
+        + count_tokens(m.get("role", ""), model)
+        + count_tokens(m["content"], model)
+        for m in messages
+    )
