@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, cast
 import openai
 import structlog
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import ValidationError
 from tenacity import (
@@ -304,6 +304,10 @@ class Classifier:
                 )
                 self.limiter.observe_headers(raw.headers)
                 completion = raw.parse()
+                if not isinstance(completion, ChatCompletion) or any(
+                    c.message is None for c in completion.choices or ()
+                ):  # e.g. an HTML page, which the SDK hands back as a str
+                    raise ValueError("the 200 reply is not a chat completion")
             except (openai.OpenAIError, ValueError) as exc:
                 # ValueError: a 200 whose body is not a chat completion (a broken proxy).
                 permit.settle(0)
@@ -312,7 +316,11 @@ class Classifier:
                 call.usage.append(self._usage(call, attempt, outcome, Tokens(0, 0), started))
                 raise error from exc
         usage = completion.usage
-        if usage is not None:
+        if (
+            usage is not None
+            and isinstance(usage.prompt_tokens, int)
+            and isinstance(usage.completion_tokens, int)
+        ):
             cached = getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0
             counts = Tokens(usage.prompt_tokens, usage.completion_tokens, cached)
         else:  # vLLM/Ollama may omit usage: count locally and say so

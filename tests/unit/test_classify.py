@@ -229,6 +229,23 @@ TRANSIENT: dict[str, tuple[Answer, UsageOutcome]] = {
     "connection refused": (refused_connection, UsageOutcome.PROVIDER_UNAVAILABLE),
     "connection dropped": (dropped, UsageOutcome.PROVIDER_UNAVAILABLE),
     "empty choices": (ok(empty=True), UsageOutcome.PROVIDER_UNAVAILABLE),
+    # a broken proxy or gateway answering 200 with something that is not a chat completion
+    "200 html page": (
+        httpx2.Response(200, text="<html>gateway</html>", headers={"content-type": "text/html"}),
+        UsageOutcome.PROVIDER_UNAVAILABLE,
+    ),
+    "200 broken json": (
+        httpx2.Response(200, text='{"choices": [', headers={"content-type": "application/json"}),
+        UsageOutcome.PROVIDER_UNAVAILABLE,
+    ),
+    "200 no choices key": (
+        httpx2.Response(200, json={"id": "x"}),
+        UsageOutcome.PROVIDER_UNAVAILABLE,
+    ),
+    "200 choice without message": (
+        httpx2.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop"}]}),
+        UsageOutcome.PROVIDER_UNAVAILABLE,
+    ),
 }
 
 
@@ -617,6 +634,25 @@ async def test_usage_counted_locally_when_the_provider_reports_none(
     assert usage.cost_usd == pytest.approx(
         hand_cost(usage.prompt_tokens, usage.completion_tokens, 0)
     )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"total_tokens": 5}, {"prompt_tokens": None, "completion_tokens": 3}],
+    ids=["total-only", "null-prompt"],
+)
+async def test_incomplete_usage_is_counted_locally(
+    make: MakeClassifier, usage: dict[str, Any]
+) -> None:
+    content = reply_text()
+    classifier, provider = make(ok(content, usage=usage))
+    result = await classifier.classify(admitted(), SOURCE)
+    assert result.verdict is not None
+    (event,) = result.usage
+    assert event.estimated is True
+    assert event.completion_tokens == count_tokens(content, MODEL)
+    sent = "".join(m["content"] for m in provider.bodies[0]["messages"])
+    assert event.prompt_tokens == count_tokens(sent, MODEL)
 
 
 async def test_unknown_model_costs_none(make: MakeClassifier) -> None:
