@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from contextlib import AsyncExitStack
-from typing import Any
+import ssl
+from contextlib import AsyncExitStack, suppress
+from typing import Any, TypeVar
 
 import httpx2
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from openai import AsyncOpenAI
 
 from consumer.admit import Admitter
@@ -32,6 +41,8 @@ from consumer.settings import Settings
 from consumer.source import Rebalance
 
 log = structlog.get_logger(__name__)
+
+KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer)
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -55,6 +66,66 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
             keyfile=settings.ssl_keyfile,
         )
     return options
+
+
+async def kafka_start_problem(options: dict[str, Any]) -> ConfigError | None:
+    """Why Kafka refused us at start-up, when it is a credentials or TLS problem.
+
+    aiokafka logs the real cause of a failed bootstrap (a SASL or TLS error) and raises a bare
+    "Unable to bootstrap from [...]". Connect to each bootstrap server once more, directly, and
+    turn an authentication or TLS failure into a ``ConfigError`` that names it; ``None`` when
+    the servers are simply unreachable (or answer now). The message never holds the password.
+    """
+    mechanism = options.get("sasl_mechanism")
+    for host, port, _ in collect_hosts(options["bootstrap_servers"]):
+        where = f"Kafka at {host}:{port}"
+        try:
+            conn = await create_conn(
+                host,
+                port,
+                client_id=options["client_id"],
+                request_timeout_ms=10_000,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=options["security_protocol"],
+                sasl_mechanism=mechanism,
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+        except SaslAuthenticationFailed as exc:
+            return ConfigError(
+                f"{where} rejected the SASL {mechanism} login of user "
+                f"{options.get('sasl_plain_username')!r}: {exc}. Check MODSTREAM_SASL_USERNAME, "
+                "MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
+            )
+        except (UnsupportedSaslMechanismError, IllegalSaslStateError) as exc:
+            return ConfigError(
+                f"{where} does not accept SASL {mechanism} on this listener: {exc}. Check "
+                "MODSTREAM_SASL_MECHANISM, MODSTREAM_SECURITY_PROTOCOL and the port"
+            )
+        except ssl.SSLError as exc:
+            return ConfigError(
+                f"TLS with {where} failed: {exc}. Check that the listener speaks TLS, and "
+                "MODSTREAM_SSL_CAFILE / MODSTREAM_SSL_CERTFILE / MODSTREAM_SSL_KEYFILE"
+            )
+        except (OSError, KafkaError, TimeoutError):
+            continue
+        conn.close()
+    return None
+
+
+async def enter_kafka(
+    stack: AsyncExitStack, client: KafkaClient, options: dict[str, Any]
+) -> KafkaClient:
+    """Start a Kafka client on ``stack``; a credentials or TLS failure is a clear ConfigError."""
+    try:
+        return await stack.enter_async_context(client)
+    except KafkaConnectionError as exc:
+        with suppress(Exception):
+            await client.stop()  # a failed start leaves the client's own resources open
+        problem = await kafka_start_problem(options)
+        if problem is None:
+            raise
+        raise problem from exc
 
 
 def openai_client(settings: Settings) -> AsyncOpenAI:
@@ -122,7 +193,7 @@ async def serve(
         producer = AIOKafkaProducer(
             **kafka, acks="all", enable_idempotence=True, linger_ms=5, compression_type=None
         )
-        await stack.enter_async_context(producer)
+        await enter_kafka(stack, producer, kafka)
         consumer = AIOKafkaConsumer(
             **kafka,
             group_id=settings.group_id,
@@ -131,7 +202,7 @@ async def serve(
             max_poll_interval_ms=settings.max_poll_interval_ms,
             max_poll_records=settings.max_in_flight,
         )
-        await stack.enter_async_context(consumer)
+        await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
         classifier, admitter = model_stages(settings, client)
         pipeline = Pipeline(

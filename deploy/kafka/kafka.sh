@@ -10,7 +10,11 @@
 # Settings (environment):
 #   KAFKA_PORT      client listener port            (default 9092)
 #   KAFKA_DATA_DIR  log dirs, pid file, broker logs (default deploy/kafka/.data; git-ignored)
-#   KAFKA_EXTRA_PROPS  a file whose lines are appended to server.properties (e.g. SASL listeners)
+#   KAFKA_EXTRA_PROPS  a file whose lines are appended to server.properties, with the same
+#                   @PORT@/@CONTROLLER_PORT@/@DATA@ (and @SASL_PORT@) filled in (e.g. sasl.properties)
+#   KAFKA_SASL_PORT    the port @SASL_PORT@ stands for             (default port+2)
+#   KAFKA_FORMAT_ARGS  extra words for `kafka-storage format`, split on blanks, never globbed
+#                   (e.g. --add-scram SCRAM-SHA-256=[name=alice,password=alice-secret])
 #   KAFKA_PYTHON    python for the readiness probe (default python3)
 #   KAFKA_HEAP      broker max heap (default 1g)
 set -euo pipefail
@@ -18,6 +22,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
+sasl_port=${KAFKA_SASL_PORT:-$((port + 2))}
 data=${KAFKA_DATA_DIR:-$here/.data}
 lib=$here/target/lib
 pidfile=$data/kafka.pid
@@ -72,12 +77,16 @@ up() {
   fi
   resolve
   mkdir -p "$data/logs"
-  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$controller_port|g" -e "s|@DATA@|$data|g" \
-    "$here/server.properties" > "$props"
-  if [ -n "${KAFKA_EXTRA_PROPS:-}" ]; then cat "$KAFKA_EXTRA_PROPS" >> "$props"; fi
+  local fill=(-e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$controller_port|g"
+    -e "s|@SASL_PORT@|$sasl_port|g" -e "s|@DATA@|$data|g")
+  sed "${fill[@]}" "$here/server.properties" > "$props"
+  if [ -n "${KAFKA_EXTRA_PROPS:-}" ]; then sed "${fill[@]}" "$KAFKA_EXTRA_PROPS" >> "$props"; fi
   if [ ! -f "$data/kraft/meta.properties" ]; then
+    # `read -a` splits on blanks without pathname expansion: [name=...] is not a glob here.
+    local format_args=()
+    read -r -a format_args <<< "${KAFKA_FORMAT_ARGS:-}"
     java_cmd kafka.tools.StorageTool format --standalone -t "$(java_cmd kafka.tools.StorageTool random-uuid)" \
-      -c "$props" ${KAFKA_FORMAT_ARGS:-} >> "$log" 2>&1
+      -c "$props" "${format_args[@]}" >> "$log" 2>&1
   fi
   local start=$SECONDS
   # `exec` in the background subshell: $! is then the JVM itself, so `down` signals the broker

@@ -1,0 +1,349 @@
+"""Kafka security against a real broker with a SASL_PLAINTEXT listener and SCRAM users.
+
+This module starts its own broker (not the session's PLAINTEXT one) through
+``deploy/kafka/kafka.sh`` with ``deploy/kafka/sasl.properties`` appended and two SCRAM users
+created at format time (``kafka-storage format --add-scram``), and stops it at the end.
+It listens on 39300 (PLAINTEXT, for set-up), 39301 (controller) and 39302 (SASL_PLAINTEXT),
+data in ``.run/kafka-sasl``; a concurrent session moves to the next slot (+10).
+
+- the right password works with every mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): the
+  clients ``consumer.app.kafka_options`` configures round-trip a record;
+- a wrong password or an unknown user fails fast (seconds) with a ConfigError that names the
+  problem, from ``serve`` and from the ``modstream consume`` CLI (exit 2), never echoing it;
+- the whole pipeline runs over SASL, and the password appears nowhere it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
+
+from consumer.app import kafka_options, kafka_start_problem, serve
+from consumer.errors import ConfigError
+from consumer.settings import Settings
+from tests.e2e.harness import Run
+from tests.e2e.scan import raw_bytes, secret_forms
+from tests.fake_server import fake_openai_server, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+SASL_PROPS = ROOT / "deploy" / "kafka" / "sasl.properties"
+RUN_DIR = ROOT / ".run"
+BASE_PORT = 39300
+
+#: The PLAIN user is listed in sasl.properties; the SCRAM user is this module's own.
+PLAIN_USER, PLAIN_PASSWORD = "alice", "alice-secret"
+SCRAM_USER = "svc-modstream"
+SCRAM_PASSWORD = f"scram-pw-{uuid.uuid4().hex}"
+MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+#: A wrong password must fail well inside this (it takes under a second locally).
+FAIL_FAST_S = 10.0
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass(frozen=True)
+class SaslBroker:
+    plaintext: str  # for set-up: topics, reading outputs
+    sasl: str  # what modstream connects to
+
+
+def _answers(port: int) -> bool:
+    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _kafka_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
+    scram = f"[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")},
+        "KAFKA_PORT": str(port),
+        "KAFKA_DATA_DIR": str(data),
+        "KAFKA_PYTHON": sys.executable,
+        "KAFKA_EXTRA_PROPS": str(SASL_PROPS),
+        "KAFKA_FORMAT_ARGS": f"--add-scram SCRAM-SHA-256={scram} --add-scram SCRAM-SHA-512={scram}",
+    }
+    return subprocess.run(
+        ["bash", str(KAFKA_SH), command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def sasl_broker() -> Iterator[SaslBroker]:
+    """A fresh broker with a SASL_PLAINTEXT listener, for this module only."""
+    RUN_DIR.mkdir(exist_ok=True)
+    tried = []
+    for slot in range(5):
+        port = BASE_PORT + 10 * slot
+        name = "kafka-sasl" if slot == 0 else f"kafka-sasl-{port}"
+        data = RUN_DIR / name
+        lock = (RUN_DIR / f"{name}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            tried.append(f"{port} (locked by another session)")
+            continue
+        _kafka_sh("down", port, data)  # one a killed session left behind
+        if any(_answers(p) for p in (port, port + 1, port + 2)):
+            lock.close()
+            tried.append(f"{port} (port in use)")
+            continue
+        break
+    else:
+        pytest.fail("no free slot for the SASL broker: tried " + ", ".join(tried), pytrace=False)
+    try:
+        shutil.rmtree(data, ignore_errors=True)  # SCRAM users are created at format time
+        result = _kafka_sh("up", port, data)
+        if result.returncode != 0:
+            log = data / "kafka.out"
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+            pytest.fail(
+                f"SASL broker did not start:\n{result.stdout}{result.stderr}\n--- {log}:\n{tail}",
+                pytrace=False,
+            )
+        try:
+            yield SaslBroker(f"localhost:{port}", f"localhost:{port + 2}")
+        finally:
+            _kafka_sh("down", port, data)
+    finally:
+        lock.close()
+
+
+def sasl_settings(
+    broker: SaslBroker, mechanism: str, *, user: str | None = None, password: str | None = None
+) -> Settings:
+    if user is None:
+        user = PLAIN_USER if mechanism == "PLAIN" else SCRAM_USER
+    if password is None:
+        password = PLAIN_PASSWORD if mechanism == "PLAIN" else SCRAM_PASSWORD
+    return Settings(
+        kafka_bootstrap_servers=broker.sasl,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=mechanism,
+        sasl_username=user,
+        sasl_password=password,
+        openai_base_url="http://127.0.0.1:9/v1",  # never reached by these tests
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def topic(sasl_broker: SaslBroker) -> AsyncIterator[str]:
+    name = f"sasl-{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=sasl_broker.plaintext)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1)])
+    finally:
+        await admin.close()
+    yield name
+
+
+# ---- kafka_options -----------------------------------------------------------------------
+
+
+def test_kafka_options_carry_the_sasl_settings_and_the_password_in_clear_only_there() -> None:
+    settings = Settings(
+        kafka_bootstrap_servers="b:1",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password="pw-in-options",
+    )
+    options = kafka_options(settings)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "u"
+    assert options["sasl_plain_password"] == "pw-in-options"
+    assert options["ssl_context"].check_hostname  # TLS verifies the broker's name
+    assert "pw-in-options" not in repr(settings)
+
+
+# ---- the right password --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_right_password_round_trips_a_record(
+    sasl_broker: SaslBroker, topic: str, mechanism: str
+) -> None:
+    options = kafka_options(sasl_settings(sasl_broker, mechanism))
+    value = f"over {mechanism}".encode()
+    async with AIOKafkaProducer(**options, acks="all", enable_idempotence=True) as producer:
+        await producer.send_and_wait(topic, value)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    async with consumer:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while value not in seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            seen.extend(r.value for r in batch.get(tp, []) if r.value is not None)
+    assert value in seen
+
+
+# ---- a wrong password ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("wrong", ["password", "user"])
+async def test_wrong_credentials_fail_fast_with_a_clear_error(
+    sasl_broker: SaslBroker, mechanism: str, wrong: str
+) -> None:
+    bad = f"not-the-password-{uuid.uuid4().hex[:8]}"
+    settings = (
+        sasl_settings(sasl_broker, mechanism, password=bad)
+        if wrong == "password"
+        else sasl_settings(sasl_broker, mechanism, user="mallory", password=bad)
+    )
+    # aiokafka on its own: fast, but a bare "Unable to bootstrap" that hides the reason.
+    producer = AIOKafkaProducer(**kafka_options(settings))
+    with pytest.raises(KafkaConnectionError):
+        await producer.start()
+    await producer.stop()
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        await serve(settings, exit_when_idle=1)
+    elapsed = time.monotonic() - started
+    message = caught.value.message
+    assert elapsed < FAIL_FAST_S
+    assert "rejected the SASL" in message
+    assert mechanism in message
+    assert "MODSTREAM_SASL_PASSWORD" in message
+    assert sasl_broker.sasl in message
+    assert bad not in message
+
+
+@pytest.mark.timeout(30)
+async def test_sasl_against_a_plaintext_listener_names_the_listener(
+    sasl_broker: SaslBroker,
+) -> None:
+    settings = sasl_settings(sasl_broker, "SCRAM-SHA-256").model_copy(
+        update={"kafka_bootstrap_servers": sasl_broker.plaintext}
+    )
+    with pytest.raises(ConfigError, match="does not accept SASL SCRAM-SHA-256"):
+        await serve(settings, exit_when_idle=1)
+
+
+@pytest.mark.timeout(30)
+async def test_an_unreachable_broker_is_not_called_a_credentials_problem(
+    sasl_broker: SaslBroker,
+) -> None:
+    options = kafka_options(sasl_settings(sasl_broker, "SCRAM-SHA-256"))
+    options["bootstrap_servers"] = f"127.0.0.1:{free_port()}"
+    assert await kafka_start_problem(options) is None
+
+
+@pytest.mark.timeout(60)
+def test_cli_exits_2_naming_the_problem_without_the_password(sasl_broker: SaslBroker) -> None:
+    bad = f"cli-wrong-{uuid.uuid4().hex[:8]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MODSTREAM_", "OPENAI_"))},
+        "MODSTREAM_KAFKA_BOOTSTRAP_SERVERS": sasl_broker.sasl,
+        "MODSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "MODSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+        "MODSTREAM_SASL_USERNAME": SCRAM_USER,
+        "MODSTREAM_SASL_PASSWORD": bad,
+        "MODSTREAM_LOG_LEVEL": "DEBUG",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "consume", "--exit-when-idle", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert time.monotonic() - started < 30
+    assert "rejected the SASL SCRAM-SHA-512 login" in output
+    assert "Traceback" not in output
+    assert bad not in output
+
+
+# ---- the whole pipeline over SASL ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512"])
+async def test_pipeline_over_sasl_and_the_secrets_appear_nowhere(
+    sasl_broker: SaslBroker, mechanism: str
+) -> None:
+    api_key = f"sk-canary-{uuid.uuid4().hex}"
+    with fake_openai_server(api_key=api_key, seed=9) as url:
+        run = Run(sasl_broker.plaintext, url, f"sasl-{uuid.uuid4().hex[:10]}", partitions=2)
+        await run.create_topics()
+        values: list[bytes | None] = [
+            json.dumps({"id": f"m{i}", "text": f"hello number {i}"}).encode() for i in range(20)
+        ]
+        values.append(b"not json at all")  # a dead letter too
+        await run.produce(values)
+        over_sasl = {
+            "kafka_bootstrap_servers": sasl_broker.sasl,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": mechanism,
+            "sasl_username": SCRAM_USER,
+            "sasl_password": SCRAM_PASSWORD,
+            "openai_api_key": api_key,
+        }
+        pipeline = await serve(run.settings(**over_sasl), exit_when_idle=2)
+        assert pipeline.stats.verdicts == 20
+        assert pipeline.stats.dead_letters == 1
+
+        # The same through the CLI, as a process whose stderr we keep (debug logs on).
+        process = run.spawn(
+            "--exit-when-idle",
+            "2",
+            MODSTREAM_KAFKA_BOOTSTRAP_SERVERS=sasl_broker.sasl,
+            MODSTREAM_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+            MODSTREAM_SASL_MECHANISM=mechanism,
+            MODSTREAM_SASL_USERNAME=SCRAM_USER,
+            MODSTREAM_SASL_PASSWORD=SCRAM_PASSWORD,
+            OPENAI_API_KEY=api_key,
+            MODSTREAM_GROUP_ID=f"{run.name}.second",
+            MODSTREAM_LOG_LEVEL="DEBUG",
+        )
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=120)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        assert b"consuming" in stderr
+
+        topics = [f"{run.name}.{t}" for t in ("verdicts", "usage", "dlq")]
+        written = await raw_bytes(run.settings(), topics)
+        summary = await run.outputs()
+        assert len(summary.verdicts) == 40  # two groups, each judged everything
+        for secret in (SCRAM_PASSWORD, api_key):
+            for form in secret_forms(secret):
+                assert form not in written, "a secret reached an output topic"
+                assert form not in stderr, "a secret reached the logs"
