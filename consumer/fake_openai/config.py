@@ -42,7 +42,11 @@ class FakeConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, frozen=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        case_sensitive=False,
+        frozen=True,
+        use_attribute_docstrings=True,  # the docstrings below become field descriptions
     )
 
     latency_ms: NonNegative = 0.0

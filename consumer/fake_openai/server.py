@@ -22,8 +22,9 @@ __all__ = ["FakeConfig", "running_fake", "serve"]
 
 log = structlog.get_logger("consumer.fake_openai")
 
-#: Hanging handlers are cancelled after this long at shutdown instead of delaying the exit.
-SHUTDOWN_GRACE_S = 1.0
+#: At shutdown, in-flight handlers get this long (twice: finish, then cancel) before the exit;
+#: a hanging request must not hold a test suite for ``hang_s``.
+SHUTDOWN_GRACE_S = 0.25
 
 
 async def _start(config: FakeConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -55,12 +56,17 @@ async def running_fake(
         await runner.cleanup()
 
 
-async def _serve(config: FakeConfig, host: str, port: int) -> None:
+async def _serve(config: FakeConfig, host: str, port: int) -> bool:
+    """Serve until a signal; False when the address could not be bound."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner, bound = await _start(config, host, port)
+    try:
+        runner, bound = await _start(config, host, port)
+    except OSError as exc:
+        log.error("fake-openai cannot listen", host=host, port=port, error=str(exc))
+        return False
     changed = config.model_dump(exclude_defaults=True)
     knobs = {k: v for k, v in config.public().items() if k in changed}
     log.info("fake-openai listening (NOT a model)", url=f"http://{host}:{bound}/v1", **knobs)
@@ -69,8 +75,13 @@ async def _serve(config: FakeConfig, host: str, port: int) -> None:
     finally:
         await runner.cleanup()
         log.info("fake-openai stopped")
+    return True
 
 
 def serve(config: FakeConfig, *, host: str = "127.0.0.1", port: int = 8400) -> None:
-    """Serve until SIGINT or SIGTERM, then return (exit status 0)."""
-    asyncio.run(_serve(config, host, port))
+    """Serve until SIGINT or SIGTERM, then return (exit status 0).
+
+    When the address cannot be bound, log why and exit with status 1 (no traceback).
+    """
+    if not asyncio.run(_serve(config, host, port)):
+        raise SystemExit(1)
