@@ -27,13 +27,16 @@ from aiokafka.errors import (
 )
 from openai import AsyncOpenAI
 
+from consumer import __version__
 from consumer.admit import Admitter
 from consumer.circuit import CircuitBreaker
 from consumer.classify import Classifier
 from consumer.cost import PriceTable
 from consumer.errors import ConfigError, FatalError
+from consumer.health import HealthServer, kafka_readiness
 from consumer.limit import Limiter
 from consumer.logs import configure_logging
+from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.policy import PromptBuilder, load_policy, load_prompt
 from consumer.publish import Publisher, Topics
@@ -155,8 +158,11 @@ async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
         raise ConfigError("topics do not exist on the broker: " + ", ".join(missing))
 
 
-def model_stages(settings: Settings, client: AsyncOpenAI) -> tuple[Classifier, Admitter]:
+def model_stages(
+    settings: Settings, client: AsyncOpenAI, metrics: Metrics | None = None
+) -> tuple[Classifier, Admitter]:
     """The classifier and the admitter its prompt budget implies, from the settings."""
+    metrics = metrics or Metrics()
     builder = PromptBuilder(load_policy(settings.policy_file), load_prompt(settings.prompt_file))
     classifier = Classifier(
         client,
@@ -169,8 +175,11 @@ def model_stages(settings: Settings, client: AsyncOpenAI) -> tuple[Classifier, A
         breaker=CircuitBreaker(
             failure_threshold=settings.circuit_failure_threshold,
             reset_s=settings.circuit_reset_s,
+            on_change=metrics.circuit,
         ),
         max_backoff_s=settings.retry_max_backoff_s,
+        on_retry=metrics.retry,
+        metrics=metrics,
     )
     budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
     admitter = Admitter(
@@ -183,12 +192,20 @@ def model_stages(settings: Settings, client: AsyncOpenAI) -> tuple[Classifier, A
 
 
 async def serve(
-    settings: Settings, *, stop: asyncio.Event | None = None, exit_when_idle: float | None = None
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    exit_when_idle: float | None = None,
+    metrics: Metrics | None = None,
 ) -> Pipeline:
     """Run the consumer until ``stop`` is set, a signal arrives, or it has been idle."""
     stop = stop or asyncio.Event()
+    metrics = metrics or Metrics()
     kafka = kafka_options(settings)
+    health = HealthServer(metrics, port=settings.metrics_port, host=settings.metrics_host)
     async with AsyncExitStack() as stack:
+        if settings.metrics_port:  # first in, last out: probes answer through start and stop
+            await stack.enter_async_context(health)
         client = await stack.enter_async_context(openai_client(settings))
         producer = AIOKafkaProducer(
             **kafka, acks="all", enable_idempotence=True, linger_ms=5, compression_type=None
@@ -204,7 +221,11 @@ async def serve(
         )
         await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
-        classifier, admitter = model_stages(settings, client)
+        health.readiness = kafka_readiness(consumer, stop)
+        classifier, admitter = model_stages(settings, client, metrics)
+        metrics.describe(
+            version=__version__, model=settings.model, policy_version=classifier.policy.version
+        )
         pipeline = Pipeline(
             settings,
             consumer=consumer,
@@ -213,6 +234,7 @@ async def serve(
             ),
             admitter=admitter,
             classifier=classifier,
+            metrics=metrics,
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)

@@ -58,6 +58,7 @@ from consumer.errors import (
     TransientError,
 )
 from consumer.limit import Limiter
+from consumer.metrics import Metrics
 from consumer.policy import PromptBuilder
 from consumer.tokens import count_tokens
 from schemas import Source, UsageEvent, UsageOutcome, Verdict, make_event_id
@@ -172,6 +173,7 @@ class Classifier:
         breaker: CircuitBreaker | None = None,
         max_backoff_s: float = 30.0,
         on_retry: Callable[[ModstreamError], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -184,6 +186,7 @@ class Classifier:
         self.breaker = breaker or CircuitBreaker()
         self.max_backoff_s = max_backoff_s
         self.on_retry = on_retry
+        self.metrics = metrics or Metrics()  # a private registry when nobody scrapes
         self.overhead_tokens = count_tokens(builder.overhead_text(), model) + 16
         self._jitter = wait_random_exponential(multiplier=0.25, max=max_backoff_s)
 
@@ -313,7 +316,7 @@ class Classifier:
                 permit.settle(0)
                 error = translate(exc)
                 outcome = _OUTCOME_OF.get(type(error), UsageOutcome.PROVIDER_UNAVAILABLE)
-                call.usage.append(self._usage(call, attempt, outcome, Tokens(0, 0), started))
+                self._record(call, self._usage(call, attempt, outcome, Tokens(0, 0), started))
                 raise error from exc
         usage = completion.usage
         if (
@@ -330,7 +333,7 @@ class Classifier:
                 count_tokens(text, self.model), count_tokens(reply or "", self.model), 0, True
             )
         permit.settle(counts.prompt + counts.completion)
-        call.usage.append(self._usage(call, attempt, UsageOutcome.OK, counts, started))
+        self._record(call, self._usage(call, attempt, UsageOutcome.OK, counts, started))
         if not completion.choices:
             self._mark_last(call, UsageOutcome.PROVIDER_UNAVAILABLE)
             raise ProviderUnavailable("the model returned no choices")
@@ -361,10 +364,15 @@ class Classifier:
             created_at=datetime.now(UTC),
         )
 
-    @staticmethod
-    def _mark_last(call: _Call, outcome: UsageOutcome) -> None:
+    def _record(self, call: _Call, usage: UsageEvent) -> None:
+        """One model call done: its usage goes with the message and to the metrics."""
+        call.usage.append(usage)
+        self.metrics.model_call(usage)
+
+    def _mark_last(self, call: _Call, outcome: UsageOutcome) -> None:
         """The last call returned 200 but its reply was not usable: say so in its usage."""
         call.usage[-1] = call.usage[-1].model_copy(update={"outcome": outcome})
+        self.metrics.reply_problem(self.model, outcome.value)
 
     def _refusal_verdict(self, call: _Call, reason: str) -> Verdict:
         scores = {c.name: 0.0 for c in self.policy.categories}

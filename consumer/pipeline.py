@@ -17,18 +17,19 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
 from consumer.admit import Admitter
 from consumer.classify import Classifier
 from consumer.decode import decode
 from consumer.errors import BrokerUnavailable, PermanentError
+from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.publish import Publisher, Stage, dead_letter
 from consumer.settings import Settings
 from consumer.source import Envelope, KafkaSource
-from schemas import DeadLetter, UsageEvent, Verdict
+from schemas import DeadLetter, UsageEvent, Verdict, make_event_id
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,7 @@ class Pipeline:
         publisher: Publisher,
         admitter: Admitter,
         classifier: Classifier,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -69,6 +71,9 @@ class Pipeline:
         self.policy_version = classifier.policy.version
         self.tracker = OffsetTracker()
         self.stats = Stats()
+        self.metrics = metrics
+        metrics.watch_in_flight(self.tracker.in_flight)
+        metrics.watch_assignment(lambda: len(consumer.assignment()))
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
@@ -122,6 +127,7 @@ class Pipeline:
         tp = TopicPartition(envelope.topic, envelope.partition)
         self.tracker.track(tp, envelope.offset)
         self.stats.fetched += 1
+        self.metrics.fetched()
         task = self._group.create_task(self._process(tp, envelope))
         tasks = self._tasks[tp]
         tasks.add(task)
@@ -129,6 +135,15 @@ class Pipeline:
 
     async def _process(self, tp: TopicPartition, envelope: Envelope) -> None:
         """One message through every stage; done only when its outputs are acknowledged."""
+        event_id = make_event_id(envelope.source, self.policy_version, "verdict")
+        with structlog.contextvars.bound_contextvars(
+            partition=envelope.partition, offset=envelope.offset, event_id=event_id
+        ):
+            await self._stages(envelope)
+        self.tracker.done(tp, envelope.offset)
+        self._last_activity = time.monotonic()
+
+    async def _stages(self, envelope: Envelope) -> None:
         settings = self.settings
         stage: Stage = "decode"
         try:
@@ -143,6 +158,7 @@ class Pipeline:
                 admitted = await asyncio.to_thread(self.admitter.admit, request)
             else:
                 admitted = self.admitter.admit(request)
+            log.debug("classifying", content=admitted.text, tokens=admitted.content_tokens)
         except PermanentError as exc:
             await self._dead_letter(envelope, exc, stage, attempts=0)
         else:
@@ -154,8 +170,7 @@ class Pipeline:
             else:
                 await self._publish(envelope, verdict=result.verdict, usage=result.usage)
                 self.stats.verdicts += 1
-        self.tracker.done(tp, envelope.offset)
-        self._last_activity = time.monotonic()
+                self.metrics.verdict()
 
     async def _dead_letter(
         self,
@@ -175,8 +190,6 @@ class Pipeline:
         )
         log.info(
             "dead letter",
-            partition=envelope.partition,
-            offset=envelope.offset,
             stage=stage,
             reason=error.kind,
             detail=error.message[:200],
@@ -184,6 +197,7 @@ class Pipeline:
         await self._publish(envelope, dead=dead, usage=usage or [])
         self.stats.dead_letters += 1
         self.stats.dead_letter_reasons[error.kind] += 1
+        self.metrics.dead_letter(stage, error.kind)
 
     async def _publish(
         self,
@@ -211,6 +225,25 @@ class Pipeline:
         while True:
             await asyncio.sleep(self.settings.commit_interval_s)
             await self.commit()
+            await self._observe_lag()
+
+    async def _observe_lag(self) -> None:
+        """Lag per assigned partition: its high watermark minus its commit point.
+
+        The high watermark comes with each fetch response, so a partition is reported from its
+        first fetch on. The commit point is the tracker's, or, for a partition with nothing
+        tracked since assignment, the consumer's position (its committed start).
+        """
+        for tp in self.consumer.assignment():
+            try:
+                end = self.consumer.highwater(tp)
+                point = self.tracker.commit_point(tp)
+                if end is not None and point is None:
+                    point = await self.consumer.position(tp)
+            except (AssertionError, IllegalStateError):
+                continue  # revoked meanwhile (aiokafka asserts the assignment)
+            if end is not None and point is not None:
+                self.metrics.lag(tp, max(0, end - point))
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit each partition's contiguous done watermark (all, or ``only`` these)."""
@@ -219,12 +252,15 @@ class Pipeline:
             offsets = {tp: o for tp, o in offsets.items() if tp in only}
         if not offsets:
             return
+        started = time.perf_counter()
         try:
             await self.consumer.commit(offsets)
         except KafkaError as exc:
             # Typically a rebalance in progress: the work is redone by the next owner.
             log.warning("commit failed; uncommitted work will be redelivered", error=str(exc))
+            self.metrics.commit_failed()
             return
+        self.metrics.commit(time.perf_counter() - started)
         self.tracker.mark_committed(offsets)
         self.stats.commits += 1
 
@@ -244,6 +280,7 @@ class Pipeline:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """A rebalance takes ``revoked`` away: drain them, commit them, forget them."""
+        self.metrics.forget(revoked)
         mine = revoked & self.tracker.partitions()
         if not mine:
             return

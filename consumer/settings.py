@@ -140,7 +140,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: LogFormat = LogFormat.AUTO
     log_content: bool = Field(default=False, description="Log message text (debug only).")
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=0, description="Port of /metrics, /healthz and /readyz; 0 turns them off."
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104  (a pod's probes and scrapes come from outside it)
+        description="Interface the metrics and health server binds.",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
