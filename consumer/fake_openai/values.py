@@ -45,10 +45,12 @@ Gen = Callable[[Context, int], Any]
 
 
 def const_rationale(ctx: Context, depth: int) -> Any:
+    """For the empty schema (anything goes): the rationale string."""
     return ctx.judgement.rationale
 
 
 def category_list(values: list[Any], item_gen: Gen, low: int, high: Any) -> Gen:
+    """An array of enum values: the flagged categories among them, padded to ``low``."""
     categories = [resolve_category(v) if isinstance(v, str) else None for v in values]
 
     def gen(ctx: Context, depth: int) -> list[Any]:
@@ -65,6 +67,7 @@ def category_list(values: list[Any], item_gen: Gen, low: int, high: Any) -> Gen:
 
 
 def enum(values: list[Any]) -> Gen:
+    """One enum value: the top category, else a block-like or allow-like word, else the first."""
     if not values:
         raise SchemaError("empty enum")
     lowered = [v.lower() if isinstance(v, str) else None for v in values]
@@ -109,6 +112,7 @@ def _bounds(schema: dict[str, Any]) -> tuple[float, float, bool, bool]:
 
 
 def number(schema: dict[str, Any], name: str, category: str | None, *, integer: bool) -> Gen:
+    """A category's score, the block number for ``index``, else 0; always within the bounds."""
     low, high, low_open, high_open = _bounds(schema)
     is_index = category_key(name) == "index"
     # A category number on a wider scale (0-10, 0-100) gets the score stretched over it.
@@ -153,6 +157,7 @@ def number(schema: dict[str, Any], name: str, category: str | None, *, integer: 
 
 
 def boolean(name: str, category: str | None) -> Gen:
+    """A category's flag, ``flagged``/``safe``-like verdicts, else False."""
     key = category_key(name)
     if category is not None and key not in _SAFE_BOOLS:
         return lambda ctx, depth: ctx.judgement.scores[category] >= FLAG_THRESHOLD
@@ -164,6 +169,7 @@ def boolean(name: str, category: str | None) -> Gen:
 
 
 def string(schema: dict[str, Any]) -> Gen:
+    """The rationale (or a fixed value for a known ``format``), fitted to min/maxLength."""
     fixed = _FORMATS.get(schema.get("format", ""))
     low = int(schema.get("minLength", 0))
     high = schema.get("maxLength")
