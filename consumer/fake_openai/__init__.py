@@ -22,6 +22,7 @@ Modules, in the order a request meets them::
     admin_routes   the /_fake/* routes
     admin          FakeAdmin, the test-side client of /_fake/*
     server         serve() for the CLI, running_fake() for in-process use
+    loadtest       python -m consumer.fake_openai.loadtest: how fast a running fake answers
 """
 
 from consumer.fake_openai.admin import FakeAdmin
