@@ -185,12 +185,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
-        env = f"MODSTREAM_{loc.upper()}" if loc else "settings"
+        upper = loc.upper()
+        env = f"MODSTREAM_{upper.removeprefix('MODSTREAM_')}" if loc else "settings"
         given = err.get("input")
-        shown = (
-            ""
-            if loc.endswith(("api_key", "password")) or isinstance(given, dict)
-            else (f" (got {given!r})")
-        )
+        # Never echo a secret, however its name is spelled (an alias like OPENAI_API_KEY).
+        secret = upper.endswith(("API_KEY", "PASSWORD"))
+        shown = "" if secret or isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{env}: {err['msg']}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
