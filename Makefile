@@ -74,12 +74,12 @@ schema: install
 
 # Test brokers another session still holds (its lock in .run) are left alone.
 clean:
-	@for d in .run/kafka-test*/; do \
+	@for d in .run/kafka-test*/ .run/kafka-sasl*/; do \
 	  [ -d "$$d" ] || continue; d=$${d%/}; \
 	  if flock -n "$$d.lock" true 2>/dev/null; then \
 	    KAFKA_DATA_DIR=$$d KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down >/dev/null; rm -rf "$$d" "$$d.lock"; \
 	  else echo "keeping $$d: a test session is using it"; fi; \
 	done
-	find .run -mindepth 1 -maxdepth 1 ! -name 'kafka-test*' -exec rm -rf {} + 2>/dev/null || true
+	find .run -mindepth 1 -maxdepth 1 ! -name 'kafka-test*' ! -name 'kafka-sasl*' -exec rm -rf {} + 2>/dev/null || true
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
