@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -117,6 +118,69 @@ def report() -> None:
     from consumer.report import render, summarise  # noqa: PLC0415
 
     render(asyncio.run(summarise(_settings())))
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(ConfigError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-25T10:00:00Z)"), 2)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def replay(
+    topic: Annotated[str, typer.Option(help="Topic to replay.")],
+    to_topic: Annotated[str, typer.Option(help="Evaluation topic for the verdicts.")],
+    from_offset: Annotated[int | None, typer.Option(help="First offset, every partition.")] = None,
+    from_time: Annotated[str | None, typer.Option(help="First record time (ISO-8601).")] = None,
+    to_offset: Annotated[int | None, typer.Option(help="End offset (exclusive).")] = None,
+    to_time: Annotated[str | None, typer.Option(help="End time (ISO-8601, exclusive).")] = None,
+    model: Annotated[str | None, typer.Option(help="Candidate model.")] = None,
+    prompt_version: Annotated[
+        str | None, typer.Option(help="Built-in prompt version, or a prompt YAML path.")
+    ] = None,
+    policy: Annotated[Path | None, typer.Option(help="Candidate policy YAML.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Stop before spending more USD.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Estimate tokens and cost; no model call.")] = False,
+    cache_topic: Annotated[
+        str, typer.Option(help="Compacted topic holding the verdict cache ('' for none).")
+    ] = "modstream.verdict-cache",
+) -> None:
+    """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
+    from consumer.policy import prompt_file  # noqa: PLC0415
+    from consumer.replay import ReplayRequest, run_replay  # noqa: PLC0415
+
+    overrides: dict[str, object] = {}
+    if model:
+        overrides["model"] = model
+    if policy:
+        overrides["policy_file"] = policy
+    try:
+        if prompt_version:
+            overrides["prompt_file"] = prompt_file(prompt_version)
+        settings = _settings().model_copy(update=overrides)
+        request = ReplayRequest(
+            topic=topic,
+            to_topic=to_topic,
+            from_offset=from_offset,
+            from_time=_when(from_time),
+            to_offset=to_offset,
+            to_time=_when(to_time),
+            max_cost=max_cost,
+            dry_run=dry_run,
+            cache_topic=cache_topic or None,
+        )
+        result = asyncio.run(run_replay(settings, request))
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except FatalError as exc:
+        _fail(exc, 3)
+    from consumer.replay import render_result  # noqa: PLC0415
+
+    render_result(result, request)
 
 
 def main() -> None:

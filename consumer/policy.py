@@ -210,3 +210,22 @@ def load_prompt(path: Path | None = None) -> Prompt:
         return Prompt.model_validate(_load_yaml(path, "prompt.default.yaml"))
     except ValidationError as exc:
         raise ConfigError(f"invalid prompt {path or 'default'}: {exc}") from exc
+
+
+def prompt_file(version_or_path: str) -> Path:
+    """A prompt file by path, or a built-in prompt by its version (``--prompt-version``)."""
+    candidate = Path(version_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        return candidate
+    data = resources.files("consumer") / "data"
+    known = []
+    for entry in sorted(data.iterdir(), key=lambda e: e.name):
+        if entry.name.startswith("prompt.") and entry.name.endswith(".yaml"):
+            version = str(yaml.safe_load(entry.read_text()).get("version"))
+            known.append(version)
+            if version == version_or_path:
+                return Path(str(entry))
+    raise ConfigError(
+        f"no built-in prompt has version {version_or_path!r} (built-in: {', '.join(known)}); "
+        "pass a path to a prompt YAML file instead"
+    )

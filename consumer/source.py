@@ -79,17 +79,24 @@ class KafkaSource:
         self._paused = False
 
     async def fetch(self, room: int) -> list[Envelope]:
-        """Up to ``room`` records, in offset order within each partition."""
+        """Up to ``room`` records, in offset order within each partition.
+
+        Whatever ``getmany`` returns is handed on, never dropped: aiokafka has already moved
+        its position past it, so a dropped record would be skipped and committed over. (A
+        rebalance can assign a partition that is not paused yet while the window is full; its
+        one record overfills the window by one, which is the price of never losing it.)
+        """
+        assignment = self.consumer.assignment()
         if room <= 0:
-            if not self._paused:
-                self.consumer.pause(*self.consumer.assignment())
-                self._paused = True
-            await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=1)
-            return []
-        if self._paused:
-            self.consumer.resume(*self.consumer.assignment())
+            # Every time, not once: a rebalance may have assigned new, unpaused partitions.
+            self.consumer.pause(*assignment)
+            self._paused = True
+        elif self._paused:
+            self.consumer.resume(*assignment)
             self._paused = False
-        batches = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=room)
+        batches = await self.consumer.getmany(
+            timeout_ms=self.fetch_timeout_ms, max_records=max(room, 1)
+        )
         return [
             Envelope(
                 topic=r.topic,
