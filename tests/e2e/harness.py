@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer.report import Summary, summarise
@@ -102,13 +102,10 @@ class Run:
             offsets = await admin.list_consumer_group_offsets(f"{self.name}.group")
         finally:
             await admin.close()
-        return {
-            tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == self.input_topic
-        }
+        mine = {tp: meta for tp, meta in offsets.items() if tp.topic == self.input_topic}
+        return {tp.partition: meta.offset for tp, meta in mine.items()}
 
     async def end_offsets(self) -> dict[int, int]:
-        from aiokafka import AIOKafkaConsumer
-
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
         async with consumer:
             tps = [TopicPartition(self.input_topic, p) for p in range(self.partitions)]
