@@ -183,6 +183,24 @@ def replay(
     render_result(result, request)
 
 
+@app.command("eval")
+def evaluate(
+    verdicts: Annotated[list[str], typer.Option(help="Verdict topic (repeat to compare).")],
+    labels: Annotated[
+        str | None, typer.Option(help="metadata field holding the true categories.")
+    ] = None,
+    baseline: Annotated[str | None, typer.Option(help="Verdict topic to agree with.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.md and PNGs.")] = Path("eval-report"),
+) -> None:
+    """Score verdict topics against labels or a baseline; write a Markdown report and plots."""
+    from consumer.evaluate import run_eval  # noqa: PLC0415
+
+    try:
+        asyncio.run(run_eval(_settings(), verdicts, labels=labels, baseline=baseline, out=out))
+    except ConfigError as exc:
+        _fail(exc, 2)
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())

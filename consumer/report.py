@@ -70,6 +70,11 @@ def _parse(values: list[bytes], model: type[T]) -> tuple[list[T], int]:
     return parsed, bad
 
 
+async def read_events(settings: Settings, topic: str, model: type[T]) -> list[T]:
+    """The records of ``topic`` that parse as ``model`` (others are skipped)."""
+    return _parse(await read_topic(settings, topic), model)[0]
+
+
 async def summarise(settings: Settings) -> Summary:
     """Read the verdict, usage and dead-letter topics."""
     verdicts, bad_v = _parse(await read_topic(settings, settings.verdict_topic), Verdict)

@@ -1,9 +1,10 @@
 """Keyword heuristic that gives moderation-flavoured scores. It is NOT a model.
 
 Each category of the OpenAI moderation taxonomy has a short keyword list. A keyword hit scores
-0.90-0.99; a subcategory whose own keywords miss but whose parent hits scores 0.35-0.45 (related,
-under the 0.5 flag line); anything else 0.01-0.05. The jitter comes from a hash of the content,
-so the same text always gets the same scores and replays through the fake are comparable.
+0.90-0.99; a subcategory whose own keywords miss but whose parent hits scores 0.10-0.15 (related,
+under the default policy's lowest threshold, 0.2); anything else 0.01-0.05. The jitter comes
+from a hash of the content, so the same text always gets the same scores and replays through
+the fake are comparable.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def judge(text: str) -> Judgement:
         if key in hits:
             score = 0.90 + 0.09 * jitter
         elif key in PARENTS and PARENTS[key] in hits:
-            score = 0.35 + 0.10 * jitter
+            score = 0.10 + 0.05 * jitter
         else:
             score = 0.01 + 0.04 * jitter
         scores[key] = round(score, 3)

@@ -46,7 +46,7 @@ def test_benign_text_scores_low_everywhere() -> None:
 def test_subcategories_get_the_parents_hit_at_a_lower_score() -> None:
     judgement = judge("he was shot")
     assert judgement.scores["violence"] >= 0.9
-    assert 0.35 <= judgement.scores["violence_graphic"] < 0.5
+    assert 0.05 < judgement.scores["violence_graphic"] < 0.2  # under every default threshold
     assert judgement.scores["harassment_threatening"] <= 0.05
 
 
