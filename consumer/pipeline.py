@@ -91,6 +91,10 @@ class Pipeline:
         finally:
             self._group = None
             await self.commit()
+            # What is still tracked was cancelled and will be redelivered. Let go of it, so the
+            # revoke that closing the consumer triggers does not wait out the grace period for
+            # work that can no longer finish.
+            self.tracker.forget(self.tracker.partitions())
 
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
