@@ -25,6 +25,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 from openai import AsyncOpenAI
 
 from consumer import __version__
@@ -63,11 +64,19 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     if settings.security_protocol.endswith("SSL"):
         from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
 
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.ssl_cafile,
-            certfile=settings.ssl_certfile,
-            keyfile=settings.ssl_keyfile,
-        )
+        key_password = settings.ssl_key_password
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=settings.ssl_cafile,
+                certfile=settings.ssl_certfile,
+                keyfile=settings.ssl_keyfile,
+                password=None if key_password is None else key_password.get_secret_value(),
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"cannot set up TLS for Kafka: {exc}. Check MODSTREAM_SSL_CAFILE, "
+                "MODSTREAM_SSL_CERTFILE, MODSTREAM_SSL_KEYFILE and MODSTREAM_SSL_KEY_PASSWORD"
+            ) from exc
     return options
 
 
@@ -76,8 +85,9 @@ async def kafka_start_problem(options: dict[str, Any]) -> ConfigError | None:
 
     aiokafka logs the real cause of a failed bootstrap (a SASL or TLS error) and raises a bare
     "Unable to bootstrap from [...]". Connect to each bootstrap server once more, directly, and
-    turn an authentication or TLS failure into a ``ConfigError`` that names it; ``None`` when
-    the servers are simply unreachable (or answer now). The message never holds the password.
+    turn an authentication or TLS failure, or a listener that drops plain requests (it wants
+    SASL or TLS), into a ``ConfigError`` that names it; ``None`` when the servers are simply
+    unreachable (or answer now). The message never holds the password.
     """
     mechanism = options.get("sasl_mechanism")
     for host, port, _ in collect_hosts(options["bootstrap_servers"]):
@@ -94,6 +104,12 @@ async def kafka_start_problem(options: dict[str, Any]) -> ConfigError | None:
                 sasl_plain_username=options.get("sasl_plain_username"),
                 sasl_plain_password=options.get("sasl_plain_password"),
             )
+            # Connected, yet the bootstrap failed: a SASL listener accepts a plain connection
+            # (and even ApiVersions), then drops it on the first real request.
+            try:
+                await conn.send(MetadataRequest([]))
+            finally:
+                conn.close()
         except SaslAuthenticationFailed as exc:
             return ConfigError(
                 f"{where} rejected the SASL {mechanism} login of user "
@@ -105,14 +121,36 @@ async def kafka_start_problem(options: dict[str, Any]) -> ConfigError | None:
                 f"{where} does not accept SASL {mechanism} on this listener: {exc}. Check "
                 "MODSTREAM_SASL_MECHANISM, MODSTREAM_SECURITY_PROTOCOL and the port"
             )
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, KafkaConnectionError) as exc:
+            # create_conn raises KafkaConnectionError only once the TCP connection is up.
+            tls = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+            if isinstance(tls, ssl.SSLError):
+                return ConfigError(
+                    f"TLS with {where} failed: {tls}. Check that the listener speaks TLS, "
+                    "MODSTREAM_SSL_CAFILE (the broker's CA) and, when the broker wants a client "
+                    "certificate, MODSTREAM_SSL_CERTFILE / MODSTREAM_SSL_KEYFILE"
+                )
+            protocol = options["security_protocol"]
+            unused = (
+                f" (MODSTREAM_SASL_MECHANISM is set, but {protocol} never logs in)"
+                if mechanism and not protocol.startswith("SASL")
+                else ""
+            )
             return ConfigError(
-                f"TLS with {where} failed: {exc}. Check that the listener speaks TLS, and "
-                "MODSTREAM_SSL_CAFILE / MODSTREAM_SSL_CERTFILE / MODSTREAM_SSL_KEYFILE"
+                f"{where} accepted a {protocol} connection, then closed it on the first "
+                "request: the listener probably expects SASL or TLS. Check "
+                "MODSTREAM_SECURITY_PROTOCOL (SASL_PLAINTEXT, SASL_SSL or SSL) and the port"
+                + unused
+            )
+        except ConnectionResetError:
+            if options.get("ssl_context") is None:
+                continue
+            return ConfigError(
+                f"{where} reset the connection during the TLS handshake: the listener probably "
+                "does not speak TLS. Check MODSTREAM_SECURITY_PROTOCOL and the port"
             )
         except (OSError, KafkaError, TimeoutError):
             continue
-        conn.close()
     return None
 
 

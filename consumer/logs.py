@@ -82,8 +82,9 @@ def _hide_content(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 def secret_values(settings: Settings) -> list[str]:
     """The configured secrets, as they must never appear in a log line."""
     secrets = [settings.openai_api_key.get_secret_value()]
-    if settings.sasl_password is not None:
-        secrets.append(settings.sasl_password.get_secret_value())
+    for optional in (settings.sasl_password, settings.ssl_key_password):
+        if optional is not None:
+            secrets.append(optional.get_secret_value())
     return [s for s in secrets if s]
 
 

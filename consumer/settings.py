@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted MODSTREAM_SSL_KEYFILE; a secret."
+    )
     delivery: Delivery = Delivery.AT_LEAST_ONCE
 
     # Model provider

@@ -1,16 +1,20 @@
-"""Kafka security against a real broker with a SASL_PLAINTEXT listener and SCRAM users.
+"""Kafka security against a real broker with SASL_PLAINTEXT (SCRAM users) and TLS listeners.
 
 This module starts its own broker (not the session's PLAINTEXT one) through
 ``deploy/kafka/kafka.sh`` with ``deploy/kafka/sasl.properties`` appended and two SCRAM users
-created at format time (``kafka-storage format --add-scram``), and stops it at the end.
-It listens on 39300 (PLAINTEXT, for set-up), 39301 (controller) and 39302 (SASL_PLAINTEXT),
-data in ``.run/kafka-sasl``; a concurrent session moves to the next slot (+10).
+created at format time (``kafka-storage format --add-scram``), and stops it at the end. On top,
+an SSL listener that requires a client certificate, with a throw-away CA made by ``openssl``.
+It listens on 39300 (PLAINTEXT, for set-up), 39301 (controller), 39302 (SASL_PLAINTEXT) and
+39303 (SSL), data in ``.run/kafka-sasl``; a concurrent session moves to the next slot (+10).
 
 - the right password works with every mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): the
   clients ``consumer.app.kafka_options`` configures round-trip a record;
 - a wrong password or an unknown user fails fast (seconds) with a ConfigError that names the
   problem, from ``serve`` and from the ``modstream consume`` CLI (exit 2), never echoing it;
-- the whole pipeline runs over SASL, and the password appears nowhere it wrote.
+- the whole pipeline runs over SASL, and the password appears nowhere it wrote;
+- TLS with the CA, a client certificate and an encrypted key works; a missing CA or client
+  certificate, a wrong key password, or a protocol that does not match the listener is a
+  ConfigError that says so.
 """
 
 from __future__ import annotations
@@ -61,10 +65,119 @@ FAIL_FAST_S = 10.0
 pytestmark = pytest.mark.timeout(300)
 
 
+KEY_PASSWORD = f"client-key-pw-{uuid.uuid4().hex[:8]}"
+STORE_PASSWORD = "broker-store-pw"
+
+
 @dataclass(frozen=True)
 class SaslBroker:
     plaintext: str  # for set-up: topics, reading outputs
     sasl: str  # what modstream connects to
+    ssl: str  # TLS, client certificate required
+    tls: Path  # ca.pem, client.crt, client.key (encrypted with KEY_PASSWORD)
+
+
+def _make_tls(tls: Path) -> None:
+    """A CA, a broker keystore (PKCS12) for localhost, and a client certificate whose key is
+    encrypted: everything a mutual-TLS listener and its client need."""
+    tls.mkdir(parents=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True, timeout=60)
+
+    days = ["-days", "2"]
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        *days,
+        "-subj",
+        "/CN=modstream-test-ca",
+    )
+    for who in ("broker", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{who}.plain.key",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={who}",
+        )
+    (tls / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for who, ext in (("broker", ["-extfile", "san.ext"]), ("client", [])):
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.crt",
+            *days,
+            *ext,
+        )
+    openssl(
+        "pkcs12",
+        "-export",
+        "-in",
+        "broker.crt",
+        "-inkey",
+        "broker.plain.key",
+        "-certfile",
+        "ca.pem",
+        "-out",
+        "broker.p12",
+        "-passout",
+        f"pass:{STORE_PASSWORD}",
+    )
+    openssl(
+        "pkey",
+        "-in",
+        "client.plain.key",
+        "-aes256",
+        "-passout",
+        f"pass:{KEY_PASSWORD}",
+        "-out",
+        "client.key",
+    )
+
+
+def _extra_props(data: Path, port: int) -> Path:
+    """sasl.properties plus an SSL listener on port+3 (later keys win)."""
+    tls = data / "tls"
+    lines = [
+        SASL_PROPS.read_text(),
+        "listeners=PLAINTEXT://localhost:@PORT@,CONTROLLER://localhost:@CONTROLLER_PORT@,"
+        f"SASL_PLAINTEXT://localhost:@SASL_PORT@,SSL://localhost:{port + 3}",
+        "advertised.listeners=PLAINTEXT://localhost:@PORT@,SASL_PLAINTEXT://localhost:@SASL_PORT@,"
+        f"SSL://localhost:{port + 3}",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+        "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
+        "listener.name.ssl.ssl.keystore.type=PKCS12",
+        f"listener.name.ssl.ssl.keystore.location={tls / 'broker.p12'}",
+        f"listener.name.ssl.ssl.keystore.password={STORE_PASSWORD}",
+        f"listener.name.ssl.ssl.key.password={STORE_PASSWORD}",
+        "listener.name.ssl.ssl.truststore.type=PEM",
+        f"listener.name.ssl.ssl.truststore.location={tls / 'ca.pem'}",
+        "listener.name.ssl.ssl.client.auth=required",
+    ]
+    path = data / "extra.properties"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _answers(port: int) -> bool:
@@ -73,14 +186,16 @@ def _answers(port: int) -> bool:
     return False
 
 
-def _kafka_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
+def _kafka_sh(
+    command: str, port: int, data: Path, extra: Path = SASL_PROPS
+) -> subprocess.CompletedProcess[str]:
     scram = f"[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")},
         "KAFKA_PORT": str(port),
         "KAFKA_DATA_DIR": str(data),
         "KAFKA_PYTHON": sys.executable,
-        "KAFKA_EXTRA_PROPS": str(SASL_PROPS),
+        "KAFKA_EXTRA_PROPS": str(extra),
         "KAFKA_FORMAT_ARGS": f"--add-scram SCRAM-SHA-256={scram} --add-scram SCRAM-SHA-512={scram}",
     }
     return subprocess.run(
@@ -111,7 +226,7 @@ def sasl_broker() -> Iterator[SaslBroker]:
             tried.append(f"{port} (locked by another session)")
             continue
         _kafka_sh("down", port, data)  # one a killed session left behind
-        if any(_answers(p) for p in (port, port + 1, port + 2)):
+        if any(_answers(p) for p in range(port, port + 4)):
             lock.close()
             tried.append(f"{port} (port in use)")
             continue
@@ -120,7 +235,8 @@ def sasl_broker() -> Iterator[SaslBroker]:
         pytest.fail("no free slot for the SASL broker: tried " + ", ".join(tried), pytrace=False)
     try:
         shutil.rmtree(data, ignore_errors=True)  # SCRAM users are created at format time
-        result = _kafka_sh("up", port, data)
+        _make_tls(data / "tls")
+        result = _kafka_sh("up", port, data, _extra_props(data, port))
         if result.returncode != 0:
             log = data / "kafka.out"
             tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
@@ -129,7 +245,9 @@ def sasl_broker() -> Iterator[SaslBroker]:
                 pytrace=False,
             )
         try:
-            yield SaslBroker(f"localhost:{port}", f"localhost:{port + 2}")
+            yield SaslBroker(
+                f"localhost:{port}", f"localhost:{port + 2}", f"localhost:{port + 3}", data / "tls"
+            )
         finally:
             _kafka_sh("down", port, data)
     finally:
@@ -347,3 +465,83 @@ async def test_pipeline_over_sasl_and_the_secrets_appear_nowhere(
             for form in secret_forms(secret):
                 assert form not in written, "a secret reached an output topic"
                 assert form not in stderr, "a secret reached the logs"
+
+
+# ---- TLS -----------------------------------------------------------------------------------
+
+
+def tls_settings(broker: SaslBroker, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": broker.ssl,
+        "security_protocol": "SSL",
+        "ssl_cafile": broker.tls / "ca.pem",
+        "ssl_certfile": broker.tls / "client.crt",
+        "ssl_keyfile": broker.tls / "client.key",
+        "ssl_key_password": KEY_PASSWORD,
+        "openai_base_url": "http://127.0.0.1:9/v1",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def test_tls_with_a_client_certificate_round_trips_a_record(
+    sasl_broker: SaslBroker, topic: str
+) -> None:
+    options = kafka_options(tls_settings(sasl_broker))
+    async with AIOKafkaProducer(**options, acks="all") as producer:
+        await producer.send_and_wait(topic, b"over TLS")
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    async with consumer:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while b"over TLS" not in seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            seen.extend(r.value for r in batch.get(tp, []) if r.value is not None)
+    assert b"over TLS" in seen
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no CA", "certificate verify failed"),
+        ("no client certificate", "TLS with Kafka at"),
+        ("plain to the TLS port", "closed it on the first request"),
+        ("TLS to the plain port", "during the TLS handshake"),
+    ],
+)
+async def test_tls_mistakes_are_named(sasl_broker: SaslBroker, case: str, expected: str) -> None:
+    mistakes: dict[str, dict[str, object]] = {
+        "no CA": {"ssl_cafile": None},
+        "no client certificate": {
+            "ssl_certfile": None,
+            "ssl_keyfile": None,
+            "ssl_key_password": None,
+        },
+        "plain to the TLS port": {"security_protocol": "PLAINTEXT"},
+        "TLS to the plain port": {"kafka_bootstrap_servers": sasl_broker.plaintext},
+    }
+    overrides = mistakes[case]
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        await serve(tls_settings(sasl_broker, **overrides), exit_when_idle=1)
+    assert time.monotonic() - started < FAIL_FAST_S
+    assert expected in caught.value.message
+    assert KEY_PASSWORD not in caught.value.message
+
+
+def test_a_wrong_key_password_is_a_config_error_without_the_password(
+    sasl_broker: SaslBroker,
+) -> None:
+    wrong = f"wrong-key-pw-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConfigError) as caught:
+        kafka_options(tls_settings(sasl_broker, ssl_key_password=wrong))
+    message = caught.value.message
+    assert "MODSTREAM_SSL_KEY_PASSWORD" in message
+    assert wrong not in message and KEY_PASSWORD not in message
+    missing = sasl_broker.tls / "missing.pem"
+    with pytest.raises(ConfigError, match="MODSTREAM_SSL_CAFILE"):
+        kafka_options(tls_settings(sasl_broker, ssl_cafile=missing))

@@ -28,7 +28,8 @@ from consumer.source import Envelope
 
 API_KEY = "sk-unit-canary-0f9e8d7c6b5a"
 PASSWORD = "pw-unit-canary-1a2b3c4d5e6f"
-SECRETS = (API_KEY, PASSWORD)
+KEY_PASSWORD = "keypw-unit-canary-9z8y7x"
+SECRETS = (API_KEY, PASSWORD, KEY_PASSWORD)
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,7 @@ def sasl_settings(**extra: Any) -> Settings:
         "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_username": "svc",
         "sasl_password": PASSWORD,
+        "ssl_key_password": KEY_PASSWORD,
     }
     return load_settings(**(values | extra))
 
@@ -59,11 +61,12 @@ def sasl_settings(**extra: Any) -> Settings:
 
 
 def test_secret_fields_are_secretstr() -> None:
-    for name in ("openai_api_key", "sasl_password"):
+    for name in ("openai_api_key", "sasl_password", "ssl_key_password"):
         assert "SecretStr" in str(Settings.model_fields[name].annotation)
     settings = sasl_settings()
     assert isinstance(settings.openai_api_key, SecretStr)
     assert isinstance(settings.sasl_password, SecretStr)
+    assert isinstance(settings.ssl_key_password, SecretStr)
 
 
 @pytest.mark.parametrize("source", ["kwargs", "env", "sdk-env"])
@@ -78,6 +81,7 @@ def test_secrets_never_render(monkeypatch: pytest.MonkeyPatch, source: str) -> N
         monkeypatch.setenv("MODSTREAM_SASL_MECHANISM", "PLAIN")
         monkeypatch.setenv("MODSTREAM_SASL_USERNAME", "svc")
         monkeypatch.setenv("MODSTREAM_SASL_PASSWORD", PASSWORD)
+        monkeypatch.setenv("MODSTREAM_SSL_KEY_PASSWORD", KEY_PASSWORD)
         settings = load_settings()
     assert settings.openai_api_key.get_secret_value() == API_KEY
     assert settings.sasl_password is not None
@@ -99,7 +103,13 @@ def test_secrets_never_render(monkeypatch: pytest.MonkeyPatch, source: str) -> N
 
 @pytest.mark.parametrize(
     "field",
-    ["openai_api_key", "OPENAI_API_KEY", "MODSTREAM_OPENAI_API_KEY", "sasl_password"],
+    [
+        "openai_api_key",
+        "OPENAI_API_KEY",
+        "MODSTREAM_OPENAI_API_KEY",
+        "sasl_password",
+        "ssl_key_password",
+    ],
 )
 @pytest.mark.parametrize(
     "bad", [[API_KEY, PASSWORD], {"k": API_KEY + PASSWORD}, (API_KEY, PASSWORD)]
@@ -109,7 +119,7 @@ def test_a_bad_secret_value_is_named_but_not_echoed(field: str, bad: object) -> 
         load_settings(**{field: bad})
     message = caught.value.message
     assert_clean(message)
-    assert "API_KEY" in message or "SASL_PASSWORD" in message
+    assert field.upper().removeprefix("MODSTREAM_") in message
 
 
 def test_secrets_stay_out_of_errors_about_other_fields(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +142,7 @@ def test_secrets_stay_out_of_errors_about_other_fields(monkeypatch: pytest.Monke
 
 
 def test_kafka_options_hold_the_password_only_as_the_sasl_argument() -> None:
-    options = kafka_options(sasl_settings())
+    options = kafka_options(sasl_settings(ssl_key_password=None))
     assert options["sasl_plain_password"] == PASSWORD
     rest = {k: v for k, v in options.items() if k != "sasl_plain_password"}
     assert_clean(repr(rest))
@@ -162,6 +172,7 @@ def test_logs_mask_credentials_even_when_passed_by_mistake(
     log.info("settings", settings=settings)  # rendered through repr: SecretStr masks itself
     log.info("oops", api_key=API_KEY, sasl_password=PASSWORD, authorization=f"Bearer {API_KEY}")
     log.info("options", openai_api_key=settings.openai_api_key, password=PASSWORD)
+    log.info("tls", detail=f"could not decrypt the key with {KEY_PASSWORD}")
     log.debug("dump", config=settings.model_dump(mode="json"))
     logging.getLogger("aiokafka").warning("connect with sasl_plain_password=%s", PASSWORD)
     try:
