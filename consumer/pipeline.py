@@ -11,6 +11,7 @@ outputs, so a commit can never pass an output that might be lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class Pipeline:
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
         self._paused_for_provider = False
+        self._room = asyncio.Event()  # set whenever a message leaves the window
 
     async def run(self, stop: asyncio.Event, *, exit_when_idle: float | None = None) -> None:
         """Process until ``stop`` is set (or idle), then drain within the grace period."""
@@ -98,10 +100,17 @@ class Pipeline:
 
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
+            self._room.clear()  # before reading the window: a completion after this wakes us
             room = self.settings.max_in_flight - self.tracker.in_flight()
             if self._intake_paused(not self.classifier.breaker.is_closed):
                 room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
+            if room <= 0:
+                # Full: the poll above only kept us in the group. Wake on the first completion
+                # (or after a second, to poll again) instead of sleeping a fetch timeout.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._room.wait()
             now = time.monotonic()
             if envelopes:
                 self._last_activity = now
@@ -145,6 +154,7 @@ class Pipeline:
         ):
             await self._stages(envelope)
         self.tracker.done(tp, envelope.offset)
+        self._room.set()
         self._last_activity = time.monotonic()
 
     async def _stages(self, envelope: Envelope) -> None:

@@ -94,8 +94,9 @@ class KafkaSource:
         elif self._paused:
             self.consumer.resume(*assignment)
             self._paused = False
+        # A full window polls without waiting: the caller waits for room, not for records.
         batches = await self.consumer.getmany(
-            timeout_ms=self.fetch_timeout_ms, max_records=max(room, 1)
+            timeout_ms=self.fetch_timeout_ms if room > 0 else 0, max_records=max(room, 1)
         )
         return [
             Envelope(
