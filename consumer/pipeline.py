@@ -28,7 +28,7 @@ from consumer.errors import BrokerUnavailable, PermanentError
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.publish import Publisher, Stage, dead_letter
-from consumer.settings import Settings
+from consumer.settings import Ordering, Settings
 from consumer.source import Envelope, KafkaSource
 from schemas import DeadLetter, UsageEvent, Verdict, make_event_id
 
@@ -80,6 +80,7 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._paused_for_provider = False
         self._room = asyncio.Event()  # set whenever a message leaves the window
+        self._tails: dict[tuple[object, ...], asyncio.Task[None]] = {}  # last task per chain
 
     async def run(self, stop: asyncio.Event, *, exit_when_idle: float | None = None) -> None:
         """Process until ``stop`` is set (or idle), then drain within the grace period."""
@@ -141,13 +142,40 @@ class Pipeline:
         self.tracker.track(tp, envelope.offset)
         self.stats.fetched += 1
         self.metrics.fetched()
-        task = self._group.create_task(self._process(tp, envelope))
+        chain = self._chain(tp, envelope)
+        after = self._tails.get(chain) if chain is not None else None
+        task = self._group.create_task(self._process(tp, envelope, after))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        if chain is not None:
+            self._tails[chain] = task
+            task.add_done_callback(lambda done: self._release_chain(chain, done))
 
-    async def _process(self, tp: TopicPartition, envelope: Envelope) -> None:
-        """One message through every stage; done only when its outputs are acknowledged."""
+    def _release_chain(self, chain: tuple[object, ...], done: asyncio.Task[None]) -> None:
+        """Forget a chain whose last task finished (keeps ``_tails`` bounded by the window)."""
+        if self._tails.get(chain) is done:
+            del self._tails[chain]
+
+    def _chain(self, tp: TopicPartition, envelope: Envelope) -> tuple[object, ...] | None:
+        """Messages in one chain run in offset order; ``None``: no ordering constraint."""
+        ordering = self.settings.ordering
+        if ordering is Ordering.PARTITION:
+            return (tp,)
+        if ordering is Ordering.KEY and envelope.key is not None:
+            return (tp, envelope.key)
+        return None
+
+    async def _process(
+        self, tp: TopicPartition, envelope: Envelope, after: asyncio.Task[None] | None = None
+    ) -> None:
+        """One message through every stage; done only when its outputs are acknowledged.
+
+        ``after`` is the previous message of the same ordering chain: this one starts only once
+        that one's outputs are acknowledged, so a chain's verdicts are published in offset order.
+        """
+        if after is not None:
+            await asyncio.wait([after])
         event_id = make_event_id(envelope.source, self.policy_version, "verdict")
         with structlog.contextvars.bound_contextvars(
             partition=envelope.partition, offset=envelope.offset, event_id=event_id

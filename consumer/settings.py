@@ -39,6 +39,14 @@ class Delivery(StrEnum):
     EXACTLY_ONCE = "exactly_once"
 
 
+class Ordering(StrEnum):
+    """Which messages must be classified and published in offset order."""
+
+    UNORDERED = "unordered"  # none: the most concurrency
+    KEY = "key"  # messages with the same key (per partition), in offset order
+    PARTITION = "partition"  # each partition one message at a time
+
+
 class LogFormat(StrEnum):
     """Log rendering: JSON lines for machines, coloured console for people, auto by TTY."""
 
@@ -86,6 +94,10 @@ class Settings(BaseSettings):
         default=None, description="Password of an encrypted MODSTREAM_SSL_KEYFILE; a secret."
     )
     delivery: Delivery = Delivery.AT_LEAST_ONCE
+    ordering: Ordering = Field(
+        default=Ordering.UNORDERED,
+        description="unordered, key (same key in offset order) or partition.",
+    )
 
     # Model provider
     openai_api_key: SecretStr = Field(
