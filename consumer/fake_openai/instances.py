@@ -173,7 +173,7 @@ class _Compiler:
         target = self.resolve(items)
         item_gen = self.node(items, name, category)
         if isinstance(target, dict) and "index" in (target.get("properties") or {}):
-            return _batch(item_gen)
+            return _batch(item_gen, low, None if high is None else int(high))
         if isinstance(target, dict) and "enum" in target:
             return values.category_list(list(target["enum"]), item_gen, low, high)
 
@@ -196,13 +196,15 @@ def _merge(a: dict[str, Any], b: Any) -> dict[str, Any]:
     return out
 
 
-def _batch(item_gen: Gen) -> Gen:
+def _batch(item_gen: Gen, low: int, high: int | None) -> Gen:
     def gen(ctx: Context, depth: int) -> list[Any]:
         blocks = ctx.blocks or ((0, ""),)
         out = []
         for index, text in blocks:
             sub = replace(ctx, index=index, judgement=judge(text)) if ctx.blocks else ctx
             out.append(item_gen(sub, depth + 1))
-        return out
+        while len(out) < low:  # the schema wants more items than there are blocks
+            out.append(item_gen(ctx, depth + 1))
+        return out if high is None else out[:high]
 
     return gen

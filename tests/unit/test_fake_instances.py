@@ -190,7 +190,7 @@ def test_random_model_schemas_instances_validate(model: type[BaseModel], text: s
 def test_category_numbers_follow_the_keywords() -> None:
     reply = generate(MAIN_SCHEMA, context_for("<content>I will stab him</content>"))
     assert reply["scores"]["violence"] >= 0.9
-    assert 0.3 <= reply["scores"]["violence_graphic"] < 0.5  # subcategory: parent's hit, lower
+    assert 0.05 < reply["scores"]["violence_graphic"] < 0.2  # subcategory: parent's hit, lower
     assert reply["scores"]["sexual"] < 0.1
     assert reply["rationale"] == "matched keywords: stab"
 
