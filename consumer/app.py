@@ -40,8 +40,8 @@ from consumer.logs import configure_logging
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.policy import PromptBuilder, load_policy, load_prompt
-from consumer.publish import Publisher, Topics
-from consumer.settings import Settings
+from consumer.publish import Outbox, Publisher, Topics
+from consumer.settings import Delivery, Settings
 from consumer.source import Rebalance
 
 log = structlog.get_logger(__name__)
@@ -245,8 +245,13 @@ async def serve(
         if settings.metrics_port:  # first in, last out: probes answer through start and stop
             await stack.enter_async_context(health)
         client = await stack.enter_async_context(openai_client(settings))
+        exactly_once = settings.delivery is Delivery.EXACTLY_ONCE
         producer = AIOKafkaProducer(
-            **kafka, acks="all", enable_idempotence=True, linger_ms=5, compression_type=None
+            **kafka,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            transactional_id=settings.effective_transactional_id if exactly_once else None,
         )
         await enter_kafka(stack, producer, kafka)
         consumer = AIOKafkaConsumer(
@@ -273,6 +278,7 @@ async def serve(
             admitter=admitter,
             classifier=classifier,
             metrics=metrics,
+            outbox=Outbox(producer, settings.group_id) if exactly_once else None,
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)

@@ -12,7 +12,8 @@
     │   └── InvalidReply                              the model's reply is unusable after repair
     └── FatalError                 False      True    misconfiguration: stop intake, exit non-zero
         ├── ConfigError                               a setting is invalid
-        └── ProviderAuthError                         401/403: the key or the model is wrong
+        ├── ProviderAuthError                         401/403: the key or the model is wrong
+        └── ProducerFencedError                       exactly-once: a newer instance took over
 
 Third-party exceptions (openai, aiokafka) are translated into this tree in exactly one place
 per adapter (``raise ... from exc``); everything downstream reads ``retriable`` and ``fatal``.
@@ -119,3 +120,9 @@ class ProviderAuthError(FatalError):
     """401/403 from the provider: wrong key, wrong organisation, or no access to the model."""
 
     kind = "provider_auth"
+
+
+class ProducerFencedError(FatalError):
+    """Exactly-once mode: another instance now owns this transactional id."""
+
+    kind = "producer_fenced"

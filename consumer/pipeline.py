@@ -27,7 +27,7 @@ from consumer.decode import decode
 from consumer.errors import BrokerUnavailable, PermanentError
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
-from consumer.publish import Publisher, Stage, dead_letter
+from consumer.publish import Outbox, Publisher, Stage, dead_letter
 from consumer.settings import Ordering, Settings
 from consumer.source import Envelope, KafkaSource
 from schemas import DeadLetter, UsageEvent, Verdict, make_event_id
@@ -62,8 +62,10 @@ class Pipeline:
         admitter: Admitter,
         classifier: Classifier,
         metrics: Metrics,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
+        self.outbox = outbox  # exactly-once: outputs commit with their offsets
         self.consumer = consumer
         self.source = KafkaSource(consumer)
         self.publisher = publisher
@@ -97,12 +99,15 @@ class Pipeline:
             # What is still tracked was cancelled and will be redelivered. Let go of it, so the
             # revoke that closing the consumer triggers does not wait out the grace period for
             # work that can no longer finish.
-            self.tracker.forget(self.tracker.partitions())
+            everything = self.tracker.partitions()
+            self.tracker.forget(everything)
+            if self.outbox is not None:
+                self.outbox.drop(everything)
 
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
             self._room.clear()  # before reading the window: a completion after this wakes us
-            room = self.settings.max_in_flight - self.tracker.in_flight()
+            room = self.settings.max_in_flight - self.tracker.in_flight() - len(self.outbox or ())
             if self._intake_paused(not self.classifier.breaker.is_closed):
                 room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
@@ -256,11 +261,14 @@ class Pipeline:
             stop=stop_never,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                await self.publisher.publish(
-                    envelope, verdict=verdict, usage=usage or (), dead=dead
-                )
+        records = self.publisher.records(envelope, verdict=verdict, usage=usage or (), dead=dead)
+        if self.outbox is not None:
+            tp = TopicPartition(envelope.topic, envelope.partition)
+            self.outbox.stage(tp, envelope.offset, records)  # sent with its offset, in one txn
+        else:
+            async for attempt in retrying:
+                with attempt:
+                    await self.publisher.publish(records)
         self.stats.usage_events += len(usage or ())
 
     async def _commit_loop(self) -> None:
@@ -296,8 +304,11 @@ class Pipeline:
             return
         started = time.perf_counter()
         try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
+            if self.outbox is not None:
+                await self.outbox.commit(offsets)
+            else:
+                await self.consumer.commit(offsets)
+        except (KafkaError, BrokerUnavailable) as exc:
             # Typically a rebalance in progress: the work is redone by the next owner.
             log.warning("commit failed; uncommitted work will be redelivered", error=str(exc))
             self.metrics.commit_failed()
@@ -331,6 +342,8 @@ class Pipeline:
         await self.commit(only=mine)
         await self._cancel(mine)
         self.tracker.forget(mine)
+        if self.outbox is not None:
+            self.outbox.drop(mine)
         log.info("partitions revoked", partitions=len(mine), drained=drained)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:

@@ -41,7 +41,10 @@ async def read_topic(settings: Settings, topic: str) -> list[bytes]:
     values: list[bytes] = []
     if not partitions:
         return values
-    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    # read_committed: exactly-once outputs of aborted transactions are never counted.
+    consumer = AIOKafkaConsumer(
+        **options, enable_auto_commit=False, isolation_level="read_committed"
+    )
     async with consumer:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

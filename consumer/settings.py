@@ -8,6 +8,7 @@ field, so the CLI can print it and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -94,6 +95,12 @@ class Settings(BaseSettings):
         default=None, description="Password of an encrypted MODSTREAM_SSL_KEYFILE; a secret."
     )
     delivery: Delivery = Delivery.AT_LEAST_ONCE
+    transactional_id: str | None = Field(
+        default=None,
+        description="exactly_once: the producer's transactional id; keep it stable per "
+        "instance (e.g. the pod name) so a restart fences its crashed predecessor. "
+        "Default: <group_id>-<hostname>.",
+    )
     ordering: Ordering = Field(
         default=Ordering.UNORDERED,
         description="unordered, key (same key in offset order) or partition.",
@@ -179,6 +186,11 @@ class Settings(BaseSettings):
         if self.max_tokens >= self.context_window:
             raise ValueError("max_tokens must be smaller than context_window")
         return self
+
+    @property
+    def effective_transactional_id(self) -> str:
+        """The transactional id exactly-once mode uses."""
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
 
     @property
     def max_poll_interval_ms(self) -> int:
