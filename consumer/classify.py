@@ -65,6 +65,9 @@ from schemas import Source, UsageEvent, UsageOutcome, Verdict, make_event_id
 
 log = structlog.get_logger(__name__)
 
+#: The longest server-requested wait we honour before retrying anyway.
+_RETRY_AFTER_CAP_S = 60.0
+
 
 def retry_after_seconds(headers: Any) -> float | None:
     """The wait a response asks for: ``retry-after-ms`` first, then ``retry-after``.
@@ -266,7 +269,10 @@ class Classifier:
         jitter = float(self._jitter(state))
         exc = state.outcome.exception() if state.outcome else None
         asked = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(jitter, asked) if asked is not None else jitter
+        if asked is None:
+            return jitter
+        # Honour the server, within reason: a retry-after of a day would stall a message a day.
+        return max(jitter, min(asked, max(_RETRY_AFTER_CAP_S, self.max_backoff_s)))
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
