@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import report
-from tests.benchmarks.infra import BENCH_PORT, ROOT, RUN_DIR, broker, load_average, machine
+from tests.benchmarks.infra import (
+    BENCH_PORT,
+    ROOT,
+    RUN_DIR,
+    broker,
+    load_average,
+    machine,
+    use_snapshot,
+)
 from tests.benchmarks.sections import SECTIONS, Bench, Options, run_sections
 
 
@@ -41,6 +49,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--big-backlog",
         type=int,
         help="messages in the large memory backlog (default: the largest that fits, <= 500k)",
+    )
+    parser.add_argument(
+        "--worktree",
+        action="store_true",
+        help="measure the working tree as it is (default: a snapshot of HEAD, so that other "
+        "people's unsaved edits in a shared tree cannot break or skew the run)",
     )
     parser.add_argument("--port", type=int, default=BENCH_PORT, help="the broker's port")
     parser.add_argument("--bootstrap", help="use this running broker instead of starting one")
@@ -71,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = args.plot or (
         ROOT / "docs" / "bench-throughput.png" if published else RUN_DIR / "bench-throughput.png"
     )
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if not args.worktree:
+        use_snapshot()
     load_start = load_average()
     about = machine()
     print(f"benchmarks: {', '.join(sections)}{' (quick)' if args.quick else ''}", flush=True)

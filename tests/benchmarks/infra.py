@@ -2,9 +2,10 @@
 a fast backlog producer and readers for what the runs wrote.
 
 Processes are measured from the outside: a sampler reads ``/proc/<pid>/stat`` (user + system
-CPU) and ``/proc/<pid>/status`` (RSS) every few hundred milliseconds, so CPU can be taken over a
-steady-state window, and the final ``os.wait4`` rusage gives the exact total CPU and the peak
-RSS (``ru_maxrss``) of the child itself.
+CPU) and ``/proc/<pid>/status`` (RSS and its high-water mark VmHWM) every 100 ms, so CPU can be
+taken over a steady-state window; the final ``os.wait4`` rusage gives the exact total CPU.
+Peak RSS is VmHWM, never ``ru_maxrss``: at exec the kernel folds the parent's RSS into the
+child's ``ru_maxrss``, so a child of a harness holding 400 MB reports at least 400 MB.
 """
 
 from __future__ import annotations
@@ -36,6 +37,38 @@ from tests.fake_server import _ready, free_port, knob_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
+#: Where the processes we measure import modstream from (see ``use_snapshot``).
+CODE: dict[str, Any] = {"dir": ROOT, "label": "working tree"}
+
+
+def use_snapshot() -> str:
+    """Measure the committed HEAD, not the shared working tree: export ``consumer/`` and
+    ``schemas/`` at HEAD into ``.run/bench/src`` and run every process from there. Other
+    people's half-saved edits then cannot break or skew a run. Returns the commit."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = RUN_DIR / "src"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "consumer", "schemas"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    CODE["dir"] = target
+    CODE["label"] = f"snapshot of HEAD {commit} in {target.relative_to(ROOT)}"
+    return commit
+
+
+def code_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with modstream importable from the measured code (and tests/ from ROOT)."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(CODE["dir"]), str(ROOT)])}
+
+
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 BENCH_PORT = 39192
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,8 +106,11 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     ).stdout.splitlines()
-    if dirty:
-        commit += f" + {len(dirty)} uncommitted change(s) in consumer/, schemas/, pyproject.toml"
+    code = str(CODE["label"])
+    if CODE["dir"] == ROOT:
+        code += f" at {commit}"
+        if dirty:
+            code += f" + {len(dirty)} uncommitted change(s) in consumer/, schemas/, pyproject.toml"
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
@@ -85,7 +121,7 @@ def machine() -> dict[str, str]:
         "java": (java.stderr.splitlines() or ["?"])[0],
         "aiokafka": metadata.version("aiokafka"),
         "openai": metadata.version("openai"),
-        "commit": commit,
+        "code measured": code,
     }
 
 
@@ -107,10 +143,11 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
-def proc_cpu_rss(pid: int) -> tuple[float, int] | None:
-    """(user + system CPU seconds, RSS kB) of a live process, or None once it is gone."""
+def proc_cpu_rss(pid: int) -> tuple[float, int, int] | None:
+    """(user + system CPU seconds, RSS kB, peak RSS kB so far) of a live process, or None
+    once it is gone."""
     if pid == MACHINE:
-        return machine_busy(), 0
+        return machine_busy(), 0, 0
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
@@ -118,15 +155,16 @@ def proc_cpu_rss(pid: int) -> tuple[float, int] | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    match = re.search(r"VmRSS:\s+(\d+)", status)
-    return cpu, int(match.group(1)) if match else 0
+    rss = re.search(r"VmRSS:\s+(\d+)", status)
+    hwm = re.search(r"VmHWM:\s+(\d+)", status)
+    return cpu, int(rss.group(1)) if rss else 0, int(hwm.group(1)) if hwm else 0
 
 
 @dataclass
 class Series:
-    """(wall time, CPU seconds, RSS kB) samples of one process."""
+    """(wall time, CPU seconds, RSS kB, peak RSS kB so far) samples of one process."""
 
-    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)
 
     def cpu_at(self, t: float) -> float:
         """CPU seconds used up to wall time ``t`` (linear between samples)."""
@@ -138,20 +176,27 @@ class Series:
             return self.samples[0][1]
         if i >= len(times):
             return self.samples[-1][1]
-        (t0, c0, _), (t1, c1, _) = self.samples[i - 1], self.samples[i]
+        (t0, c0, *_), (t1, c1, *_) = self.samples[i - 1], self.samples[i]
         return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
 
     def cpu_between(self, t0: float, t1: float) -> float:
         return max(0.0, self.cpu_at(t1) - self.cpu_at(t0))
 
     def peak_rss_kb(self) -> int:
-        return max((s[2] for s in self.samples), default=0)
+        return max((s[3] for s in self.samples), default=0)
+
+    def peak_reached_at(self) -> float | None:
+        """Wall time of the first sample that saw the final peak (VmHWM) value."""
+        if not self.samples:
+            return None
+        peak = self.samples[-1][3]
+        return next(s[0] for s in self.samples if s[3] >= peak)
 
 
 class Sampler:
     """Samples CPU and RSS of named processes until stopped."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
         self.pids = pids
         self.interval = interval
         self.series: dict[str, Series] = {name: Series() for name in pids}
@@ -162,7 +207,7 @@ class Sampler:
         for name, pid in self.pids.items():
             got = proc_cpu_rss(pid)
             if got is not None:
-                self.series[name].samples.append((now, got[0], got[1]))
+                self.series[name].samples.append((now, *got))
 
     async def _run(self) -> None:
         while True:
@@ -188,7 +233,7 @@ class ProcRun:
     started: float
     ended: float
     cpu_s: float
-    maxrss_kb: int
+    maxrss_kb: int  # VmHWM of the child's own address space, last sampled before exit
     series: dict[str, Series]
     log: Path
     stopped_at: float | None = None  # when we sent SIGTERM (wall time), if we did
@@ -218,13 +263,16 @@ async def run_process(
     timeout: float = 900.0,
 ) -> ProcRun:
     """Run ``command`` to its exit, sampling it and the ``watch`` processes; return its exact
-    CPU time and peak RSS. ``stop_when`` is polled twice a second: once it returns true the
-    process gets SIGTERM (a graceful stop); past ``timeout`` seconds it gets SIGKILL."""
+    CPU time (rusage) and peak RSS (VmHWM, sampled every 100 ms until it exits).
+    ``stop_when`` is polled twice a second: once it returns true the process gets SIGTERM (a
+    graceful stop); past ``timeout`` seconds it gets SIGKILL."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = RUN_DIR / f"{name}.log"
     with log.open("wb") as out:
         started = time.time()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=CODE["dir"], env=code_env(env), stdout=out, stderr=subprocess.STDOUT
+        )
     pid = process.pid
     sampler = Sampler({"self": pid, **(watch or {})})
     sampler.start()
@@ -254,7 +302,9 @@ async def run_process(
         started=started,
         ended=ended,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        maxrss_kb=usage.ru_maxrss,
+        # Not usage.ru_maxrss: the kernel folds the parent's RSS at fork/exec time into the
+        # child's ru_maxrss, so a harness holding 500 MB would report a 500 MB consumer.
+        maxrss_kb=sampler.series["self"].peak_rss_kb(),
         series=sampler.series,
         log=log,
         stopped_at=stopped_at,
@@ -282,7 +332,9 @@ def fake_server(**knobs: Any) -> Iterator[Fake]:
     command = [sys.executable, "-m", "consumer", "fake-openai", "--port", str(port)]
     origin = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=CODE["dir"], env=code_env(env), stdout=output, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + 30
             while not _ready(origin):

@@ -226,8 +226,12 @@ def _method() -> list[str]:
         "(of those written before a timed run was stopped with SIGTERM), which leaves out "
         "start-up, group join, ramp and final drain.",
         "- CPU per message: user + system CPU of a process inside the window (sampled from "
-        "`/proc/<pid>/stat` every 250 ms) divided by the verdicts in the window. Peak RSS is "
-        "`ru_maxrss` from `wait4` on the consumer process.",
+        "`/proc/<pid>/stat` every 100 ms) divided by the verdicts in the window.",
+        "- Peak RSS is the consumer's `VmHWM` (`/proc/<pid>/status`, sampled every 100 ms "
+        "until it exits). Not `ru_maxrss` from `wait4`/`RUSAGE_CHILDREN`: the kernel folds "
+        "the parent's RSS at fork/exec into the child's `ru_maxrss`, so a consumer spawned "
+        "by a harness holding 700 MB of read-back records reported 716 MB in an early run "
+        "while its own high-water mark was ~175 MB.",
         "",
     ]
 
@@ -342,23 +346,26 @@ def _memory(mem: dict[str, Any]) -> list[str]:
         "## 4. Memory: peak RSS while draining a backlog",
         "",
         "Fake latency 0, modstream defaults (concurrency 32, max in flight 256), each backlog "
-        "drained to the end (`--exit-when-idle 3`); peak RSS is `ru_maxrss` of the consumer.",
+        "drained to the end (`--exit-when-idle 3`); peak RSS is the consumer's `VmHWM`.",
         "",
     ]
     if mem.get("note"):
         out += [mem["note"], ""]
     out += [
-        "| backlog | produced in s | drained in s | msg/s | peak RSS MB | RSS MB along the way |",
-        "|---|---|---|---|---|---|",
+        "| backlog | produced in s | verdicts | run s | msg/s | peak RSS MB | peak reached | "
+        "RSS MB along the way |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in (mem["small"], mem["big"]):
         marks = ", ".join(
             f"after {int(k):,} verdict{'s' if int(k) > 1 else ''}: {v:.0f}"
             for k, v in run["rss_mb_after"].items()
         )
+        drained = f"{run['drained']:,}" + ("" if run["complete"] else " (stopped)")
+        at = "" if run["peak_at_s"] is None else f" at {run['peak_at_s']:.1f} s"
         out.append(
-            f"| {run['backlog']:,} | {run['produce_s']:.1f} | {run['drain_s']:.0f} | "
-            f"{run['rate']:.0f} | {run['maxrss_mb']:.0f} | {marks} |"
+            f"| {run['backlog']:,} | {run['produce_s']:.1f} | {drained} | {run['drain_s']:.0f} | "
+            f"{run['rate']:.0f} | {run['maxrss_mb']:.0f} | {run['peak_phase']}{at} | {marks} |"
         )
     out += ["", f"Ratio: **{mem['ratio']:.2f}**.", ""]
     return out
@@ -371,7 +378,7 @@ def _tpm(tpm: dict[str, Any]) -> list[str]:
         f"The fake enforces `tpm={tpm['limit']:,}` (it charges prompt + max_tokens at "
         "admission and refunds the unused completion); modstream gets "
         f"`MODSTREAM_TPM={tpm['limit']:,}`, concurrency 32, L = 200 ms. Tokens are "
-        "prompt + completion from the usage events; the window starts 2 s after the "
+        "prompt + completion from the usage events; the window starts 5 s after the "
         "first L tokens were used (the initial full bucket is spent) and ends when the run "
         "was stopped.",
         "",

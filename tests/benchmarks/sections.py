@@ -50,14 +50,14 @@ class Options:
     """Sizes of a run: the full one, or ``--quick`` (a smoke run of the same code paths)."""
 
     quick: bool = False
-    budget_s: float = 14 * 60
+    budget_s: float = 13.5 * 60
     latency_ms: float = 200.0
     concurrencies: tuple[int, ...] = (16, 64, 256)
-    point_s: float = 20.0
+    point_s: float = 15.0
     sequential_messages: int = 100
-    overhead_backlog: int = 150_000
-    overhead_s: float = 20.0
-    profile_s: float = 20.0
+    overhead_backlog: int = 100_000
+    overhead_s: float = 15.0
+    profile_s: float = 15.0
     memory_small: int = 20_000
     memory_big: int | None = None  # None: the largest that fits in the budget, up to 500,000
     memory_big_max: int = 500_000
@@ -121,12 +121,14 @@ class Bench:
         fake: Fake,
         *,
         run_for: float | None = None,
+        stop_at: float | None = None,
         profile: Path | None = None,
         timeout: float = 900.0,
         **settings: object,
     ) -> Measured:
         """Run ``modstream consume`` as a process: to the end of the backlog (idle 3 s), or
-        ``run_for`` seconds after its first verdict, then SIGTERM."""
+        ``run_for`` seconds after its first verdict, or until ``stop_at`` (monotonic clock);
+        then SIGTERM."""
         await create_topics(self.broker.bootstrap, output_topics(name))
         env = modstream_env(self.broker.bootstrap, fake.url, name, input_topic, **settings)
         command = CONSUME
@@ -142,7 +144,13 @@ class Bench:
                 *CONSUME[1:],
             ]
         async with OutputWatch(self.broker.bootstrap, f"{name}.verdicts") as watch:
-            stop = watch.after_first(run_for) if run_for is not None else None
+            after_first = watch.after_first(run_for) if run_for is not None else None
+
+            async def stop() -> bool:
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    return True
+                return after_first is not None and await after_first()
+
             run = await run_process(
                 name, command, env, watch=self.watch(fake), stop_when=stop, timeout=timeout
             )
@@ -356,31 +364,51 @@ async def overhead(bench: Bench) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4
 
 
-async def _drain(bench: Bench, fake: Fake, name: str, count: int) -> dict[str, Any]:
+async def _drain(
+    bench: Bench, fake: Fake, name: str, count: int, stop_at: float | None = None
+) -> dict[str, Any]:
     topic = f"{name}.in"
     produce_s = await bench.backlog(topic, count)
-    m = await bench.modstream(name, topic, fake, timeout=bench.options.budget_s)
+    m = await bench.modstream(name, topic, fake, stop_at=stop_at, timeout=bench.options.budget_s)
     dead = await count_records(bench.broker.bootstrap, f"{name}.dlq")
-    if m.outputs + dead != count:
+    if not m.stopped and m.outputs + dead != count:
         bench.failures.append(f"{name}: {m.outputs} verdicts + {dead} dead letters != {count}")
     series = m.run.series["self"].samples if m.run else []
+    # When the peak (VmHWM) was reached: start-up, while processing, or after the last verdict.
+    peak_at = m.run.series["self"].peak_reached_at() if m.run else None
+    phase = "unknown"
+    if peak_at is not None and m.stamps and m.run:
+        first, last = min(m.stamps) / 1000, max(m.stamps) / 1000
+        phase = (
+            "start-up (before the first verdict)"
+            if peak_at < first
+            else "processing"
+            if peak_at <= last + 0.3
+            else "shutdown (after the last verdict)"
+        )
+        peak_at -= m.run.started
     # RSS once the first ``small`` messages were done, to tell a leak from a plateau.
     marks = {}
     stamps = sorted(m.stamps)
     for k in (1, bench.options.memory_small, len(stamps)):
         if 0 < k <= len(stamps) and series:
             at = stamps[k - 1] / 1000
-            before = [s for s in series if s[0] <= at] or series[:1]
+            before = [s for s in series if s[0] <= at] or series[:1]  # (t, cpu, rss, hwm)
             marks[str(k)] = before[-1][2] / 1024
+    done = "stopped at the time budget after" if m.stopped else "drained"
     bench.say(
-        f"{name}: drained {count:,} in {m.wall_s:.0f}s ({m.rate:.0f} msg/s), "
-        f"peak RSS {m.maxrss_mb:.0f} MB"
+        f"{name}: {done} {m.outputs:,} of {count:,} in {m.wall_s:.0f}s ({m.rate:.0f} msg/s), "
+        f"peak RSS {m.maxrss_mb:.0f} MB ({phase})"
     )
     return {
         "backlog": count,
         "produce_s": produce_s,
         "drain_s": m.wall_s,
+        "drained": m.outputs,
+        "complete": not m.stopped,
         "rss_mb_after": marks,
+        "peak_at_s": peak_at,
+        "peak_phase": phase,
         **m.public(),
     }
 
@@ -396,7 +424,7 @@ async def memory(bench: Bench) -> dict[str, Any]:
             # What the measured drain rate can finish before the budget (keeping 40 s spare).
             rate = small["rate"] or 1.0
             left = opts.budget_s - bench.elapsed() - 40
-            fits = int(rate * max(left - 10, 0) * 0.85) // 10_000 * 10_000
+            fits = int(rate * max(left - 10, 0) * 0.75) // 10_000 * 10_000
             big_n = max(min(opts.memory_big_max, fits), 2 * opts.memory_small)
             if big_n < opts.memory_big_max:
                 note = (
@@ -406,7 +434,14 @@ async def memory(bench: Bench) -> dict[str, Any]:
                     f"was used: {big_n:,}."
                 )
                 bench.say(note)
-        big = await _drain(bench, fake, "mem-big", big_n)
+        # Never past the budget: a drain that would overrun is stopped and says so.
+        deadline = bench.started + opts.budget_s - 20
+        big = await _drain(bench, fake, "mem-big", big_n, stop_at=deadline)
+        if not big["complete"]:
+            note += (
+                f" The drain was stopped at the time budget after {big['drained']:,} of "
+                f"{big_n:,} messages (the machine was slower than the small drain predicted)."
+            )
     return {
         "small": small,
         "big": big,
@@ -464,7 +499,7 @@ async def tpm(bench: Bench) -> dict[str, Any]:
     if spent_at is None:
         bench.failures.append("tpm: the initial bucket was never spent; run longer")
         return result
-    start = spent_at + 2.0
+    start = spent_at + 5.0
     in_window = [e for e in events if start < e[0] <= end]
     span = end - start
     tokens = sum(e[1] for e in in_window)
