@@ -139,3 +139,4 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)  # Python warnings too: one line format on stderr

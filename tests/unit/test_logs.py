@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    logging.captureWarnings(False)
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
     root.handlers[:] = handlers
@@ -58,6 +60,17 @@ def test_json_lines_with_level_time_and_logger_names(capsys: pytest.CaptureFixtu
     assert first["level"] == "info" and first["timestamp"].endswith("Z")
     assert second["event"] == "heartbeat failed for group-1"
     assert second["logger"] == "aiokafka.consumer" and second["level"] == "warning"
+
+
+def test_python_warnings_are_log_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(settings())
+    assert warnings.showwarning.__module__ == "logging", "configure_logging captures warnings"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(True)  # after catch_warnings swapped showwarning in
+        warnings.warn("a resource was not closed", RuntimeWarning, stacklevel=1)
+    (line,) = lines(capsys.readouterr().err)
+    assert line["logger"] == "py.warnings" and "a resource was not closed" in line["event"]
 
 
 def test_console_format_is_not_json(capsys: pytest.CaptureFixture[str]) -> None:
