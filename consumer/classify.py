@@ -16,19 +16,20 @@ refusal / ``content_filter``          a verdict with the policy's ``refusal_acti
 ====================================  ==========================================
 
 The SDK's own retries are off (``max_retries=0`` in the app): tenacity here is the one retry
-layer, so every retry re-acquires concurrency and token budget.
+layer, so every retry re-acquires concurrency and token budget. Every HTTP call (chat, the
+first tier's moderation call in :mod:`consumer.tier`, a batch in :mod:`consumer.batch`) goes
+through :meth:`Classifier.with_retries`: the circuit breaker, the limiter and the backoff.
 """
 
 from __future__ import annotations
 
-import email.utils
+import functools
 import hashlib
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import openai
 import structlog
@@ -51,83 +52,41 @@ from consumer.errors import (
     InvalidReply,
     ModstreamError,
     PermanentError,
-    ProviderAuthError,
     ProviderUnavailable,
     RateLimited,
-    RequestRejected,
     TransientError,
 )
 from consumer.limit import Limiter
 from consumer.metrics import Metrics
 from consumer.policy import PromptBuilder
+from consumer.provider import failed_outcome, retry_after_seconds, translate
+from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
-from schemas import Source, UsageEvent, UsageOutcome, Verdict, make_event_id
+from schemas import Source, TierScores, UsageEvent, UsageOutcome, Verdict, make_event_id
 
 log = structlog.get_logger(__name__)
+
+__all__ = [
+    "Call",
+    "ChatRequest",
+    "Classified",
+    "Classifier",
+    "Recorder",
+    "Tokens",
+    "retry_after_seconds",
+    "translate",
+]
+
+T = TypeVar("T")
 
 #: The longest server-requested wait we honour before retrying anyway.
 _RETRY_AFTER_CAP_S = 60.0
 
+#: A 200 with no choices: recorded as such, then retried like any transient failure.
+_NO_CHOICES = UsageOutcome.PROVIDER_UNAVAILABLE
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """The wait a response asks for: ``retry-after-ms`` first, then ``retry-after``.
-
-    Garbage (not a number, not an HTTP-date, not finite) is ``None``: a bad header must not
-    stop the retry or make it wait forever.
-    """
-    if headers is None:
-        return None
-    if (ms := _seconds(headers.get("retry-after-ms"))) is not None:
-        return ms / 1000
-    value = headers.get("retry-after")
-    if (seconds := _seconds(value)) is not None or not value:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC without a zone (RFC 5322)
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _seconds(value: str | None) -> float | None:
-    """A finite, non-negative number from a header value, else ``None``."""
-    try:
-        number = float(value) if value is not None else math.nan
-    except ValueError:
-        return None
-    return max(0.0, number) if math.isfinite(number) else None
-
-
-def translate(exc: Exception) -> ModstreamError:
-    """The one place where openai's (and the transport's) exceptions become ours."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderUnavailable("the model did not answer within the timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderUnavailable(f"connection to the model failed: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        wait = retry_after_seconds(exc.response.headers)
-        detail = f"HTTP {status} from the model provider: {exc.message}"
-        if status == 429:
-            return RateLimited(detail, retry_after=wait)
-        if status in (401, 403):
-            return ProviderAuthError(
-                f"{detail}. Check OPENAI_API_KEY / OPENAI_BASE_URL and access to the model."
-            )
-        if status in (408, 409) or status >= 500:
-            return ProviderUnavailable(detail, retry_after=wait)
-        return RequestRejected(detail)
-    return ProviderUnavailable(f"unexpected error from the model client: {exc!r}")
-
-
-_OUTCOME_OF = {
-    RateLimited: UsageOutcome.RATE_LIMITED,
-    ProviderUnavailable: UsageOutcome.PROVIDER_UNAVAILABLE,
-    ProviderAuthError: UsageOutcome.AUTH,
-    RequestRejected: UsageOutcome.REJECTED,
-}
+#: Named in the usage events of moderation calls, which cost nothing.
+MODERATION_PRICE_SOURCE = "moderations endpoint (free)"
 
 
 class Tokens(NamedTuple):
@@ -149,8 +108,8 @@ class Classified:
 
 
 @dataclass(slots=True)
-class _Call:
-    """One message's conversation with the model, across attempts."""
+class Call:
+    """One message's conversation with the model (and the first tier), across attempts."""
 
     admitted: Admitted
     source: Source
@@ -158,6 +117,22 @@ class _Call:
     max_tokens: int
     usage: list[UsageEvent] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    #: The tiers that ran so far, when the policy has a first tier.
+    tiers: list[TierScores] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion request: what is sent, and the token estimate for the limiter."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    response_format: dict[str, Any]
+    estimate: int
+
+
+#: Records one HTTP call's usage: (outcome, tokens, perf_counter when it started).
+Recorder = Callable[[UsageOutcome, Tokens, float], None]
 
 
 class Classifier:
@@ -194,17 +169,68 @@ class Classifier:
         self._jitter = wait_random_exponential(multiplier=0.25, max=max_backoff_s)
 
     async def classify(self, admitted: Admitted, source: Source) -> Classified:
-        """Run the conversation to a verdict or a permanent failure; transient errors retry."""
-        call = _Call(
-            admitted,
-            source,
-            self.builder.messages(admitted.text, admitted.context),
-            self.max_tokens,
+        """Run the conversation to a verdict or a permanent failure; transient errors retry.
+
+        With a first tier in the policy, the moderations endpoint goes first and may decide.
+        """
+        call = self.new_call(admitted, source)
+        decided = await self.first_tier(call)
+        return decided if decided is not None else await self.chat(call)
+
+    def new_call(self, admitted: Admitted, source: Source) -> Call:
+        """A fresh conversation for one admitted message."""
+        messages = self.builder.messages(admitted.text, admitted.context)
+        return Call(admitted, source, messages, self.max_tokens)
+
+    async def first_tier(self, call: Call) -> Classified | None:
+        """The first tier's verdict when it decides; ``None`` when the chat model must be asked
+        (the policy has no first tier, a score fell in the uncertain band, or the moderations
+        endpoint rejected the request: the chat model then decides alone)."""
+        tier = self.policy.first_tier
+        if tier is None:
+            return None
+
+        def record(outcome: UsageOutcome, started: float) -> None:
+            usage = self.usage_event(
+                call,
+                outcome,
+                Tokens(0, 0),  # the endpoint reports no tokens, and it is free
+                started,
+                cost=0.0,
+                model=tier.model,
+                price_source=MODERATION_PRICE_SOURCE,
+            )
+            self.record(call, usage)
+
+        send = functools.partial(
+            send_moderation, self.client, self.limiter, tier.model, call.admitted.text, record
         )
+        try:
+            result = await self.with_retries(send)
+        except PermanentError as exc:
+            log.warning("first tier rejected the request; asking the chat model", error=str(exc))
+            return None
+        scores = moderation_scores(result, self.policy)
+        call.tiers.append(TierScores(name="moderation", model=tier.model, scores=scores))
+        if not tier.decides(scores):
+            return None
+        verdict = self.verdict(call, scores, decided_rationale(tier), None, model=tier.model)
+        return Classified(verdict, None, call.usage)
+
+    async def chat(self, call: Call) -> Classified:
+        """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
         repaired = lengthened = False
         while True:
+            request = ChatRequest(
+                call.messages,
+                call.max_tokens,
+                self.policy.response_format,
+                self.overhead_tokens + call.admitted.content_tokens + call.max_tokens,
+            )
             try:
-                completion = await self._with_retries(call)
+                completion = await self.with_retries(
+                    functools.partial(self.send_chat, request, call)
+                )
             except PermanentError as exc:  # 400/404/422: dead letter, keep the usage
                 return Classified(None, exc, call.usage)
             choice = completion.choices[0]
@@ -249,9 +275,20 @@ class Classifier:
                 continue
             scores = self.policy.scores_from_reply(reply)
             rationale = str(getattr(reply, "rationale", ""))[:1000]
-            return Classified(self._verdict(call, scores, rationale, None), None, call.usage)
+            return Classified(self.chat_verdict(call, scores, rationale), None, call.usage)
 
-    async def _with_retries(self, call: _Call) -> Any:
+    def chat_verdict(self, call: Call, scores: dict[str, float], rationale: str) -> Verdict:
+        """The verdict from the chat model's scores (recorded as its tier when tiering)."""
+        if self.policy.first_tier is not None:
+            call.tiers.append(TierScores(name="chat", model=self.model, scores=scores))
+        return self.verdict(call, scores, rationale, None)
+
+    async def with_retries(self, send: Callable[[], Awaitable[T]]) -> T:
+        """Make the HTTP call ``send`` makes, through the breaker and the retry layer.
+
+        ``send`` takes its own limiter slot (so every retry re-acquires budget) and records
+        the usage of each attempt; transient errors are retried, anything else is raised.
+        """
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
             wait=self._wait,
@@ -261,7 +298,7 @@ class Classifier:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(call)
+                return await self._attempt(send)
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:
@@ -283,11 +320,11 @@ class Classifier:
                 self.limiter.concurrency.on_overload()
             log.debug("model call failed, retrying", kind=exc.kind, attempt=state.attempt_number)
 
-    async def _attempt(self, call: _Call) -> Any:
-        """One HTTP call, gated by the circuit breaker and the limiter."""
+    async def _attempt(self, send: Callable[[], Awaitable[T]]) -> T:
+        """One HTTP call, gated by the circuit breaker (``send`` takes the limiter slot)."""
         probe = await self.breaker.admit()
         try:
-            completion = await self._send(call)
+            completion = await send()
         except ProviderUnavailable:
             self.breaker.failure()
             raise
@@ -298,17 +335,18 @@ class Classifier:
         await self.limiter.concurrency.on_success()
         return completion
 
-    async def _send(self, call: _Call) -> Any:
-        estimate = self.overhead_tokens + call.admitted.content_tokens + call.max_tokens
-        attempt = len(call.usage) + 1
-        async with self.limiter.slot(estimate) as permit:
+    async def send_chat(self, request: ChatRequest, record: Call | Recorder) -> ChatCompletion:
+        """One chat completion; its usage goes to ``record`` (a call's list, or a recorder)."""
+        if isinstance(record, Call):
+            record = self.recorder(record)
+        async with self.limiter.slot(request.estimate) as permit:
             started = time.perf_counter()
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
                     model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", call.messages),
-                    response_format=cast("ResponseFormatJSONSchema", self.policy.response_format),
-                    max_tokens=call.max_tokens,
+                    messages=cast("list[ChatCompletionMessageParam]", request.messages),
+                    response_format=cast("ResponseFormatJSONSchema", request.response_format),
+                    max_tokens=request.max_tokens,
                     temperature=self.temperature,
                 )
                 self.limiter.observe_headers(raw.headers)
@@ -321,8 +359,7 @@ class Classifier:
                 # ValueError: a 200 whose body is not a chat completion (a broken proxy).
                 permit.settle(0)
                 error = translate(exc)
-                outcome = _OUTCOME_OF.get(type(error), UsageOutcome.PROVIDER_UNAVAILABLE)
-                self._record(call, self._usage(call, attempt, outcome, Tokens(0, 0), started))
+                record(failed_outcome(error), Tokens(0, 0), started)
                 raise error from exc
         usage = completion.usage
         if (
@@ -333,62 +370,94 @@ class Classifier:
             cached = getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0
             counts = Tokens(usage.prompt_tokens, usage.completion_tokens, cached)
         else:  # vLLM/Ollama may omit usage: count locally and say so
-            text = "".join(m["content"] for m in call.messages)
+            text = "".join(m["content"] for m in request.messages)
             reply = completion.choices[0].message.content if completion.choices else ""
             counts = Tokens(
                 count_tokens(text, self.model), count_tokens(reply or "", self.model), 0, True
             )
         permit.settle(counts.prompt + counts.completion)
-        self._record(call, self._usage(call, attempt, UsageOutcome.OK, counts, started))
+        record(UsageOutcome.OK if completion.choices else _NO_CHOICES, counts, started)
         if not completion.choices:
-            self._mark_last(call, UsageOutcome.PROVIDER_UNAVAILABLE)
+            self.metrics.reply_problem(self.model, _NO_CHOICES.value)
             raise ProviderUnavailable("the model returned no choices")
         return completion
 
-    def _usage(
+    def recorder(self, call: Call) -> Recorder:
+        """Records each chat call's usage in ``call`` (and the metrics)."""
+
+        def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
+            cost = self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached)
+            self.record(call, self.usage_event(call, outcome, tokens, started, cost=cost))
+
+        return record
+
+    def usage_event(
         self,
-        call: _Call,
-        attempt: int,
+        call: Call,
         outcome: UsageOutcome,
         tokens: Tokens,
         started: float,
+        *,
+        cost: float | None,
+        model: str | None = None,
+        price_source: str | None = None,
+        batch: tuple[str, int] | None = None,
     ) -> UsageEvent:
+        """The usage of ``call``'s next attempt (``batch``: the batch id and size, if any)."""
+        attempt = len(call.usage) + 1
         return UsageEvent(
             event_id=make_event_id(call.source, self.policy.version, "usage", attempt),
             source=call.source,
             content_id=call.admitted.request.id,
-            model=self.model,
+            model=model or self.model,
             attempt=attempt,
             outcome=outcome,
             prompt_tokens=tokens.prompt,
             completion_tokens=tokens.completion,
             cached_tokens=tokens.cached,
             estimated=tokens.estimated,
-            cost_usd=self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached),
-            price_source=self.prices.source,
+            cost_usd=cost,
+            price_source=price_source or self.prices.source,
             latency_ms=(time.perf_counter() - started) * 1000,
             created_at=datetime.now(UTC),
+            batch_id=batch[0] if batch else None,
+            batch_size=batch[1] if batch else 1,
         )
 
-    def _record(self, call: _Call, usage: UsageEvent) -> None:
-        """One model call done: its usage goes with the message and to the metrics."""
+    def record(self, call: Call, usage: UsageEvent, *, metrics: bool = True) -> None:
+        """One model call done: its usage goes with the message (and to the metrics)."""
         call.usage.append(usage)
-        self.metrics.model_call(usage)
+        if metrics:
+            self.metrics.model_call(usage)
 
-    def _mark_last(self, call: _Call, outcome: UsageOutcome) -> None:
+    def _mark_last(self, call: Call, outcome: UsageOutcome) -> None:
         """The last call returned 200 but its reply was not usable: say so in its usage."""
-        call.usage[-1] = call.usage[-1].model_copy(update={"outcome": outcome})
+        self.mark_last(call, outcome)
         self.metrics.reply_problem(self.model, outcome.value)
 
-    def _refusal_verdict(self, call: _Call, reason: str) -> Verdict:
+    @staticmethod
+    def mark_last(call: Call, outcome: UsageOutcome) -> None:
+        """Change the outcome of ``call``'s last usage event (no metrics)."""
+        call.usage[-1] = call.usage[-1].model_copy(update={"outcome": outcome})
+
+    def _refusal_verdict(self, call: Call, reason: str) -> Verdict:
+        if self.policy.first_tier is not None:
+            call.tiers.append(TierScores(name="chat", model=self.model, scores={}))
         scores = {c.name: 0.0 for c in self.policy.categories}
-        verdict = self._verdict(call, scores, "the model declined to classify", reason)
+        verdict = self.verdict(call, scores, "the model declined to classify", reason)
         action = self.policy.refusal_action
         return verdict.model_copy(update={"action": action, "flagged": action != "allow"})
 
-    def _verdict(
-        self, call: _Call, scores: dict[str, float], rationale: str, refusal: str | None
+    def verdict(
+        self,
+        call: Call,
+        scores: dict[str, float],
+        rationale: str,
+        refusal: str | None,
+        *,
+        model: str | None = None,
     ) -> Verdict:
+        """The policy's decision on ``scores``, as the verdict for ``call``."""
         flagged, action, categories = self.policy.decide(scores)
         request = call.admitted.request
         return Verdict(
@@ -401,13 +470,14 @@ class Classifier:
             categories=categories,
             rationale=rationale,
             refusal=refusal,
-            model=self.model,
+            model=model or self.model,
             policy_version=self.policy.version,
             prompt_version=self.builder.prompt.version,
             truncated=call.admitted.truncated,
             latency_ms=(time.perf_counter() - call.started) * 1000,
             metadata=request.metadata,
             created_at=datetime.now(UTC),
+            tiers=list(call.tiers),
         )
 
 

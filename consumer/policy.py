@@ -44,6 +44,40 @@ class Category(BaseModel):
         return re.sub(r"[^0-9a-zA-Z]+", "_", self.name).strip("_").lower()
 
 
+class FirstTier(BaseModel):
+    """A first pass through the provider's moderations endpoint, before the chat model.
+
+    Its scores are mapped to the policy's categories by name (a category the endpoint does not
+    score counts 0.0). When no score lies inside the uncertain band ``[low, high)``, i.e. every
+    score is below ``low`` or at/above ``high``, the first tier's scores decide (through
+    :meth:`Policy.decide`, like the chat model's); when any score falls inside the band, the
+    chat model is asked as well and its scores decide.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)] = "omni-moderation-latest"
+    uncertain_band: tuple[
+        Annotated[float, Field(ge=0.0, le=1.0)], Annotated[float, Field(ge=0.0, le=1.0)]
+    ] = (0.2, 0.8)
+
+    @model_validator(mode="after")
+    def _ordered_band(self) -> FirstTier:
+        low, high = self.uncertain_band
+        if low > high:
+            raise ValueError(f"uncertain_band [{low}, {high}]: the low end is above the high end")
+        return self
+
+    def uncertain(self, score: float) -> bool:
+        """Whether ``score`` lies inside the band ``[low, high)``."""
+        low, high = self.uncertain_band
+        return low <= score < high
+
+    def decides(self, scores: dict[str, float]) -> bool:
+        """Whether the first tier's ``scores`` decide alone: none lies inside the band."""
+        return not any(self.uncertain(score) for score in scores.values())
+
+
 class Policy(BaseModel):
     """Categories, thresholds and actions; the only place that turns scores into decisions."""
 
@@ -52,6 +86,7 @@ class Policy(BaseModel):
     version: Annotated[str, Field(min_length=1)]
     refusal_action: Action = Action.REVIEW
     categories: Annotated[tuple[Category, ...], Field(min_length=1)]
+    first_tier: FirstTier | None = None
 
     @model_validator(mode="after")
     def _unique_fields(self) -> Policy:

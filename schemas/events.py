@@ -72,6 +72,20 @@ class CategoryScore(_Output):
     flagged: bool
 
 
+class TierScores(_Output):
+    """One classification tier that ran for a verdict, and the scores it gave.
+
+    ``moderation`` is the provider's moderations endpoint (the first tier), ``chat`` the chat
+    model. Scores are keyed by policy category name (a category the tier does not know is 0.0).
+    """
+
+    name: Literal["moderation", "chat"]
+    model: str
+    scores: dict[str, float] = Field(
+        description="Category name -> score; empty when the chat model refused to score."
+    )
+
+
 class Verdict(_Output):
     """The moderation decision for one input record."""
 
@@ -95,6 +109,12 @@ class Verdict(_Output):
     cache_hit: bool = False
     metadata: dict[str, JsonScalar] = Field(default_factory=dict)
     created_at: datetime
+    tiers: list[TierScores] = Field(
+        default_factory=list,
+        description="With a first tier configured: the tiers that ran, in order, and their "
+        "scores (the first tier alone when it decided). Empty without tiering: the chat model "
+        "alone gave the category scores.",
+    )
 
 
 class UsageOutcome(StrEnum):
@@ -134,6 +154,15 @@ class UsageEvent(_Output):
     price_source: str | None = None
     latency_ms: Annotated[float, Field(ge=0.0)]
     created_at: datetime
+    batch_id: str | None = Field(
+        default=None,
+        description="Set when the call classified several messages at once: every message of "
+        "the batch gets one event with this id, and the token counts (and cost) of those "
+        "events add up exactly to the provider's counts for the one call.",
+    )
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="Messages the call classified (1: a call of its own)."
+    )
 
 
 class Header(_Output):
