@@ -30,6 +30,7 @@ from openai import AsyncOpenAI
 
 from consumer import __version__
 from consumer.admit import Admitter
+from consumer.batch import Batcher
 from consumer.circuit import CircuitBreaker
 from consumer.classify import Classifier
 from consumer.cost import PriceTable
@@ -229,6 +230,18 @@ def model_stages(
     return classifier, admitter
 
 
+def batcher(settings: Settings, classifier: Classifier) -> Batcher | None:
+    """The micro-batcher, when ``MODSTREAM_BATCH_SIZE`` is above 1."""
+    if settings.batch_size <= 1:
+        return None
+    return Batcher(
+        classifier,
+        size=settings.batch_size,
+        max_tokens=settings.batch_max_tokens,
+        linger_s=settings.batch_linger_ms / 1000,
+    )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -279,6 +292,7 @@ async def serve(
             classifier=classifier,
             metrics=metrics,
             outbox=Outbox(producer, settings.group_id) if exactly_once else None,
+            batcher=batcher(settings, classifier),
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
@@ -294,6 +308,8 @@ async def serve(
             policy=classifier.policy.version,
             concurrency=settings.concurrency,
             max_in_flight=settings.max_in_flight,
+            batch_size=settings.batch_size,
+            first_tier=classifier.policy.first_tier is not None,
         )
         try:
             await pipeline.run(stop, exit_when_idle=exit_when_idle)

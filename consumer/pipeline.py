@@ -22,6 +22,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
 from consumer.admit import Admitter
+from consumer.batch import Batcher
 from consumer.classify import Classifier
 from consumer.decode import decode
 from consumer.errors import BrokerUnavailable, PermanentError
@@ -63,6 +64,7 @@ class Pipeline:
         classifier: Classifier,
         metrics: Metrics,
         outbox: Outbox | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox  # exactly-once: outputs commit with their offsets
@@ -71,6 +73,7 @@ class Pipeline:
         self.publisher = publisher
         self.admitter = admitter
         self.classifier = classifier
+        self.batcher = batcher  # micro-batching: short messages share a chat call
         self.policy_version = classifier.policy.version
         self.tracker = OffsetTracker()
         self.stats = Stats()
@@ -209,7 +212,9 @@ class Pipeline:
         except PermanentError as exc:
             await self._dead_letter(envelope, exc, stage, attempts=0)
         else:
-            result = await self.classifier.classify(admitted, envelope.source)
+            # A batcher hands each message its own result, published and marked done alone.
+            classify = self.batcher.classify if self.batcher else self.classifier.classify
+            result = await classify(admitted, envelope.source)
             if result.failure is not None:
                 await self._dead_letter(
                     envelope, result.failure, "classify", len(result.usage), result.usage

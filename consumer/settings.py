@@ -141,6 +141,18 @@ class Settings(BaseSettings):
     commit_interval_s: PositiveFloat = 1.0
     shutdown_grace_s: PositiveFloat = 20.0
 
+    # Micro-batching (off at 1)
+    batch_size: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=1,
+        description="Short messages classified in one chat call; 1 turns batching off.",
+    )
+    batch_max_tokens: PositiveInt = Field(
+        default=200, description="Only content of at most this many tokens joins a batch."
+    )
+    batch_linger_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = Field(
+        default=20.0, description="How long a batch waits to fill before it goes out anyway."
+    )
+
     # Input handling
     input_format: InputFormat = InputFormat.JSON
     max_message_bytes: PositiveInt = Field(
@@ -185,6 +197,14 @@ class Settings(BaseSettings):
             )
         if self.max_tokens >= self.context_window:
             raise ValueError("max_tokens must be smaller than context_window")
+        if self.batch_size > 1 and (
+            self.batch_size * (self.batch_max_tokens + self.max_tokens) >= self.context_window
+        ):
+            raise ValueError(
+                f"a full batch ({self.batch_size} x (batch_max_tokens {self.batch_max_tokens} + "
+                f"max_tokens {self.max_tokens})) does not fit context_window "
+                f"({self.context_window}): lower batch_size or batch_max_tokens"
+            )
         return self
 
     @property
