@@ -23,6 +23,9 @@ class PriceTable:
         self.provider_id = provider_id
         self.source = PRICE_SOURCE
 
+    # calc_price walks the price data on every call (~70 us); a message stream repeats the same
+    # token counts over and over, so the exact answers are cached.
+    @functools.lru_cache(maxsize=8192)  # noqa: B019  (one table per process, bounded)
     def cost(
         self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
     ) -> float | None:
