@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks import batching, ordering
+
 TARGETS = {
     "latency": 0.95,
     "sequential": 30.0,
@@ -113,6 +115,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _ok(tpm["share_429"] < TARGETS["tpm_429"]),
             )
         )
+    rows += batching.summary_rows(results)
+    rows += ordering.summary_rows(results)
     return rows
 
 
@@ -203,6 +207,8 @@ def markdown(
         out += _memory(mem)
     if tpm := results.get("tpm"):
         out += _tpm(tpm)
+    out += batching.markdown(results)
+    out += ordering.markdown(results)
     if run["failures"]:
         out += ["## Problems during the run", ""]
         out += ["```", *[f.strip() for f in run["failures"]], "```", ""]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.fake_openai.admin import FakeAdmin
+from tests.benchmarks.batching import batching
 from tests.benchmarks.infra import (
     MACHINE,
     RUN_DIR,
@@ -38,6 +39,7 @@ from tests.benchmarks.infra import (
     run_process,
     steady_window,
 )
+from tests.benchmarks.ordering import ordering
 from tests.benchmarks.profile import analyse
 
 CONSUME = [sys.executable, "-m", "consumer", "consume", "--exit-when-idle", "3"]
@@ -424,7 +426,7 @@ async def memory(bench: Bench) -> dict[str, Any]:
             # What the measured drain rate can finish before the budget (keeping 40 s spare).
             rate = small["rate"] or 1.0
             left = opts.budget_s - bench.elapsed() - 40
-            fits = int(rate * max(left - 10, 0) * 0.75) // 10_000 * 10_000
+            fits = int(rate * max(left - 10, 0) * 0.85) // 10_000 * 10_000
             big_n = max(min(opts.memory_big_max, fits), 2 * opts.memory_small)
             if big_n < opts.memory_big_max:
                 note = (
@@ -525,6 +527,8 @@ SECTIONS = {
     "sequential": sequential,
     "overhead": overhead,
     "tpm": tpm,
+    "batching": batching,  # tests/benchmarks/batching.py
+    "ordering": ordering,  # tests/benchmarks/ordering.py
     "memory": memory,  # last: it sizes its large backlog by the time left
 }
 
