@@ -84,6 +84,7 @@ class Pipeline:
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
         self._paused_for_provider = False
+        self._assigned_once = False  # --exit-when-idle counts only once the group assigned us
         self._room = asyncio.Event()  # set whenever a message leaves the window
         self._tails: dict[tuple[object, ...], asyncio.Task[None]] = {}  # last task per chain
 
@@ -125,6 +126,7 @@ class Pipeline:
                 self._last_activity = now
             elif (
                 exit_when_idle is not None
+                and self._assigned_once  # joining a group can take a session timeout
                 and self.tracker.in_flight() == 0
                 and now - self._last_activity >= exit_when_idle
             ):
@@ -352,5 +354,7 @@ class Pipeline:
         log.info("partitions revoked", partitions=len(mine), drained=drained)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """New partitions: nothing to set up, tracking starts at their first fetched record."""
+        """New partitions (maybe none): tracking starts at each first record; idle restarts."""
+        self._assigned_once = True
+        self._last_activity = time.monotonic()
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
