@@ -56,6 +56,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="measure the working tree as it is (default: a snapshot of HEAD, so that other "
         "people's unsaved edits in a shared tree cannot break or skew the run)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: write the report and plot again from .run/bench/results.json",
+    )
     parser.add_argument("--port", type=int, default=BENCH_PORT, help="the broker's port")
     parser.add_argument("--bootstrap", help="use this running broker instead of starting one")
     return parser.parse_args(argv)
@@ -81,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.big_backlog:
         options.memory_big = args.big_backlog
     published = not args.quick and not args.only
-    output = args.output or (ROOT / "BENCHMARKS.md" if published else RUN_DIR / "BENCHMARKS.md")
-    plot_path = args.plot or (
-        ROOT / "docs" / "bench-throughput.png" if published else RUN_DIR / "bench-throughput.png"
-    )
+
+    if args.report_only:
+        saved = json.loads((RUN_DIR / "results.json").read_text())
+        published = not saved["run"]["quick"] and saved["run"]["sections"] == list(SECTIONS)
+        return write(saved["results"], saved["machine"], saved["run"], args, published)
 
     started = time.monotonic()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -111,8 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         "section_s": bench.results.get("_section_s", {}),
         "broker_s": kafka.started_in_s,
     }
+    run["command"] = command
     (RUN_DIR / "results.json").write_text(
         json.dumps({"run": run, "machine": about, "results": results}, indent=2, default=str)
+    )
+    write(results, about, run, args, published)
+    print(f"whole run: {wall / 60:.1f} min")
+    for failure in bench.failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if bench.failures else 0
+
+
+def write(
+    results: dict[str, Any],
+    about: dict[str, str],
+    run: dict[str, Any],
+    args: argparse.Namespace,
+    published: bool,
+) -> int:
+    """BENCHMARKS.md and the plot, from one run's results."""
+    output = args.output or (ROOT / "BENCHMARKS.md" if published else RUN_DIR / "BENCHMARKS.md")
+    plot_path = args.plot or (
+        ROOT / "docs" / "bench-throughput.png" if published else RUN_DIR / "bench-throughput.png"
     )
     plotted = report.plot(results, plot_path)
     link = None
@@ -121,16 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             link = plot_path.resolve().relative_to(output.resolve().parent).as_posix()
         except ValueError:
             link = plot_path.resolve().as_posix()
+    command = run.get("command", "python -m tests.benchmarks")
     output.write_text(
         report.markdown(results, command=command, machine=about, run=run, plot_link=link)
     )
     print(f"\nwrote {output}" + (f" and {plot_path}" if plotted else ""))
     for figure, measured, target, met in report.summary_rows(results):
         print(f"  {figure}: {measured}  [target {target}] {met.strip('*')}")
-    print(f"whole run: {wall / 60:.1f} min")
-    for failure in bench.failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if bench.failures else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -250,16 +250,24 @@ def _latency(lat: dict[str, Any], seq: dict[str, Any] | None) -> list[str]:
         "for a fixed time after its first verdict on a backlog that cannot run dry at C/L.",
         "",
         "| C | C/L msg/s | achieved msg/s | ratio | verdicts in window | window s | "
-        "modstream CPU us/msg | fake CPU us/msg | cores busy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "modstream CPU us/msg | cores modstream needs at C/L | fake CPU us/msg | cores busy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in lat["points"]:
+        need = p["cpu_us"].get("self", math.nan) * p["ideal"] / 1e6
         out.append(
             f"| {p['concurrency']} | {p['ideal']:.0f} | {p['rate']:.1f} | {p['ratio']:.3f} | "
             f"{p['in_window']:,} | {p['window_s']:.1f} | {_f(p['cpu_us'].get('self'), 0)} | "
-            f"{_f(p['cpu_us'].get('fake'), 0)} | {_cores(p['cores'])} |"
+            f"{_f(need, 2)} | {_f(p['cpu_us'].get('fake'), 0)} | {_cores(p['cores'])} |"
         )
-    out.append("")
+    out += [
+        "",
+        "'Cores modstream needs at C/L' is its measured CPU per message times C/L. modstream "
+        "is one asyncio event loop, so it can use at most one core: where that figure is "
+        "above 1 (or above what the other processes leave free), C/L is out of reach at "
+        "today's CPU cost per message, whatever the concurrency.",
+        "",
+    ]
     if seq:
         s = seq["sequential"]
         out += [
@@ -308,6 +316,17 @@ def _overhead(ovh: dict[str, Any]) -> list[str]:
         f"Ratio modstream / pass-through: **{ovh['ratio']:.4f}**. The pass-through's window "
         f"is short ({raw['window_s']:.1f} s for {raw['in_window']:,} records), so its "
         "figure is rough; it is two orders of magnitude away either way.",
+        "",
+    ]
+    side = ours["cpu_us"].get("fake", math.nan) + ours["cpu_us"].get("broker", math.nan)
+    cores = ovh.get("nproc") or 2
+    bound = cores / side * 1e6 if side else math.nan
+    out += [
+        f"A bound no consumer making one model call per message can pass here: the fake "
+        f"server and the broker alone spend {_f(side, 0)} us of CPU per message on the same "
+        f"{cores} cores, so even a consumer costing nothing would top out near "
+        f"{_f(bound, 0)} msg/s, {_f(bound / raw['rate'] if raw['rate'] else math.nan, 3)} of "
+        "the pass-through.",
         "",
     ]
     prof = ovh.get("profile", {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -355,6 +356,7 @@ async def overhead(bench: Bench) -> dict[str, Any]:
         bench.failures.append("pyinstrument wrote no session")
     return {
         "backlog": n,
+        "nproc": os.cpu_count(),
         "produce_s": produce_s,
         "modstream": ours.public(),
         "passthrough": raw.public(),
