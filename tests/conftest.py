@@ -23,8 +23,6 @@ import itertools
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,8 +34,9 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.kafka_script import run_kafka_sh
+
 ROOT = Path(__file__).resolve().parents[1]
-KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 RUN_DIR = ROOT / ".run"
 DEFAULT_PORT = 39092
 PORT_STEP = 10
@@ -70,36 +69,6 @@ def _answers(port: int) -> bool:
     return False
 
 
-def _kafka_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in {
-            "KAFKA_PORT",
-            "KAFKA_CONTROLLER_PORT",
-            "KAFKA_DATA_DIR",
-            "KAFKA_EXTRA_PROPS",
-            "KAFKA_FORMAT_ARGS",
-        }
-    }
-    env = {
-        **inherited,
-        "KAFKA_PORT": str(port),
-        "KAFKA_DATA_DIR": str(data),
-        "KAFKA_PYTHON": sys.executable,
-    }
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 def _data_dir(port: int) -> Path:
     return RUN_DIR / ("kafka-test" if port == DEFAULT_PORT else f"kafka-test-{port}")
 
@@ -119,7 +88,7 @@ def _claim_slot(port: int, *, may_move: bool) -> tuple[int, Path, IO[str]]:
             tried.append(f"{candidate} (another test session holds {data.name}.lock)")
             continue
         # Ours now. A broker a killed session left behind is stopped through its pid file.
-        _kafka_sh("down", candidate, data)
+        run_kafka_sh("down", candidate, data)
         if _answers(candidate) or _answers(candidate + 1):
             lock.close()
             tried.append(f"{candidate} (port or port+1 in use by another process)")
@@ -142,7 +111,7 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         shutil.rmtree(data, ignore_errors=True)
         started = time.monotonic()
-        result = _kafka_sh("up", port, data)
+        result = run_kafka_sh("up", port, data)
         elapsed = time.monotonic() - started
         if result.returncode != 0:
             log = data / "kafka.out"
@@ -158,7 +127,7 @@ def kafka_bootstrap() -> Iterator[str]:
         try:
             yield f"localhost:{port}"
         finally:
-            _kafka_sh("down", port, data)
+            run_kafka_sh("down", port, data)
     finally:
         lock.close()
 

@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer.sample import corpus
 from tests.fake_server import _ready, free_port, knob_env
+from tests.kafka_script import run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -69,7 +70,6 @@ def code_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join([str(CODE["dir"]), str(ROOT)])}
 
 
-KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 BENCH_PORT = 39192
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -363,21 +363,6 @@ class Broker:
     started_in_s: float
 
 
-def _kafka_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
-    keep = {"KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_DATA_DIR", "KAFKA_EXTRA_PROPS"}
-    env = {k: v for k, v in os.environ.items() if k not in keep}
-    env |= {"KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data), "KAFKA_PYTHON": sys.executable}
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 @contextlib.contextmanager
 def broker(port: int = BENCH_PORT, existing: str | None = None) -> Iterator[Broker]:
     """A clean broker of our own for the run (or ``existing``, started by someone else)."""
@@ -395,10 +380,10 @@ def broker(port: int = BENCH_PORT, existing: str | None = None) -> Iterator[Brok
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"another benchmark run holds {data.name}.lock") from None
-        _kafka_sh("down", port, data)  # a broker an interrupted run left behind
+        run_kafka_sh("down", port, data)  # a broker an interrupted run left behind
         shutil.rmtree(data, ignore_errors=True)
         started = time.monotonic()
-        result = _kafka_sh("up", port, data)
+        result = run_kafka_sh("up", port, data)
         if result.returncode != 0:
             raise SystemExit(f"benchmark broker did not start:\n{result.stdout}{result.stderr}")
         pid_file = data / "kafka.pid"
@@ -406,7 +391,7 @@ def broker(port: int = BENCH_PORT, existing: str | None = None) -> Iterator[Brok
         try:
             yield Broker(f"localhost:{port}", pid, time.monotonic() - started)
         finally:
-            _kafka_sh("down", port, data)
+            run_kafka_sh("down", port, data)
             shutil.rmtree(data, ignore_errors=True)
 
 

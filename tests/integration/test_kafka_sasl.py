@@ -46,9 +46,9 @@ from consumer.settings import Settings
 from tests.e2e.harness import Run
 from tests.e2e.scan import raw_bytes, secret_forms
 from tests.fake_server import fake_openai_server, free_port
+from tests.kafka_script import run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[2]
-KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 SASL_PROPS = ROOT / "deploy" / "kafka" / "sasl.properties"
 RUN_DIR = ROOT / ".run"
 BASE_PORT = 39300
@@ -190,22 +190,12 @@ def _kafka_sh(
     command: str, port: int, data: Path, extra: Path = SASL_PROPS
 ) -> subprocess.CompletedProcess[str]:
     scram = f"[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")},
-        "KAFKA_PORT": str(port),
-        "KAFKA_DATA_DIR": str(data),
-        "KAFKA_PYTHON": sys.executable,
-        "KAFKA_EXTRA_PROPS": str(extra),
-        "KAFKA_FORMAT_ARGS": f"--add-scram SCRAM-SHA-256={scram} --add-scram SCRAM-SHA-512={scram}",
-    }
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    return run_kafka_sh(
+        command,
+        port,
+        data,
+        KAFKA_EXTRA_PROPS=str(extra),
+        KAFKA_FORMAT_ARGS=f"--add-scram SCRAM-SHA-256={scram} --add-scram SCRAM-SHA-512={scram}",
     )
 
 
