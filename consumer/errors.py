@@ -4,16 +4,23 @@
     ├── TransientError             True       False   retried with backoff; never dead-lettered
     │   ├── RateLimited            True       False   429; carries the server's retry-after
     │   ├── ProviderUnavailable    True       False   5xx, timeout, connection error, empty choices
-    │   └── BrokerUnavailable      True       False   Kafka could not acknowledge in time
+    │   └── BrokerUnavailable      True       False   a retriable Kafka error (no leader, timeout)
     ├── PermanentError             False      False   the message can never succeed: dead letter
     │   ├── DecodeError                               bytes are not a valid ModerationRequest
     │   ├── AdmissionError                            over a size or token limit
-    │   ├── RequestRejected                           400/404/422 from the provider
-    │   └── InvalidReply                              the model's reply is unusable after repair
-    └── FatalError                 False      True    misconfiguration: stop intake, exit non-zero
-        ├── ConfigError                               a setting is invalid
+    │   ├── RequestRejected                           400/422 about this message's content
+    │   ├── InvalidReply                              the model's reply is unusable after repair
+    │   ├── PersistentFailure                         transient-looking errors on this message
+    │   │                                             alone, attempt after attempt (poison)
+    │   └── PublishRejected                           Kafka refused its outputs for good (too
+    │                                                 large, invalid record, not authorized)
+    └── FatalError                 False      True    misconfiguration: stop intake, exit 3
+        ├── ConfigError                               a setting is invalid (exit 2)
         ├── ProviderAuthError                         401/403: the key or the model is wrong
-        └── ProducerFencedError                       exactly-once: a newer instance took over
+        ├── ProviderMisconfigured                     404 model not found, or one 400 repeated
+        │                                             for many messages (unsupported parameter)
+        ├── ProducerFencedError                       exactly-once: a newer instance took over
+        └── RebalanceFailed                           a rebalance callback failed unexpectedly
 
 Third-party exceptions (openai, aiokafka) are translated into this tree in exactly one place
 per adapter (``raise ... from exc``); everything downstream reads ``retriable`` and ``fatal``.
@@ -63,7 +70,7 @@ class ProviderUnavailable(TransientError):
 
 
 class BrokerUnavailable(TransientError):
-    """Kafka did not acknowledge an output in time."""
+    """A Kafka error that may succeed later (aiokafka says ``retriable``): no leader, timeout."""
 
     kind = "broker_unavailable"
 
@@ -103,6 +110,18 @@ class InvalidReply(PermanentError):
         self.reply = reply
 
 
+class PersistentFailure(PermanentError):
+    """This message's calls keep failing while other messages succeed: poison, not an outage."""
+
+    kind = "persistent_failure"
+
+
+class PublishRejected(PermanentError):
+    """Kafka refused an output with an error that can never succeed (``retriable=False``)."""
+
+    kind = "publish_rejected"
+
+
 class FatalError(ModstreamError):
     """Nothing will work until a person fixes the configuration."""
 
@@ -122,7 +141,19 @@ class ProviderAuthError(FatalError):
     kind = "provider_auth"
 
 
+class ProviderMisconfigured(FatalError):
+    """Every message would fail the same way: an unknown model, a parameter the model rejects."""
+
+    kind = "provider_misconfigured"
+
+
 class ProducerFencedError(FatalError):
     """Exactly-once mode: another instance now owns this transactional id."""
 
     kind = "producer_fenced"
+
+
+class RebalanceFailed(FatalError):
+    """A rebalance callback failed unexpectedly; aiokafka would swallow it, so we stop."""
+
+    kind = "rebalance_failed"

@@ -132,6 +132,23 @@ class Settings(BaseSettings):
     circuit_reset_s: PositiveFloat = Field(
         default=5.0, description="First wait before a probe call; doubles up to 60 s."
     )
+    poison_attempts: PositiveInt = Field(
+        default=8,
+        description="A message whose calls failed this many times with transient errors "
+        "(5xx, timeouts) while other messages succeed (circuit closed) is dead-lettered as "
+        "persistent_failure. During an outage (circuit open) nothing is dead-lettered.",
+    )
+    misconfig_repeats: PositiveInt = Field(
+        default=3,
+        description="The same 400 for this many different messages is a misconfiguration "
+        "(an unsupported parameter): the service stops with exit code 3 instead of "
+        "dead-lettering the stream.",
+    )
+    usage_failures_kept: PositiveInt = Field(
+        default=3,
+        description="Failed attempts of one message recorded as usage events one by one; "
+        "further failures with the same outcome are folded into one event with a count.",
+    )
 
     # Work window
     concurrency: PositiveInt = Field(default=32, description="Model calls at once.")
@@ -140,6 +157,11 @@ class Settings(BaseSettings):
     )
     commit_interval_s: PositiveFloat = 1.0
     shutdown_grace_s: PositiveFloat = 20.0
+    stuck_after_s: PositiveFloat = Field(
+        default=300.0,
+        description="A message in flight longer than this is logged (WARNING) with its "
+        "partition and offset; modstream_oldest_in_flight_seconds shows the age always.",
+    )
 
     # Micro-batching (off at 1)
     batch_size: Annotated[int, Field(ge=1, le=256)] = Field(

@@ -163,6 +163,13 @@ class UsageEvent(_Output):
     batch_size: Annotated[int, Field(ge=1)] = Field(
         default=1, description="Messages the call classified (1: a call of its own)."
     )
+    calls: Annotated[int, Field(ge=1)] = Field(
+        default=1,
+        description="Model calls this event stands for. Above 1 only for folded failures: "
+        "after the first few failed attempts of one message, further failures with the same "
+        "outcome are counted in one event (its tokens, cost and latency are the sums), so a "
+        "long 429 storm does not attach thousands of events to one message.",
+    )
 
 
 class Header(_Output):
@@ -178,13 +185,25 @@ class DeadLetter(_Output):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: str
     source: Source
-    stage: Literal["decode", "admit", "classify"]
+    stage: Literal["decode", "admit", "classify", "publish"] = Field(
+        description="Where it failed; publish: the broker refused the input's outputs for good "
+        "(too large, invalid, not authorized)."
+    )
     error_class: str
     error_message: str
     attempts: Annotated[int, Field(ge=0)]
     payload_b64: str | None = Field(description="Original bytes; None when redacted.")
     payload_sha256: str
     payload_redacted: bool = False
+    payload_length: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Length in bytes of the original payload (None: no value)."
+    )
+    payload_truncated: bool = Field(
+        default=False,
+        description="payload_b64 holds only a head slice of the original bytes, because the "
+        "whole would not fit the dead-letter topic; payload_length and payload_sha256 describe "
+        "the original.",
+    )
     headers: list[Header] = Field(default_factory=list)
     reply: str | None = Field(default=None, description="The model's last reply, when relevant.")
     created_at: datetime
