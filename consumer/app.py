@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import httpx2
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     IllegalSaslStateError,
@@ -41,13 +43,18 @@ from consumer.logs import configure_logging
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.policy import PromptBuilder, load_policy, load_prompt
-from consumer.publish import Outbox, Publisher, Topics
+from consumer.publish import RECORD_OVERHEAD_BYTES, Outbox, Publisher, Topics
 from consumer.settings import Delivery, Settings
 from consumer.source import Rebalance
 
 log = structlog.get_logger(__name__)
 
 KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer)
+
+#: The producer's largest request (aiokafka's default, set explicitly: outputs are cut to it).
+MAX_REQUEST_BYTES = 1_048_576
+#: What a topic takes when its config cannot be read (Kafka's default max.message.bytes).
+DEFAULT_TOPIC_MAX_BYTES = 1_048_588
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -201,6 +208,31 @@ async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
         raise ConfigError("topics do not exist on the broker: " + ", ".join(missing))
 
 
+async def output_limits(options: dict[str, Any], topics: Topics) -> dict[str, int]:
+    """The largest record each output topic takes: its ``max.message.bytes``, within the
+    producer's ``max_request_size``. Dead letters are cut to it; other outputs over it are
+    dead-lettered instead of being retried forever."""
+    names = [topics.verdicts, topics.usage, topics.dead_letters]
+    found: dict[str, int] = {}
+    admin = AIOKafkaAdminClient(**options)
+    try:
+        await admin.start()
+        wanted = {"max.message.bytes": None}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, n, wanted) for n in names]
+        for response in await admin.describe_configs(resources):
+            for error, _, _, name, entries in response.resources:
+                for entry in entries if not error else ():
+                    if entry[0] == "max.message.bytes":
+                        found[name] = int(entry[1])
+    except (KafkaError, OSError, ValueError) as exc:  # e.g. no DescribeConfigs ACL
+        log.warning("cannot read the output topics' max.message.bytes", error=str(exc))
+    finally:
+        await admin.close()
+    limits = {n: min(found.get(n, DEFAULT_TOPIC_MAX_BYTES), MAX_REQUEST_BYTES) for n in names}
+    log.debug("output size limits", **{n.replace(".", "_"): b for n, b in limits.items()})
+    return limits
+
+
 def model_stages(
     settings: Settings, client: AsyncOpenAI, metrics: Metrics | None = None
 ) -> tuple[Classifier, Admitter]:
@@ -268,9 +300,23 @@ async def serve(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            transactional_id=settings.effective_transactional_id if exactly_once else None,
+            max_request_size=MAX_REQUEST_BYTES,
         )
         await enter_kafka(stack, producer, kafka)
+        outbox: Outbox | None = None
+        if exactly_once:
+            # Verdicts and dead letters commit with their offsets; usage goes out at once on
+            # the plain producer above, so every answered call is recorded whatever aborts.
+            transactional = AIOKafkaProducer(
+                **kafka,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_request_size=MAX_REQUEST_BYTES,
+                transactional_id=settings.effective_transactional_id,
+            )
+            await enter_kafka(stack, transactional, kafka)
+            outbox = Outbox(transactional, settings.group_id)
         consumer = AIOKafkaConsumer(
             **kafka,
             group_id=settings.group_id,
@@ -281,6 +327,8 @@ async def serve(
         )
         await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
+        topics = Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
+        limits = await output_limits(kafka, topics)
         health.readiness = kafka_readiness(consumer, stop)
         classifier, admitter = model_stages(settings, client, metrics)
         metrics.describe(
@@ -289,14 +337,14 @@ async def serve(
         pipeline = Pipeline(
             settings,
             consumer=consumer,
-            publisher=Publisher(
-                producer, Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
-            ),
+            publisher=Publisher(producer, topics, limits),
             admitter=admitter,
             classifier=classifier,
             metrics=metrics,
-            outbox=Outbox(producer, settings.group_id) if exactly_once else None,
+            outbox=outbox,
             batcher=batcher(settings, classifier),
+            # Room for the record's framing and our headers, which the size check counts too.
+            dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
@@ -318,7 +366,7 @@ async def serve(
         try:
             await pipeline.run(stop, exit_when_idle=exit_when_idle)
         except ExceptionGroup as group:
-            # The task group wraps a fatal error (401/403) from a message task: surface it.
+            # The task group wraps a fatal error (401/403, fenced) from a task: surface it.
             fatal = group.subgroup(lambda e: isinstance(e, FatalError))
             if fatal is not None:
                 raise _first(fatal) from None

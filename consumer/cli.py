@@ -45,10 +45,8 @@ def consume(
     settings = _settings()
     try:
         run_consumer(settings, exit_when_idle=exit_when_idle)
-    except ConfigError as exc:
-        _fail(exc, 2)
-    except FatalError as exc:
-        _fail(exc, 3)
+    except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
+        _fail(exc, exc.exit_code)
 
 
 @app.command()
@@ -174,10 +172,8 @@ def replay(
             cache_topic=cache_topic or None,
         )
         result = asyncio.run(run_replay(settings, request))
-    except ConfigError as exc:
-        _fail(exc, 2)
-    except FatalError as exc:
-        _fail(exc, 3)
+    except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
+        _fail(exc, exc.exit_code)
     from consumer.replay import render_result  # noqa: PLC0415
 
     render_result(result, request)

@@ -19,6 +19,8 @@
         ├── ProviderAuthError                         401/403: the key or the model is wrong
         ├── ProviderMisconfigured                     404 model not found, or one 400 repeated
         │                                             for many messages (unsupported parameter)
+        ├── BrokerRejected                            Kafka refuses what we must write: not
+        │                                             authorized, or a dead letter rejected
         ├── ProducerFencedError                       exactly-once: a newer instance took over
         └── RebalanceFailed                           a rebalance callback failed unexpectedly
 
@@ -36,6 +38,8 @@ class ModstreamError(Exception):
 
     retriable: ClassVar[bool] = False
     fatal: ClassVar[bool] = False
+    #: The process's exit code when this error stops it (the CLI reads it).
+    exit_code: ClassVar[int] = 1
 
     #: Short, stable name used in dead letters, usage outcomes and metrics labels.
     kind: ClassVar[str] = "error"
@@ -127,12 +131,14 @@ class FatalError(ModstreamError):
 
     fatal = True
     kind = "fatal"
+    exit_code = 3
 
 
 class ConfigError(FatalError):
     """A setting is invalid or missing."""
 
     kind = "config"
+    exit_code = 2
 
 
 class ProviderAuthError(FatalError):
@@ -145,6 +151,12 @@ class ProviderMisconfigured(FatalError):
     """Every message would fail the same way: an unknown model, a parameter the model rejects."""
 
     kind = "provider_misconfigured"
+
+
+class BrokerRejected(FatalError):
+    """Kafka refuses what modstream must write (no ACL; the dead-letter topic refuses it)."""
+
+    kind = "broker_rejected"
 
 
 class ProducerFencedError(FatalError):

@@ -29,6 +29,12 @@ modstream_consumer_lag                     gauge    ``topic``, ``partition``: hi
 modstream_assigned_partitions              gauge    input partitions this member owns
 modstream_commit_duration_seconds          histo    one offset commit, acknowledged
 modstream_commit_failures_total            counter  commits the broker refused (rebalance)
+modstream_oldest_in_flight_seconds         gauge    age of the oldest message fetched and not yet
+                                                    acknowledged downstream (0 when none)
+modstream_publish_retries_total            counter  ``reason``: output sends Kafka refused for now
+                                                    (the error's class); retried with backoff
+modstream_partition_resets_total           counter  a partition's offsets went backwards (seek,
+                                                    reset, re-assignment): its tracking restarted
 modstream_info                             info     ``version``, ``model``, ``policy_version``
 =========================================  =======  ==============================================
 """
@@ -142,6 +148,22 @@ class Metrics:
             "Offset commits the broker refused (the work is redelivered).",
             registry=r,
         )
+        self._oldest = Gauge(
+            "modstream_oldest_in_flight_seconds",
+            "Age of the oldest message fetched and not yet acknowledged downstream.",
+            registry=r,
+        )
+        self._publish_retries = Counter(
+            "modstream_publish_retries",
+            "Output sends Kafka refused for now (retried with backoff), by error class.",
+            ["reason"],
+            registry=r,
+        )
+        self._resets = Counter(
+            "modstream_partition_resets",
+            "Partitions whose offsets went backwards, so their tracking restarted.",
+            registry=r,
+        )
         self._info = Info("modstream", "What this consumer runs.", registry=r)
         # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
         for outcome in ("verdict", "dead_letter"):
@@ -159,6 +181,10 @@ class Metrics:
     def watch_in_flight(self, count: Callable[[], int]) -> None:
         """Read the in-flight count at scrape time (exact, and free between scrapes)."""
         self._in_flight.set_function(count)
+
+    def watch_oldest_in_flight(self, age_s: Callable[[], float]) -> None:
+        """Read the oldest in-flight message's age at scrape time."""
+        self._oldest.set_function(age_s)
 
     def watch_assignment(self, count: Callable[[], int]) -> None:
         """Read the number of assigned partitions at scrape time."""
@@ -228,3 +254,11 @@ class Metrics:
     def commit_failed(self) -> None:
         """The broker refused an offset commit."""
         self._commit_failures.inc()
+
+    def publish_retry(self, reason: str) -> None:
+        """Kafka refused an output for now; it is sent again after a backoff."""
+        self._publish_retries.labels(reason).inc()
+
+    def partition_reset(self) -> None:
+        """A partition's offsets went backwards and its tracking restarted."""
+        self._resets.inc()

@@ -21,8 +21,9 @@ deque.)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.structs import TopicPartition
@@ -36,6 +37,8 @@ class _Partition:
 
     #: Tracked offsets in fetch order; the front is the lowest one not yet released.
     order: deque[int] = field(default_factory=deque)
+    #: When each offset of ``order`` was tracked (monotonic seconds), in the same order.
+    since: deque[float] = field(default_factory=deque)
     #: Tracked offsets whose outputs are not yet acknowledged.
     waiting: set[int] = field(default_factory=set)
     #: Done offsets still queued behind an unfinished one (not yet popped from ``order``).
@@ -65,16 +68,27 @@ class OffsetTracker:
     :meth:`drained`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._in_flight = 0
+        self._held = 0
         self._waiters: list[_Waiter] = []
+        self._clock = clock
+
+    def goes_back(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether ``offset`` is not above the last one tracked for ``tp`` (a seek or reset).
+
+        The caller resets the partition (:meth:`forget`) before it tracks such an offset.
+        """
+        part = self._parts.get(tp)
+        return part is not None and part.last is not None and offset <= part.last
 
     def track(self, tp: TopicPartition, offset: int) -> None:
         """Record that ``offset`` of ``tp`` was fetched and is now in flight.
 
         Offsets must increase per partition (gaps allowed); anything else is a bug in the
-        caller, so it raises ``ValueError`` rather than silently corrupting the commit point.
+        caller (which checks :meth:`goes_back` first), so it raises ``ValueError`` rather than
+        silently corrupting the commit point.
         """
         if offset < 0:
             raise ValueError(f"{tp.topic}[{tp.partition}]: offset {offset} is negative")
@@ -87,9 +101,11 @@ class OffsetTracker:
                 "offsets must increase per partition"
             )
         part.order.append(offset)
+        part.since.append(self._clock())
         part.waiting.add(offset)
         part.last = offset
         self._in_flight += 1
+        self._held += 1
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         """Record that every output of ``offset`` was acknowledged by the broker.
@@ -104,9 +120,13 @@ class OffsetTracker:
         self._in_flight -= 1
         if part.order[0] == offset:
             part.order.popleft()
+            part.since.popleft()
+            self._held -= 1
             # Release the done run that was queued behind this offset.
             while part.order and part.order[0] in part.finished:
                 part.finished.remove(part.order.popleft())
+                part.since.popleft()
+                self._held -= 1
         else:
             part.finished.add(offset)
         if self._waiters and not part.waiting:
@@ -149,12 +169,31 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return 0 if part is None else len(part.waiting)
 
+    def held(self) -> int:
+        """Tracked and not yet released: in flight, or done but queued behind an unfinished one.
+
+        This is what the work window counts, so that one stuck record cannot let the finished
+        ones behind it pile up without bound.
+        """
+        return self._held
+
+    def oldest(self) -> tuple[TopicPartition, int, float] | None:
+        """The longest-waiting in-flight record: partition, offset and seconds in flight."""
+        best: tuple[TopicPartition, int, float] | None = None
+        for tp, part in self._parts.items():
+            if part.order and (best is None or part.since[0] < best[2]):
+                best = (tp, part.order[0], part.since[0])
+        if best is None:
+            return None
+        return best[0], best[1], self._clock() - best[2]
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Drop all state of revoked partitions; their unfinished offsets will be redelivered."""
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is not None:
                 self._in_flight -= len(part.waiting)
+                self._held -= len(part.order)
         if self._waiters:
             self._wake()
 

@@ -3,9 +3,25 @@
     source -> decode -> admit -> limit+classify -> publish -> offsets
 
 One task fetches; one task per message runs it through the stages; one task commits the
-contiguous done watermark every ``commit_interval_s``. At most ``max_in_flight`` messages sit
-between fetch and commit. A message is marked done only after the broker acknowledged all its
-outputs, so a commit can never pass an output that might be lost.
+contiguous done watermark every ``commit_interval_s``. A message is marked done only after the
+broker acknowledged all its outputs, so a commit can never pass an output that might be lost.
+
+What keeps it from wedging or crashing:
+
+- **Bounded window.** At most ``max_in_flight`` records are held between fetch and release:
+  in flight, or done but queued behind an unfinished one (exactly-once: done and waiting for
+  their transaction), so one stuck record cannot let the finished ones behind it pile up.
+- **One commit at a time.** Commits (and exactly-once transactions) hold one lock and are
+  shielded from cancellation, so a rebalance or a stop never starts a second transaction over
+  a running one; the commit loop stops cooperatively. Only assigned partitions are committed.
+- **Revokes always let go.** ``on_revoked`` forgets and drops what it revoked whatever
+  happens; an unexpected error there stops the service (``RebalanceFailed``) instead of being
+  swallowed by aiokafka.
+- **Offsets that go backwards** (a seek, an offset reset, a re-assignment) restart that
+  partition's tracking with a WARNING; late completions of the old work are ignored (epochs).
+- **Outputs Kafka can never take** (``PublishRejected``: too large, invalid) turn the input
+  into a dead letter, cut to fit the dead-letter topic; retriable errors are retried with a
+  WARNING each; fatal ones (fenced, not authorized) stop the service.
 """
 
 from __future__ import annotations
@@ -19,16 +35,30 @@ from dataclasses import dataclass, field
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_never,
+    wait_random_exponential,
+)
 
 from consumer.admit import Admitter
 from consumer.batch import Batcher
+from consumer.broker import translate
 from consumer.classify import Classifier
 from consumer.decode import decode
-from consumer.errors import BrokerUnavailable, PermanentError
+from consumer.errors import (
+    BrokerRejected,
+    FatalError,
+    ModstreamError,
+    PermanentError,
+    PublishRejected,
+    RebalanceFailed,
+)
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
-from consumer.publish import Outbox, Publisher, Stage, dead_letter
+from consumer.publish import Outbox, OutRecord, Publisher, Stage, dead_letter
 from consumer.settings import Ordering, Settings
 from consumer.source import Envelope, KafkaSource
 from schemas import DeadLetter, UsageEvent, Verdict, make_event_id
@@ -65,6 +95,7 @@ class Pipeline:
         metrics: Metrics,
         outbox: Outbox | None = None,
         batcher: Batcher | None = None,
+        dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox  # exactly-once: outputs commit with their offsets
@@ -74,13 +105,22 @@ class Pipeline:
         self.admitter = admitter
         self.classifier = classifier
         self.batcher = batcher  # micro-batching: short messages share a chat call
+        self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
         self.policy_version = classifier.policy.version
         self.tracker = OffsetTracker()
         self.stats = Stats()
         self.metrics = metrics
         metrics.watch_in_flight(self.tracker.in_flight)
+        metrics.watch_oldest_in_flight(self._oldest_age)
         metrics.watch_assignment(lambda: len(consumer.assignment()))
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        # Bumped whenever a partition's tracking restarts: completions of older work are stale.
+        self._epochs: dict[TopicPartition, int] = defaultdict(int)
+        self._commit_lock = asyncio.Lock()
+        self._commits: set[asyncio.Task[None]] = set()  # running (shielded) commits
+        self._fatal: FatalError | None = None  # set once the service must stop
+        self._fatal_event = asyncio.Event()
+        self._stuck_reported: tuple[TopicPartition, int] | None = None
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
         self._paused_for_provider = False
@@ -90,28 +130,30 @@ class Pipeline:
 
     async def run(self, stop: asyncio.Event, *, exit_when_idle: float | None = None) -> None:
         """Process until ``stop`` is set (or idle), then drain within the grace period."""
+        stopping = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                committer = group.create_task(self._commit_loop(), name="commit-loop")
+                committer = group.create_task(self._commit_loop(stopping), name="commit-loop")
                 await self._fetch_loop(stop, exit_when_idle)
                 await self._drain()
-                committer.cancel()
+                stopping.set()  # cooperatively: never cancelled in the middle of a transaction
+                await committer
         finally:
             self._group = None
-            await self.commit()
+            if self._fatal is None:
+                await self.commit()
             # What is still tracked was cancelled and will be redelivered. Let go of it, so the
             # revoke that closing the consumer triggers does not wait out the grace period for
             # work that can no longer finish.
-            everything = self.tracker.partitions()
-            self.tracker.forget(everything)
-            if self.outbox is not None:
-                self.outbox.drop(everything)
+            self._let_go(self.tracker.partitions())
 
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
+            if self._fatal is not None:
+                raise self._fatal  # from a rebalance callback, which aiokafka would swallow
             self._room.clear()  # before reading the window: a completion after this wakes us
-            room = self.settings.max_in_flight - self.tracker.in_flight() - len(self.outbox or ())
+            room = self.settings.max_in_flight - self._occupied()
             if self._intake_paused(not self.classifier.breaker.is_closed):
                 room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
@@ -120,14 +162,14 @@ class Pipeline:
                 # (or after a second, to poll again) instead of sleeping a fetch timeout.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
-                        await self._room.wait()
+                        await _first_of(self._room, self._fatal_event)
             now = time.monotonic()
             if envelopes:
                 self._last_activity = now
             elif (
                 exit_when_idle is not None
                 and self._assigned_once  # joining a group can take a session timeout
-                and self.tracker.in_flight() == 0
+                and self.tracker.held() == 0
                 and now - self._last_activity >= exit_when_idle
             ):
                 log.info("idle, stopping", idle_s=exit_when_idle)
@@ -135,6 +177,24 @@ class Pipeline:
             for envelope in envelopes:
                 self._start(envelope)
         log.info("stop requested: intake stopped, draining", in_flight=self.tracker.in_flight())
+
+    def _occupied(self) -> int:
+        """Records the window holds: what memory use is bounded by."""
+        if self.outbox is not None:
+            # The outbox holds the outputs of every done record until its transaction, those
+            # queued behind an unfinished one included.
+            return self.tracker.in_flight() + len(self.outbox)
+        return self.tracker.held()
+
+    def _oldest_age(self) -> float:
+        oldest = self.tracker.oldest()
+        return 0.0 if oldest is None else oldest[2]
+
+    def _fail(self, error: FatalError) -> None:
+        """Stop the service with ``error`` (the first one wins)."""
+        if self._fatal is None:
+            self._fatal = error
+            self._fatal_event.set()
 
     def _intake_paused(self, paused: bool) -> bool:
         """Log each change of the provider-driven intake pause; return ``paused``."""
@@ -149,12 +209,23 @@ class Pipeline:
     def _start(self, envelope: Envelope) -> None:
         assert self._group is not None
         tp = TopicPartition(envelope.topic, envelope.partition)
+        if self.tracker.goes_back(tp, envelope.offset):
+            log.warning(
+                "offsets went backwards (seek, offset reset or re-assignment): restarting the "
+                "partition's tracking; its unfinished work is redone",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=envelope.offset,
+                tracked_up_to=self.tracker.commit_point(tp),
+            )
+            self.metrics.partition_reset()
+            self._let_go({tp})
         self.tracker.track(tp, envelope.offset)
         self.stats.fetched += 1
         self.metrics.fetched()
         chain = self._chain(tp, envelope)
         after = self._tails.get(chain) if chain is not None else None
-        task = self._group.create_task(self._process(tp, envelope, after))
+        task = self._group.create_task(self._process(tp, envelope, self._epochs[tp], after))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -177,12 +248,19 @@ class Pipeline:
         return None
 
     async def _process(
-        self, tp: TopicPartition, envelope: Envelope, after: asyncio.Task[None] | None = None
+        self,
+        tp: TopicPartition,
+        envelope: Envelope,
+        epoch: int,
+        after: asyncio.Task[None] | None = None,
     ) -> None:
         """One message through every stage; done only when its outputs are acknowledged.
 
         ``after`` is the previous message of the same ordering chain: this one starts only once
         that one's outputs are acknowledged, so a chain's verdicts are published in offset order.
+        ``epoch`` is the partition's tracking epoch when the message was fetched: if the
+        partition was reset meanwhile, the same offset may be tracked anew, and this completion
+        must not mark it done.
         """
         if after is not None:
             await asyncio.wait([after])
@@ -191,6 +269,8 @@ class Pipeline:
             partition=envelope.partition, offset=envelope.offset, event_id=event_id
         ):
             await self._stages(envelope)
+        if self._epochs[tp] != epoch:
+            return
         self.tracker.done(tp, envelope.offset)
         self._room.set()
         self._last_activity = time.monotonic()
@@ -221,10 +301,14 @@ class Pipeline:
                 await self._dead_letter(
                     envelope, result.failure, "classify", len(result.usage), result.usage
                 )
-            else:
+                return
+            try:
                 await self._publish(envelope, verdict=result.verdict, usage=result.usage)
-                self.stats.verdicts += 1
-                self.metrics.verdict()
+            except PublishRejected as exc:
+                await self._dead_letter(envelope, exc, "publish", len(result.usage), result.usage)
+                return
+            self.stats.verdicts += 1
+            self.metrics.verdict()
 
     async def _dead_letter(
         self,
@@ -241,14 +325,26 @@ class Pipeline:
             policy_version=self.policy_version,
             attempts=attempts,
             redact=self.settings.redact_dead_letters,
+            max_bytes=None
+            if self.dead_letter_max_bytes is None
+            else self.dead_letter_max_bytes - len(envelope.key or b""),
         )
         log.info(
             "dead letter",
             stage=stage,
             reason=error.kind,
             detail=error.message[:200],
+            payload_truncated=dead.payload_truncated or None,
         )
-        await self._publish(envelope, dead=dead, usage=usage or [])
+        try:
+            await self._publish(envelope, dead=dead, usage=usage or [])
+        except PublishRejected as exc:
+            # Cut to fit, a dead letter is refused only when something is badly wrong with the
+            # dead-letter topic; going on would lose the input.
+            raise BrokerRejected(
+                f"the dead-letter topic {self.settings.dlq_topic!r} refused a dead letter: "
+                f"{exc.message}"
+            ) from exc
         self.stats.dead_letters += 1
         self.stats.dead_letter_reasons[error.kind] += 1
         self.metrics.dead_letter(stage, error.kind)
@@ -261,28 +357,76 @@ class Pipeline:
         usage: list[UsageEvent] | None = None,
         dead: DeadLetter | None = None,
     ) -> None:
-        """Publish, retrying while the broker is unavailable (outputs are idempotent by id)."""
+        """Publish one input's outputs (exactly-once: stage them for the next transaction).
+
+        Retriable errors are retried (outputs are idempotent by ``event_id``);
+        ``PublishRejected`` (an output Kafka can never take) is raised to the caller.
+        Exactly-once: usage events go out at once, outside the transaction, so the calls of a
+        range whose transaction a crash aborts are still recorded (at least once, by id).
+        """
+        records = self.publisher.records(envelope, verdict=verdict, usage=usage or (), dead=dead)
+        if self.outbox is not None:
+            usage_topic = self.publisher.topics.usage
+            await self._send([r for r in records if r.topic == usage_topic])
+            tp = TopicPartition(envelope.topic, envelope.partition)
+            staged = [r for r in records if r.topic != usage_topic]
+            self.outbox.stage(tp, envelope.offset, staged)  # sent with its offset, in one txn
+        else:
+            await self._send(records)
+        self.stats.usage_events += len(usage or ())
+
+    async def _send(self, records: list[OutRecord]) -> None:
+        """Send until acknowledged, retrying what is retriable with a WARNING each time."""
+        if not records:
+            return
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(BrokerUnavailable),
+            retry=retry_if_exception(lambda e: isinstance(e, ModstreamError) and e.retriable),
             wait=wait_random_exponential(multiplier=0.2, max=5),
             stop=stop_never,
             reraise=True,
+            before_sleep=self._publish_retry,
         )
-        records = self.publisher.records(envelope, verdict=verdict, usage=usage or (), dead=dead)
-        if self.outbox is not None:
-            tp = TopicPartition(envelope.topic, envelope.partition)
-            self.outbox.stage(tp, envelope.offset, records)  # sent with its offset, in one txn
-        else:
-            async for attempt in retrying:
-                with attempt:
-                    await self.publisher.publish(records)
-        self.stats.usage_events += len(usage or ())
+        async for attempt in retrying:
+            with attempt:
+                await self.publisher.publish(records)
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.commit_interval_s)
+    def _publish_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        cause = exc.__cause__ if exc is not None else None
+        reason = type(cause or exc).__name__
+        self.metrics.publish_retry(reason)
+        log.warning(
+            "publishing outputs failed; retrying",
+            error=str(exc),
+            attempt=state.attempt_number,
+            retry_in_s=round(state.upcoming_sleep, 2),
+        )
+
+    async def _commit_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.commit_interval_s):
+                    await stopping.wait()
             await self.commit()
             await self._observe_lag()
+            self._report_stuck()
+
+    def _report_stuck(self) -> None:
+        """Log the oldest in-flight message once it has been in flight too long."""
+        oldest = self.tracker.oldest()
+        if oldest is None or oldest[2] < self.settings.stuck_after_s:
+            return
+        tp, offset, age = oldest
+        if self._stuck_reported != (tp, offset):
+            self._stuck_reported = (tp, offset)
+            log.warning(
+                "message stuck in flight",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                in_flight_s=round(age, 1),
+                stuck_after_s=self.settings.stuck_after_s,
+            )
 
     async def _observe_lag(self) -> None:
         """Lag per assigned partition: its high watermark minus its commit point.
@@ -303,26 +447,51 @@ class Pipeline:
                 self.metrics.lag(tp, max(0, end - point))
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit each partition's contiguous done watermark (all, or ``only`` these)."""
-        offsets = self.tracker.committable()
-        if only is not None:
-            offsets = {tp: o for tp, o in offsets.items() if tp in only}
-        if not offsets:
-            return
-        started = time.perf_counter()
-        try:
-            if self.outbox is not None:
-                await self.outbox.commit(offsets)
-            else:
-                await self.consumer.commit(offsets)
-        except (KafkaError, BrokerUnavailable) as exc:
-            # Typically a rebalance in progress: the work is redone by the next owner.
-            log.warning("commit failed; uncommitted work will be redelivered", error=str(exc))
-            self.metrics.commit_failed()
-            return
-        self.metrics.commit(time.perf_counter() - started)
-        self.tracker.mark_committed(offsets)
-        self.stats.commits += 1
+        """Commit each partition's contiguous done watermark (all, or ``only`` these).
+
+        One commit at a time (a lock), and shielded: if the caller is cancelled (a task group
+        aborting, a stop), the commit or transaction still runs to its end, and the next one
+        waits for it. A fatal error (fenced, not authorized) is raised and stops the service.
+        """
+        task = asyncio.ensure_future(self._commit(only))
+        self._commits.add(task)
+        task.add_done_callback(_retrieved)
+        task.add_done_callback(self._commits.discard)
+        await asyncio.shield(task)
+
+    async def _commit(self, only: set[TopicPartition] | None) -> None:
+        async with self._commit_lock:
+            if self._fatal is not None:
+                return  # the producer or the group is unusable; stopping
+            assigned = self.consumer.assignment()  # aiokafka rejects a commit of any other
+            offsets = {
+                tp: o
+                for tp, o in self.tracker.committable().items()
+                if tp in assigned and (only is None or tp in only)
+            }
+            if not offsets:
+                return
+            started = time.perf_counter()
+            try:
+                if self.outbox is not None:
+                    await self.outbox.commit(offsets)
+                else:
+                    try:
+                        await self.consumer.commit(offsets)
+                    except KafkaError as exc:
+                        raise translate(exc, "an offset commit") from exc
+            except FatalError as exc:
+                self._fail(exc)
+                raise
+            except ModstreamError as exc:
+                # Typically a rebalance in progress or the broker away: the work is redone by
+                # the next owner, or committed by the next commit.
+                log.warning("commit failed; uncommitted work will be redelivered", error=str(exc))
+                self.metrics.commit_failed()
+                return
+            self.metrics.commit(time.perf_counter() - started)
+            self.tracker.mark_committed(offsets)
+            self.stats.commits += 1
 
     async def _drain(self) -> None:
         """Let in-flight work finish within the grace period; cancel what is left."""
@@ -338,23 +507,66 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _let_go(self, partitions: set[TopicPartition]) -> None:
+        """Forget ``partitions`` now: cancel their work, drop their tracking and staged outputs.
+
+        Their unfinished records are redelivered to whoever reads them next; a completion of
+        the cancelled work that still arrives is stale (the epoch moved) and ignored.
+        """
+        for tp in partitions:
+            for task in self._tasks.pop(tp, set()):
+                task.cancel()
+            self._epochs[tp] += 1
+        self.tracker.forget(partitions)
+        if self.outbox is not None:
+            self.outbox.drop(partitions)
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """A rebalance takes ``revoked`` away: drain them, commit them, forget them."""
+        """A rebalance takes ``revoked`` away: drain them, commit them, forget them.
+
+        Whatever happens, they are forgotten at the end (else the next assignment of the same
+        partition would meet stale tracking). An unexpected error stops the service: aiokafka
+        only logs what a listener raises.
+        """
         self.metrics.forget(revoked)
         mine = revoked & self.tracker.partitions()
         if not mine:
             return
-        grace = self.settings.shutdown_grace_s
-        drained = await self.tracker.drained(mine, timeout=grace)
-        await self.commit(only=mine)
-        await self._cancel(mine)
-        self.tracker.forget(mine)
-        if self.outbox is not None:
-            self.outbox.drop(mine)
+        drained = False
+        try:
+            drained = await self.tracker.drained(mine, timeout=self.settings.shutdown_grace_s)
+            await self.commit(only=mine)
+            await self._cancel(mine)
+        except FatalError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            log.exception("rebalance callback failed")
+            self._fail(RebalanceFailed(f"handling revoked partitions failed: {exc!r}"))
+        finally:
+            self._let_go(mine)
         log.info("partitions revoked", partitions=len(mine), drained=drained)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """New partitions (maybe none): tracking starts at each first record; idle restarts."""
+        stale = assigned & self.tracker.partitions()
+        if stale:  # only if a revoke could not let go of them; start them afresh
+            self._let_go(stale)
         self._assigned_once = True
         self._last_activity = time.monotonic()
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a shielded commit's outcome as seen: its caller may have been cancelled."""
+    if not task.cancelled():
+        task.exception()

@@ -3,8 +3,13 @@
 At least once (the default): the producer is idempotent with ``acks=all`` and
 ``Publisher.publish`` returns only once the broker has acknowledged every record of one input,
 which is what lets the offsets stage count that input as done: an offset is never committed
-ahead of its outputs. Exactly once: the ``Outbox`` holds the outputs and sends them in the same
-transaction as their input offsets.
+ahead of its outputs. Exactly once: the ``Outbox`` holds the verdicts and dead letters and sends
+them in the same transaction as their input offsets; usage events go out at once on a plain
+producer, so every answered model call is recorded even when a crash aborts the transaction.
+
+Kafka's errors are translated by :mod:`consumer.broker`: ``BrokerUnavailable`` is retried by
+the pipeline, ``PublishRejected`` (the record can never be written) turns the input into a dead
+letter, and a dead letter is always cut to fit the dead-letter topic (:func:`fit`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 
-from consumer.errors import BrokerUnavailable, InvalidReply, ModstreamError, ProducerFencedError
+from consumer.broker import fatal_transaction_state, translate
+from consumer.errors import BrokerRejected, InvalidReply, ModstreamError, PublishRejected
 from consumer.source import Envelope
 from schemas import DeadLetter, Header, UsageEvent, Verdict, make_event_id
 
-Stage = Literal["decode", "admit", "classify"]
+Stage = Literal["decode", "admit", "classify", "publish"]
+
+#: Room kept below a topic's size limit for the record batch, the key and our headers.
+RECORD_OVERHEAD_BYTES = 1024
+#: An error message or reply longer than this is cut when a dead letter must shrink.
+_SHRUNK_TEXT_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +55,15 @@ def dead_letter(
     policy_version: str,
     attempts: int = 0,
     redact: bool = False,
+    max_bytes: int | None = None,
 ) -> DeadLetter:
-    """The dead letter for an input that can never succeed, carrying its bytes and reason."""
+    """The dead letter for an input that can never succeed, carrying its bytes and reason.
+
+    With ``max_bytes``, the serialized dead letter is cut to at most that size (see
+    :func:`fit`), so it always fits the dead-letter topic.
+    """
     value = envelope.value or b""
-    return DeadLetter(
+    dead = DeadLetter(
         event_id=make_event_id(envelope.source, policy_version, "dead_letter"),
         source=envelope.source,
         stage=stage,
@@ -57,6 +73,7 @@ def dead_letter(
         payload_b64=None if redact else base64.b64encode(value).decode(),
         payload_sha256=hashlib.sha256(value).hexdigest(),
         payload_redacted=redact,
+        payload_length=None if envelope.value is None else len(value),
         headers=[
             Header(key=k, value_b64=None if v is None else base64.b64encode(v).decode())
             for k, v in envelope.headers
@@ -64,6 +81,50 @@ def dead_letter(
         reply=error.reply if isinstance(error, InvalidReply) and not redact else None,
         created_at=datetime.now(UTC),
     )
+    return dead if max_bytes is None else fit(dead, value, max_bytes)
+
+
+def _size(dead: DeadLetter) -> int:
+    return len(dead.model_dump_json().encode())
+
+
+def fit(dead: DeadLetter, value: bytes, max_bytes: int) -> DeadLetter:
+    """``dead``, cut until its JSON is at most ``max_bytes``: what a dead-letter topic takes.
+
+    In order, while it is too large: the payload becomes a head slice of ``value`` (as many
+    bytes as fit, ``payload_truncated``), the error message and reply are shortened, header
+    values are left out (keys kept, ``headers_truncated``). ``payload_sha256`` and
+    ``payload_length`` always describe the whole original, so it can be found and compared.
+    Raises ``BrokerRejected`` when even the skeleton (source, reason, header keys) is larger.
+    """
+    # Cheap bound first: most dead letters are far below the limit and are not re-serialized.
+    estimate = (len(dead.payload_b64 or "") + len(dead.error_message) + len(dead.reply or "")) * 2
+    estimate += sum(len(h.key) * 2 + len(h.value_b64 or "") for h in dead.headers) + 2048
+    if estimate <= max_bytes or _size(dead) <= max_bytes:
+        return dead
+    if dead.payload_b64 is not None:
+        dead = dead.model_copy(update={"payload_b64": "", "payload_truncated": True})
+    if _size(dead) > max_bytes:
+        dead = dead.model_copy(
+            update={
+                "error_message": dead.error_message[:_SHRUNK_TEXT_CHARS],
+                "reply": None if dead.reply is None else dead.reply[:_SHRUNK_TEXT_CHARS],
+            }
+        )
+    if _size(dead) > max_bytes:
+        headers = [Header(key=h.key[:256], value_b64=None) for h in dead.headers]
+        dead = dead.model_copy(update={"headers": headers, "headers_truncated": True})
+    room = max_bytes - _size(dead)
+    if room < 0:
+        raise BrokerRejected(
+            f"a dead letter for {dead.source.topic}[{dead.source.partition}]@"
+            f"{dead.source.offset} does not fit the dead-letter topic even without its payload "
+            f"({max_bytes} bytes allowed): raise the topic's max.message.bytes"
+        )
+    if dead.payload_truncated:
+        head = value[: room // 4 * 3]  # base64: 4 characters per 3 bytes
+        dead = dead.model_copy(update={"payload_b64": base64.b64encode(head).decode()})
+    return dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +140,17 @@ class OutRecord:
 class Publisher:
     """Sends one input's outputs and waits for the broker to acknowledge all of them."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.producer = producer
         self.topics = topics
+        #: The largest record each topic takes (its max.message.bytes, within the producer's
+        #: max_request_size); an output over it is refused here, before any send.
+        self.limits = dict(limits or {})
 
     def records(
         self,
@@ -101,7 +170,7 @@ class Publisher:
         events.extend((self.topics.usage, u, "UsageEvent") for u in usage)
         if dead is not None:
             events.append((self.topics.dead_letters, dead, "DeadLetter"))
-        return [
+        records = [
             OutRecord(
                 topic,
                 key,
@@ -114,9 +183,28 @@ class Publisher:
             )
             for topic, event, name in events
         ]
+        for record in records:
+            self._check_size(record)
+        return records
+
+    def _check_size(self, record: OutRecord) -> None:
+        limit = self.limits.get(record.topic)
+        if limit is None:
+            return
+        size = len(record.value) + len(record.key or b"") + RECORD_OVERHEAD_BYTES
+        size += sum(len(k) + len(v) for k, v in record.headers)
+        if size > limit:
+            raise PublishRejected(
+                f"an output of {size} bytes is over the {limit}-byte limit of topic "
+                f"{record.topic!r} (its max.message.bytes, or the producer's max_request_size)"
+            )
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
-        """Send and await acknowledgement; raise BrokerUnavailable if Kafka would not ack."""
+        """Send and await acknowledgement; raise our error (:mod:`consumer.broker`) if not.
+
+        ``BrokerUnavailable``: try again later. ``PublishRejected``: one of the records can
+        never be written (too large for its topic, invalid).
+        """
         try:
             # send() only enqueues into the producer's batch; the returned futures resolve on ack.
             futures = [
@@ -125,7 +213,7 @@ class Publisher:
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            raise BrokerUnavailable(f"Kafka did not acknowledge outputs: {exc}") from exc
+            raise translate(exc, "an output") from exc
 
 
 class Outbox:
@@ -164,13 +252,22 @@ class Outbox:
                     for r in self._staged[tp][offset]:
                         await self.producer.send(r.topic, r.value, key=r.key, headers=r.headers)
                 await self.producer.send_offsets_to_transaction(dict(offsets), self.group_id)
-        except ProducerFenced as exc:
-            raise ProducerFencedError(
-                "another modstream instance took over this transactional id; stopping so the "
-                "newer one owns its partitions"
-            ) from exc
         except KafkaError as exc:
-            raise BrokerUnavailable(f"transaction aborted: {exc}") from exc
+            if self.producer._txn_manager.is_fatal_error():  # aiokafka has no public test
+                raise fatal_transaction_state("committing a transaction") from exc
+            error = translate(exc, "a transaction")
+            if error.retriable or error.fatal:
+                raise error from exc
+            # A transaction cannot leave one record out: aborting it again and again would stop
+            # every partition from committing, so stop with the reason instead.
+            raise BrokerRejected(
+                f"{error.message}; exactly-once cannot skip one record of a transaction, so "
+                "modstream stops rather than abort every transaction"
+            ) from exc
+        except AssertionError as exc:
+            # aiokafka asserts its transaction state machine: after a fatal error (or a
+            # transaction overlap, which the pipeline's commit lock rules out) it cannot go on.
+            raise fatal_transaction_state(f"committing a transaction ({exc})") from exc
         for tp, offset in ready:  # only once the transaction committed
             del self._staged[tp][offset]
 

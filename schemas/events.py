@@ -205,6 +205,11 @@ class DeadLetter(_Output):
         "the original.",
     )
     headers: list[Header] = Field(default_factory=list)
+    headers_truncated: bool = Field(
+        default=False,
+        description="Header values were left out (keys kept) because they would not fit the "
+        "dead-letter topic.",
+    )
     reply: str | None = Field(default=None, description="The model's last reply, when relevant.")
     created_at: datetime
 
