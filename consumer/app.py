@@ -350,6 +350,7 @@ async def serve(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
         )
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_kafka_futures)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info(
@@ -383,6 +384,16 @@ async def serve(
             commits=stats.commits,
         )
         return pipeline
+
+
+def _quiet_kafka_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiokafka leaves internal futures failed and unobserved once its producer fails for good
+    (fenced): log those at DEBUG, not as ERROR tracebacks after our own clear message."""
+    error = context.get("exception")
+    if isinstance(error, KafkaError) and "never retrieved" in str(context.get("message")):
+        log.debug("aiokafka left a failed future unobserved", error=repr(error))
+        return
+    loop.default_exception_handler(context)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

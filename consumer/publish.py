@@ -26,7 +26,13 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.broker import fatal_transaction_state, translate
-from consumer.errors import BrokerRejected, InvalidReply, ModstreamError, PublishRejected
+from consumer.errors import (
+    BrokerRejected,
+    InvalidReply,
+    ModstreamError,
+    ProducerFencedError,
+    PublishRejected,
+)
 from consumer.source import Envelope
 from schemas import DeadLetter, Header, UsageEvent, Verdict, make_event_id
 
@@ -250,10 +256,16 @@ class Outbox:
             async with self.producer.transaction():
                 for tp, offset in ready:
                     for r in self._staged[tp][offset]:
-                        await self.producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                        sent = await self.producer.send(
+                            r.topic, r.value, key=r.key, headers=r.headers
+                        )
+                        # The commit below waits for every send; a failed one fails it, so the
+                        # send's own error is seen there (and must not be logged as unseen).
+                        sent.add_done_callback(_seen)
                 await self.producer.send_offsets_to_transaction(dict(offsets), self.group_id)
         except KafkaError as exc:
-            if self.producer._txn_manager.is_fatal_error():  # aiokafka has no public test
+            fenced = isinstance(translate(exc, "a transaction"), ProducerFencedError)
+            if not fenced and self.producer._txn_manager.is_fatal_error():  # no public test
                 raise fatal_transaction_state("committing a transaction") from exc
             error = translate(exc, "a transaction")
             if error.retriable or error.fatal:
@@ -275,3 +287,8 @@ class Outbox:
         """Revoked partitions: their uncommitted outputs are redone by the next owner."""
         for tp in partitions:
             self._staged.pop(tp, None)
+
+
+def _seen(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
