@@ -251,7 +251,9 @@ class TrackerMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.tracker = OffsetTracker()
+        self.now = 0.0
+        self.tracker = OffsetTracker(clock=lambda: self.now)
+        self.when: dict[tuple[TopicPartition, int], float] = {}  # tracked at
         # The model: per assigned partition, tracked offsets, unfinished ones, the last
         # committed mark and the last commit point seen (for monotonicity).
         self.tracked: dict[TopicPartition, list[int]] = {}
@@ -268,9 +270,28 @@ class TrackerMachine(RuleBasedStateMachine):
         tracked = self.tracked.setdefault(tp, [])
         nxt = tracked[-1] + gap if tracked else self.resume.get(tp, 0) + gap - 1
         for i in range(count):
+            self.now += 1.0
+            assert not self.tracker.goes_back(tp, nxt + i)
             self.tracker.track(tp, nxt + i)
+            self.when[(tp, nxt + i)] = self.now
             tracked.append(nxt + i)
             self.unfinished.setdefault(tp, set()).add(nxt + i)
+
+    @precondition(lambda self: any(self.tracked.values()))
+    @rule(data=st.data())
+    def seek_back(self, data: st.DataObject) -> None:
+        """An offset at or below the last tracked one (a seek, an offset reset): the pipeline
+        forgets the partition, then tracks it afresh; old work finishing later is orphaned."""
+        tp = data.draw(st.sampled_from(sorted(tp for tp, os in self.tracked.items() if os)))
+        offset = data.draw(st.integers(0, self.tracked[tp][-1]))
+        assert self.tracker.goes_back(tp, offset)
+        self.revoke(tp)
+        self.resume[tp] = offset
+        self.now += 1.0
+        self.tracker.track(tp, offset)
+        self.when[(tp, offset)] = self.now
+        self.tracked[tp] = [offset]
+        self.unfinished.setdefault(tp, set()).add(offset)
 
     @precondition(lambda self: any(self.unfinished.values()))
     @rule(data=st.data())
@@ -333,6 +354,30 @@ class TrackerMachine(RuleBasedStateMachine):
         for tp in (A, B, C):
             assert self.tracker.in_flight(tp) == len(self.unfinished.get(tp, set()))
         assert self.tracker.in_flight() == sum(len(s) for s in self.unfinished.values())
+
+    @invariant()
+    def held_counts_everything_not_yet_released(self) -> None:
+        """The window's measure: tracked offsets from the first unfinished one on."""
+        held = sum(
+            sum(1 for o in tracked if o >= min(self.unfinished[tp]))
+            for tp, tracked in self.tracked.items()
+            if self.unfinished.get(tp)
+        )
+        assert self.tracker.held() == held
+
+    @invariant()
+    def oldest_is_the_longest_waiting_head(self) -> None:
+        heads = [
+            (self.when[(tp, min(unfinished))], tp, min(unfinished))
+            for tp, unfinished in self.unfinished.items()
+            if unfinished
+        ]
+        oldest = self.tracker.oldest()
+        if not heads:
+            assert oldest is None
+            return
+        since, tp, offset = min(heads)
+        assert oldest == (tp, offset, self.now - since)
 
 
 TrackerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60)
