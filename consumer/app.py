@@ -36,7 +36,7 @@ from consumer.batch import Batcher
 from consumer.circuit import CircuitBreaker
 from consumer.classify import Classifier
 from consumer.cost import PriceTable
-from consumer.errors import ConfigError, FatalError
+from consumer.errors import ConfigError
 from consumer.health import HealthServer, kafka_readiness
 from consumer.limit import Limiter
 from consumer.logs import configure_logging
@@ -368,7 +368,7 @@ async def serve(
             await pipeline.run(stop, exit_when_idle=exit_when_idle)
         except ExceptionGroup as group:
             # The task group wraps a fatal error (401/403, fenced) from a task: surface it.
-            fatal = group.subgroup(lambda e: isinstance(e, FatalError))
+            fatal = group.subgroup(lambda e: getattr(e, "fatal", False))
             if fatal is not None:
                 raise _first(fatal) from None
             raise

@@ -443,6 +443,8 @@ class Pipeline:
                     point = await self.consumer.position(tp)
             except (AssertionError, IllegalStateError):
                 continue  # revoked meanwhile (aiokafka asserts the assignment)
+            except KafkaError:
+                continue  # the broker is away: no lag figure this time, the next one will do
             if end is not None and point is not None:
                 self.metrics.lag(tp, max(0, end - point))
 
