@@ -121,6 +121,9 @@ class Pipeline:
         self._fatal: FatalError | None = None  # set once the service must stop
         self._fatal_event = asyncio.Event()
         self._stuck_reported: tuple[TopicPartition, int] | None = None
+        # Revoked, but still in aiokafka's assignment until the group hands out the next one:
+        # their lag is another member's to report.
+        self._revoked: set[TopicPartition] = set()
         self._group: asyncio.TaskGroup | None = None
         self._last_activity = time.monotonic()
         self._paused_for_provider = False
@@ -435,7 +438,7 @@ class Pipeline:
         first fetch on. The commit point is the tracker's, or, for a partition with nothing
         tracked since assignment, the consumer's position (its committed start).
         """
-        for tp in self.consumer.assignment():
+        for tp in self.consumer.assignment() - self._revoked:
             try:
                 end = self.consumer.highwater(tp)
                 point = self.tracker.commit_point(tp)
@@ -530,6 +533,7 @@ class Pipeline:
         partition would meet stale tracking). An unexpected error stops the service: aiokafka
         only logs what a listener raises.
         """
+        self._revoked |= revoked
         self.metrics.forget(revoked)
         mine = revoked & self.tracker.partitions()
         if not mine:
@@ -546,10 +550,12 @@ class Pipeline:
             self._fail(RebalanceFailed(f"handling revoked partitions failed: {exc!r}"))
         finally:
             self._let_go(mine)
+            self.metrics.forget(revoked)  # a lag read while they drained
         log.info("partitions revoked", partitions=len(mine), drained=drained)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """New partitions (maybe none): tracking starts at each first record; idle restarts."""
+        self._revoked -= assigned
         stale = assigned & self.tracker.partitions()
         if stale:  # only if a revoke could not let go of them; start them afresh
             self._let_go(stale)

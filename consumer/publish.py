@@ -94,43 +94,68 @@ def _size(dead: DeadLetter) -> int:
     return len(dead.model_dump_json().encode())
 
 
+def _upper_bound(dead: DeadLetter) -> int:
+    """More than the serialized size can be: JSON escapes a control character to 6 bytes,
+    and UTF-8 takes at most 4; base64 is ASCII."""
+    texts = len(dead.error_message) + len(dead.reply or "") + len(dead.error_class)
+    texts += sum(len(h.key) for h in dead.headers) + len(dead.source.key or "")
+    texts += len(dead.source.topic)
+    encoded = len(dead.payload_b64 or "") + sum(len(h.value_b64 or "") for h in dead.headers)
+    return 6 * texts + encoded + 64 * len(dead.headers) + 2048
+
+
+def _shorten(dead: DeadLetter, chars: int) -> DeadLetter:
+    return dead.model_copy(
+        update={
+            "error_message": dead.error_message[:chars],
+            "reply": None if dead.reply is None else dead.reply[:chars],
+        }
+    )
+
+
+def _without_header_values(dead: DeadLetter) -> DeadLetter:
+    headers = [Header(key=h.key[:256], value_b64=None) for h in dead.headers]
+    return dead.model_copy(update={"headers": headers, "headers_truncated": True})
+
+
 def fit(dead: DeadLetter, value: bytes, max_bytes: int) -> DeadLetter:
     """``dead``, cut until its JSON is at most ``max_bytes``: what a dead-letter topic takes.
 
-    In order, while it is too large: the payload becomes a head slice of ``value`` (as many
-    bytes as fit, ``payload_truncated``), the error message and reply are shortened, header
-    values are left out (keys kept, ``headers_truncated``). ``payload_sha256`` and
-    ``payload_length`` always describe the whole original, so it can be found and compared.
-    Raises ``BrokerRejected`` when even the skeleton (source, reason, header keys) is larger.
+    The payload gives way first: it becomes the longest head slice of ``value`` that fits
+    (``payload_truncated``). Only when even the rest (source, reason, headers) is too large are
+    the error message and reply shortened and header values left out (keys kept,
+    ``headers_truncated``). ``payload_sha256`` and ``payload_length`` always describe the whole
+    original, so it can be found and compared. Raises ``BrokerRejected`` when even the
+    skeleton is larger than ``max_bytes``.
     """
-    # Cheap bound first: most dead letters are far below the limit and are not re-serialized.
-    estimate = (len(dead.payload_b64 or "") + len(dead.error_message) + len(dead.reply or "")) * 2
-    estimate += sum(len(h.key) * 2 + len(h.value_b64 or "") for h in dead.headers) + 2048
-    if estimate <= max_bytes or _size(dead) <= max_bytes:
-        return dead
-    if dead.payload_b64 is not None:
-        dead = dead.model_copy(update={"payload_b64": "", "payload_truncated": True})
-    if _size(dead) > max_bytes:
-        dead = dead.model_copy(
-            update={
-                "error_message": dead.error_message[:_SHRUNK_TEXT_CHARS],
-                "reply": None if dead.reply is None else dead.reply[:_SHRUNK_TEXT_CHARS],
-            }
-        )
-    if _size(dead) > max_bytes:
-        headers = [Header(key=h.key[:256], value_b64=None) for h in dead.headers]
-        dead = dead.model_copy(update={"headers": headers, "headers_truncated": True})
-    room = max_bytes - _size(dead)
+    if _upper_bound(dead) <= max_bytes or _size(dead) <= max_bytes:
+        return dead  # most dead letters: far below the limit, serialized once more at most
+    redacted = dead.payload_b64 is None
+    rest = dead if redacted else dead.model_copy(update={"payload_b64": ""})
+    for shrink in (
+        lambda d: _shorten(d, _SHRUNK_TEXT_CHARS),
+        _without_header_values,
+        lambda d: _shorten(d, _SHRUNK_TEXT_CHARS // 8),
+    ):
+        if _size(rest) <= max_bytes:
+            break
+        rest = shrink(rest)
+    room = max_bytes - _size(rest)
     if room < 0:
         raise BrokerRejected(
             f"a dead letter for {dead.source.topic}[{dead.source.partition}]@"
             f"{dead.source.offset} does not fit the dead-letter topic even without its payload "
             f"({max_bytes} bytes allowed): raise the topic's max.message.bytes"
         )
-    if dead.payload_truncated:
-        head = value[: room // 4 * 3]  # base64: 4 characters per 3 bytes
-        dead = dead.model_copy(update={"payload_b64": base64.b64encode(head).decode()})
-    return dead
+    if redacted:
+        return rest
+    head = value[: room // 4 * 3]  # base64: 4 characters per 3 bytes
+    return rest.model_copy(
+        update={
+            "payload_b64": base64.b64encode(head).decode(),
+            "payload_truncated": len(head) < len(value),
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
