@@ -51,11 +51,19 @@ KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer)
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection and security options shared by every Kafka client."""
+    """Connection, retry and security options shared by every Kafka client.
+
+    Every key is one that ``AIOKafkaConsumer``, ``AIOKafkaProducer`` and ``AIOKafkaAdminClient``
+    all accept. ``retry_backoff_ms`` paces their retries of failed requests; aiokafka 0.14 has
+    no reconnect backoff of its own (no ``reconnect_backoff_ms``), and its metadata refresh
+    retries as soon as a waiting sender or fetcher asks, so during a broker outage that loop's
+    log lines are collapsed by ``consumer.logs.RepeatFilter`` instead.
+    """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
+        "retry_backoff_ms": settings.kafka_retry_backoff_ms,
     }
     if settings.sasl_mechanism:
         options["sasl_mechanism"] = settings.sasl_mechanism

@@ -29,6 +29,10 @@ modstream_consumer_lag                     gauge    ``topic``, ``partition``: hi
 modstream_assigned_partitions              gauge    input partitions this member owns
 modstream_commit_duration_seconds          histo    one offset commit, acknowledged
 modstream_commit_failures_total            counter  commits the broker refused (rebalance)
+modstream_broker_up                        gauge    1 while the Kafka consumer holds a live
+                                                    connection to a broker, 0 when it holds none
+                                                    (broker down or unreachable); read at scrape
+                                                    time, see :func:`kafka_connected`
 modstream_info                             info     ``version``, ``model``, ``policy_version``
 =========================================  =======  ==============================================
 """
@@ -142,6 +146,11 @@ class Metrics:
             "Offset commits the broker refused (the work is redelivered).",
             registry=r,
         )
+        self._broker_up = Gauge(
+            "modstream_broker_up",
+            "1 while the Kafka consumer has a live connection to a broker, else 0.",
+            registry=r,
+        )
         self._info = Info("modstream", "What this consumer runs.", registry=r)
         # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
         for outcome in ("verdict", "dead_letter"):
@@ -163,6 +172,13 @@ class Metrics:
     def watch_assignment(self, count: Callable[[], int]) -> None:
         """Read the number of assigned partitions at scrape time."""
         self._assigned.set_function(count)
+
+    def watch_broker(self, up: Callable[[], bool]) -> None:
+        """Read whether the broker is reachable at scrape time (e.g. :func:`kafka_connected`).
+
+        Until this is called the gauge reads 0: a consumer that never connected is not up.
+        """
+        self._broker_up.set_function(lambda: 1.0 if up() else 0.0)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -228,3 +244,19 @@ class Metrics:
     def commit_failed(self) -> None:
         """The broker refused an offset commit."""
         self._commit_failures.inc()
+
+
+def kafka_connected(client: object) -> bool:
+    """Whether an aiokafka consumer or producer holds at least one live broker connection.
+
+    Cheap and honest: it reads the connections aiokafka keeps (``client._client._conns``, the
+    private state of aiokafka 0.14, pinned), asks nothing of the broker, and costs nothing
+    between scrapes. A running consumer always holds one (fetches, heartbeats); when the broker
+    stops, every socket sees EOF within moments and no reconnect succeeds until it is back. Any
+    surprise in aiokafka's internals reads as "not connected" rather than raising in a scrape.
+    """
+    try:
+        conns = client._client._conns.values()  # type: ignore[attr-defined]
+        return any(conn.connected() for conn in list(conns))
+    except Exception:  # noqa: BLE001  (a scrape must never fail on aiokafka internals)
+        return False
