@@ -65,7 +65,15 @@ class Member:
         )
 
     def tail(self, n: int = 30) -> str:
-        return f"--- {self.name} ---\n" + b"".join(self.lines[-n:]).decode(errors="replace")
+        """The last log events (rebalances, commits) and the last raw lines (a traceback)."""
+        events = [
+            f"{e.get('timestamp', '')} {e.get('level', '')} {e.get('event')} "
+            + " ".join(f"{k}={v}" for k, v in e.items() if k not in {"timestamp", "level", "event"})
+            for e in self.events()
+            if "timestamp" in e
+        ][-15:]
+        raw = b"".join(self.lines[-n:]).decode(errors="replace")
+        return f"--- {self.name} ---\n" + "\n".join(events) + "\n... last lines:\n" + raw
 
     async def stop(self) -> int:
         if self.process.poll() is None:
