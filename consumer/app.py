@@ -38,6 +38,7 @@ from consumer.classify import Classifier
 from consumer.cost import PriceTable
 from consumer.errors import ConfigError
 from consumer.health import HealthServer, kafka_readiness
+from consumer.kafka_pacing import pace_metadata_refresh
 from consumer.limit import Limiter
 from consumer.logs import configure_logging
 from consumer.metrics import Metrics
@@ -58,11 +59,19 @@ DEFAULT_TOPIC_MAX_BYTES = 1_048_588
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection and security options shared by every Kafka client."""
+    """Connection, retry and security options shared by every Kafka client.
+
+    Every key is one that ``AIOKafkaConsumer``, ``AIOKafkaProducer`` and ``AIOKafkaAdminClient``
+    all accept. ``retry_backoff_ms`` paces their retries of failed requests; aiokafka 0.14 has
+    no reconnect backoff of its own (no ``reconnect_backoff_ms``), and its metadata refresh
+    retries as soon as a waiting sender or fetcher asks, so during a broker outage that loop's
+    log lines are collapsed by ``consumer.logs.RepeatFilter`` instead.
+    """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
+        "retry_backoff_ms": settings.kafka_retry_backoff_ms,
     }
     if settings.sasl_mechanism:
         options["sasl_mechanism"] = settings.sasl_mechanism
@@ -302,6 +311,7 @@ async def serve(
             linger_ms=5,
             max_request_size=MAX_REQUEST_BYTES,
         )
+        pace_metadata_refresh(producer, settings.kafka_retry_backoff_ms / 1000)
         await enter_kafka(stack, producer, kafka)
         outbox: Outbox | None = None
         if exactly_once:
@@ -315,6 +325,7 @@ async def serve(
                 max_request_size=MAX_REQUEST_BYTES,
                 transactional_id=settings.effective_transactional_id,
             )
+            pace_metadata_refresh(transactional, settings.kafka_retry_backoff_ms / 1000)
             await enter_kafka(stack, transactional, kafka)
             outbox = Outbox(transactional, settings.group_id)
         consumer = AIOKafkaConsumer(
@@ -325,6 +336,7 @@ async def serve(
             max_poll_interval_ms=settings.max_poll_interval_ms,
             max_poll_records=settings.max_in_flight,
         )
+        pace_metadata_refresh(consumer, settings.kafka_retry_backoff_ms / 1000)
         await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
         topics = Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)

@@ -12,6 +12,12 @@ throughout and the redaction below applies to all of them:
   ``reply``) are replaced by their length unless ``MODSTREAM_LOG_CONTENT=true``.
 - **Context per message.** The pipeline binds partition, offset and event id with
   ``structlog.contextvars``; every line logged while a message is processed carries them.
+- **A flood is one line per interval.** A warning or error that repeats (same logger, same
+  message once digits are collapsed: aiokafka's ``Unable connect to node with id 1`` during a
+  broker outage, thousands a second) is written at most once per ``log_repeat_interval_s``;
+  the first line after the interval carries ``repeated=N``, the number left out since the last
+  one. See :class:`RepeatFilter`. Info and debug lines are never collapsed (they are per-message
+  records such as dead letters).
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -79,6 +89,109 @@ def _hide_content(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+#: Runs of digits (ids, ports, addresses, counts) do not make a message a different one.
+_DIGITS = re.compile(r"\d+")
+#: Lines of this level and above are collapsed when they repeat.
+_COLLAPSE_FROM = logging.WARNING
+_LEVELS = logging.getLevelNamesMapping() | {"EXCEPTION": logging.ERROR}
+
+
+@dataclass(slots=True)
+class _Seen:
+    emitted_at: float  # when the last line of this message was written
+    suppressed: int = 0  # left out since then
+
+
+class RepeatFilter:
+    """At most one line per message per ``interval_s``; the next one says how many were left out.
+
+    A message is its key (the caller's: logger name, level and template); the key's digits are
+    collapsed, so ``node 1``/``node 2`` or two ports are one message. The first occurrence is
+    written; later ones within ``interval_s`` of the last written line are counted and dropped;
+    the first one after the interval is written with the count (``repeated``). A count still
+    pending when the flood stops is reported by :meth:`pending` (and never lost to a later
+    line of another message). ``interval_s == 0`` writes everything. At most ``max_keys``
+    messages are remembered (the least recently written is forgotten first, with its pending
+    count), so a stream of distinct messages cannot grow memory.
+    """
+
+    def __init__(
+        self,
+        interval_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._lock = threading.Lock()  # stdlib loggers may log from other threads
+
+    @staticmethod
+    def normalise(text: str) -> str:
+        """The message's identity: its text with every run of digits as ``N``."""
+        return _DIGITS.sub("N", text)
+
+    def admit(self, key: str) -> int | None:
+        """``None``: drop this line. Otherwise write it, with ``repeated`` = the int if above 0."""
+        if self.interval_s <= 0:
+            return 0
+        key = self.normalise(key)
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.emitted_at < self.interval_s:
+                seen.suppressed += 1
+                return None
+            repeated = 0 if seen is None else seen.suppressed
+            self._seen[key] = _Seen(now)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._max_keys:
+                self._seen.popitem(last=False)
+            return repeated
+
+    def pending(self) -> dict[str, int]:
+        """Messages whose left-out lines no written line has reported yet, with their counts."""
+        with self._lock:
+            return {k: s.suppressed for k, s in self._seen.items() if s.suppressed}
+
+    def processor(
+        self, _: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """structlog processor: drop a repeated warning or error, count it on the next line."""
+        level = _LEVELS.get(method.upper(), logging.INFO)  # "exception" and "critical" too
+        if level < _COLLAPSE_FROM:
+            return event
+        repeated = self.admit(f"{event.get('logger', '')}|{method}|{event.get('event', '')}")
+        if repeated is None:
+            raise structlog.DropEvent
+        if repeated:
+            event["repeated"] = repeated
+        return event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """``logging.Filter`` protocol, for the stdlib loggers' handler (aiokafka, openai)."""
+        if record.levelno < _COLLAPSE_FROM:
+            return True
+        template = record.msg if isinstance(record.msg, str) else record.getMessage()
+        repeated = self.admit(f"{record.name}|{record.levelname}|{template}")
+        if repeated is None:
+            return False
+        if repeated:
+            record.repeated = repeated
+        return True
+
+
+def _add_repeated(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Copy the count :meth:`RepeatFilter.filter` left on a stdlib record into its line."""
+    record = event.get("_record")
+    repeated = getattr(record, "repeated", None)
+    if repeated:
+        event["repeated"] = repeated
+    return event
+
+
 def secret_values(settings: Settings) -> list[str]:
     """The configured secrets, as they must never appear in a log line."""
     secrets = [settings.openai_api_key.get_secret_value()]
@@ -88,8 +201,11 @@ def secret_values(settings: Settings) -> list[str]:
     return [s for s in secrets if s]
 
 
-def configure_logging(settings: Settings) -> None:
-    """Route structlog and the stdlib loggers (aiokafka, openai, aiohttp) to stderr."""
+def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    """Route structlog and the stdlib loggers (aiokafka, openai, aiohttp) to stderr.
+
+    ``clock`` times the repeat intervals (tests inject one).
+    """
     level = getattr(logging, settings.log_level)
     as_json = settings.log_format == LogFormat.JSON or (
         settings.log_format == LogFormat.AUTO and not sys.stderr.isatty()
@@ -105,8 +221,10 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    repeats = RepeatFilter(settings.log_repeat_interval_s, clock=clock)
     structlog.configure(
         processors=[
+            repeats.processor,  # first: a dropped repeat costs nothing more
             structlog.contextvars.merge_contextvars,
             *stamp,
             structlog.processors.format_exc_info,
@@ -124,6 +242,7 @@ def configure_logging(settings: Settings) -> None:
             foreign_pre_chain=[
                 structlog.contextvars.merge_contextvars,
                 structlog.stdlib.add_logger_name,
+                _add_repeated,
                 *stamp,
             ],
             processors=[
@@ -134,6 +253,7 @@ def configure_logging(settings: Settings) -> None:
             ],
         )
     )
+    handler.addFilter(repeats)  # before formatting: a dropped repeat is never rendered
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

@@ -35,6 +35,10 @@ modstream_publish_retries_total            counter  ``reason``: output sends Kaf
                                                     (the error's class); retried with backoff
 modstream_partition_resets_total           counter  a partition's offsets went backwards (seek,
                                                     reset, re-assignment): its tracking restarted
+modstream_broker_up                        gauge    1 while the Kafka consumer holds a live
+                                                    connection to a broker, 0 when it holds none
+                                                    (broker down or unreachable); read at scrape
+                                                    time, see :func:`kafka_connected`
 modstream_info                             info     ``version``, ``model``, ``policy_version``
 =========================================  =======  ==============================================
 """
@@ -164,6 +168,11 @@ class Metrics:
             "Partitions whose offsets went backwards, so their tracking restarted.",
             registry=r,
         )
+        self._broker_up = Gauge(
+            "modstream_broker_up",
+            "1 while the Kafka consumer has a live connection to a broker, else 0.",
+            registry=r,
+        )
         self._info = Info("modstream", "What this consumer runs.", registry=r)
         # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
         for outcome in ("verdict", "dead_letter"):
@@ -189,6 +198,13 @@ class Metrics:
     def watch_assignment(self, count: Callable[[], int]) -> None:
         """Read the number of assigned partitions at scrape time."""
         self._assigned.set_function(count)
+
+    def watch_broker(self, up: Callable[[], bool]) -> None:
+        """Read whether the broker is reachable at scrape time (e.g. :func:`kafka_connected`).
+
+        Until this is called the gauge reads 0: a consumer that never connected is not up.
+        """
+        self._broker_up.set_function(lambda: 1.0 if up() else 0.0)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -262,3 +278,19 @@ class Metrics:
     def partition_reset(self) -> None:
         """A partition's offsets went backwards and its tracking restarted."""
         self._resets.inc()
+
+
+def kafka_connected(client: object) -> bool:
+    """Whether an aiokafka consumer or producer holds at least one live broker connection.
+
+    Cheap and honest: it reads the connections aiokafka keeps (``client._client._conns``, the
+    private state of aiokafka 0.14, pinned), asks nothing of the broker, and costs nothing
+    between scrapes. A running consumer always holds one (fetches, heartbeats); when the broker
+    stops, every socket sees EOF within moments and no reconnect succeeds until it is back. Any
+    surprise in aiokafka's internals reads as "not connected" rather than raising in a scrape.
+    """
+    try:
+        conns = client._client._conns.values()  # type: ignore[attr-defined]
+        return any(conn.connected() for conn in list(conns))
+    except Exception:  # noqa: BLE001  (a scrape must never fail on aiokafka internals)
+        return False

@@ -56,7 +56,7 @@ from consumer.errors import (
     PublishRejected,
     RebalanceFailed,
 )
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, kafka_connected
 from consumer.offsets import OffsetTracker
 from consumer.publish import Outbox, OutRecord, Publisher, Stage, dead_letter
 from consumer.settings import Ordering, Settings
@@ -113,6 +113,7 @@ class Pipeline:
         metrics.watch_in_flight(self.tracker.in_flight)
         metrics.watch_oldest_in_flight(self._oldest_age)
         metrics.watch_assignment(lambda: len(consumer.assignment()))
+        metrics.watch_broker(lambda: kafka_connected(consumer))
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         # Bumped whenever a partition's tracking restarts: completions of older work are stale.
         self._epochs: dict[TopicPartition, int] = defaultdict(int)

@@ -203,6 +203,20 @@ class Settings(BaseSettings):
         default="0.0.0.0",  # noqa: S104  (a pod's probes and scrapes come from outside it)
         description="Interface the metrics and health server binds.",
     )
+    log_repeat_interval_s: Annotated[float, Field(ge=0.0)] = Field(
+        default=10.0,
+        description="A warning or error that repeats (same logger and message, digits aside: "
+        "aiokafka's reconnect errors during a broker outage) is written at most once per this "
+        "many seconds; the next line carries repeated=N, the count left out. 0 writes all.",
+    )
+    kafka_retry_backoff_ms: Annotated[int, Field(ge=10, le=60_000)] = Field(
+        default=100,
+        description="aiokafka's retry_backoff_ms for every Kafka client: the pause before a "
+        "failed fetch, produce, heartbeat or coordinator lookup is retried (aiokafka's "
+        "default). Higher means fewer retries during an outage, slower recovery after one. "
+        "It does not pace aiokafka's metadata refresh, which retries as soon "
+        "as asked during an outage (see log_repeat_interval_s for its log lines).",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
