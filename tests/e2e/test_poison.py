@@ -79,12 +79,28 @@ async def test_a_message_failing_alone_is_dead_lettered_as_poison(kafka_bootstra
             assert len(usage) <= 3 + 1  # ... in at most kept + one folded event
 
 
-async def test_an_outage_of_comparable_length_dead_letters_nothing(kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "failures"),
+    [
+        # The circuit opens after 10 failures in a row, then probes every 0.5, 1, 2, 4 s: 10 + 4
+        # failed probes is an outage of ~7 s, longer than the poison test takes to give up on
+        # its message (8 counted attempts with <= 0.2 s backoff).
+        (10, 10 + 4),
+        # The circuit never opens: 8 messages in flight keep failing, about 24 times each, three
+        # times what makes poison; only "no success anywhere since" tells it is an outage.
+        (100_000, 8 * 8 * 3),
+    ],
+    ids=["circuit-opens", "circuit-stays-closed"],
+)
+async def test_an_outage_of_comparable_length_dead_letters_nothing(
+    kafka_bootstrap: str, threshold: int, failures: int
+) -> None:
     with fake_openai_server(latency_ms=20) as url:
         run = new_run(kafka_bootstrap, url, partitions=6)
         await run.create_topics()
         await run.produce(clean_values(600))
-        consumer = asyncio.create_task(serve(run.settings(**knobs()), exit_when_idle=3))
+        options = knobs() | {"circuit_failure_threshold": threshold, "max_in_flight": 8}
+        consumer = asyncio.create_task(serve(run.settings(**options), exit_when_idle=3))
         async with FakeAdmin(url) as admin:
 
             async def answered(outcome: str, at_least: int) -> bool:
@@ -96,11 +112,7 @@ async def test_an_outage_of_comparable_length_dead_letters_nothing(kafka_bootstr
 
             await until("some verdicts before the outage", lambda: answered("ok", 50))
             await admin.patch(p_500=1.0)
-            # The circuit opens after 10 failures in a row, then probes every 0.5, 1, 2, 4 s:
-            # 10 + 4 failed probes is an outage of at least ~7 s, longer than the poison test
-            # takes to give up on its message (8 counted attempts with <= 0.2 s backoff).
-            await until("the outage to last", lambda: answered("500", 10 + 4))
-            failed = (await admin.stats())["by_outcome"]["500"]
+            await until("the outage to last", lambda: answered("500", failures))
             await admin.patch(p_500=0.0)
         await asyncio.wait_for(consumer, 240)
 
@@ -108,7 +120,8 @@ async def test_an_outage_of_comparable_length_dead_letters_nothing(kafka_bootstr
         summary = await run.outputs()
         assert summary.dead_letters == []
         assert len(summary.verdicts) == 600
-        assert failed >= 14
+        outage = [u for u in summary.usage if u.outcome == "provider_unavailable"]
+        assert sum(u.calls for u in outage) >= failures
 
 
 @pytest.mark.parametrize(
