@@ -8,14 +8,13 @@ and ``action``. What can go wrong, and what happens:
 transient (429, 5xx, timeout, drop,   retried with full-jitter exponential backoff
 empty choices)                        honouring ``retry-after(-ms)``; never dead-lettered
                                       for an outage; a run of 5xx/timeouts opens the circuit
-5xx/timeout/drop on one message while ``PersistentFailure`` (poison) after ``poison_attempts``
-others succeed                        such failures (the rule below)
+5xx/timeout/drop on one message       ``PersistentFailure`` dead letter after
+while others succeed                  ``poison_attempts`` such failures (rule below)
 401 / 403                             ``ProviderAuthError``: fatal, the service stops
 404 (unknown model, wrong URL)        ``ProviderMisconfigured``: fatal, the service stops
 400 / 422                             ``RequestRejected``: dead letter
-the same 400 for ``misconfig_repeats``  ``ProviderMisconfigured``: fatal, the service stops
-different messages, no chat success
-in between
+same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
+different messages, no 200 between    stops (the earlier ones are dead letters)
 invalid JSON or schema violation      one repair request showing the error, then dead letter
 ``finish_reason == "length"``         one retry with twice the ``max_tokens``, then dead letter
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
