@@ -13,6 +13,9 @@ The probe always happens: the pipeline asks :meth:`CircuitBreaker.admits_intake`
 ``is_closed``) whether to fetch. It says yes while closed, and also once the open wait is over
 and no probe is running, so that even when every in-flight message was cancelled (a rebalance,
 say) new messages come in and one of them becomes the probe in :meth:`CircuitBreaker.admit`.
+A caller whose own probe just failed (``admit(defer=True)``) lets any other waiting caller
+probe first, so one poison message cannot take every probe and keep the circuit open while
+healthy messages wait behind it.
 
 Poison versus outage (see :meth:`consumer.classify.Classifier.with_retries`): the breaker counts
 every success (``successes``) and every opening (``openings``). A message's transient failure
@@ -63,6 +66,7 @@ class CircuitBreaker:
         self._reset_s = reset_s
         self._open_until = 0.0
         self._probing = False
+        self._eager = 0  # callers waiting in admit() that did not just fail a probe
         self._changed = asyncio.Event()
         #: Calls that got an answer, ever (read by the poison rule in classify).
         self.successes = 0
@@ -93,21 +97,32 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._open_until - self._clock())
 
-    async def admit(self) -> bool:
-        """Wait until a call may go out; return True when this call is the half-open probe."""
-        while True:
-            if self.state is CircuitState.CLOSED:
-                return False
-            if self.state is CircuitState.OPEN:
-                remaining = self._open_until - self._clock()
-                if remaining > 0:
-                    await self._wait(remaining)
-                    continue
-                self._set(CircuitState.HALF_OPEN)
-            if not self._probing:
-                self._probing = True
-                return True
-            await self._wait(self._reset_s)
+    async def admit(self, *, defer: bool = False) -> bool:
+        """Wait until a call may go out; return True when this call is the half-open probe.
+
+        ``defer``: this caller's last call was a probe that failed; it probes again only when
+        no other caller is waiting, so one poison message cannot keep the circuit open by
+        taking every probe while healthy messages wait behind it.
+        """
+        if not defer:
+            self._eager += 1
+        try:
+            while True:
+                if self.state is CircuitState.CLOSED:
+                    return False
+                if self.state is CircuitState.OPEN:
+                    remaining = self._open_until - self._clock()
+                    if remaining > 0:
+                        await self._wait(remaining)
+                        continue
+                    self._set(CircuitState.HALF_OPEN)
+                if not self._probing and not (defer and self._eager > 0):
+                    self._probing = True
+                    return True
+                await self._wait(self._reset_s)
+        finally:
+            if not defer:
+                self._eager -= 1
 
     def end_probe(self) -> None:
         """The probe finished without a verdict on the provider (e.g. a 429): let another try."""

@@ -369,7 +369,7 @@ class Classifier:
         async for attempt in retrying:
             with attempt:
                 try:
-                    return await self._attempt(send)
+                    return await self._attempt(send, watch)
                 except ProviderUnavailable as exc:
                     poison = watch.failed(exc)
                     if poison is not None:
@@ -397,13 +397,15 @@ class Classifier:
                 self.limiter.concurrency.on_overload()
             log.debug("model call failed, retrying", kind=exc.kind, attempt=state.attempt_number)
 
-    async def _attempt(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def _attempt(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
         """One HTTP call, gated by the circuit breaker (``send`` takes the limiter slot)."""
-        probe = await self.breaker.admit()
+        probe = await self.breaker.admit(defer=watch.probe_failed)
+        watch.probe_failed = False
         try:
             completion = await send()
         except ProviderUnavailable:
             self.breaker.failure()
+            watch.probe_failed = probe  # next time, let another message probe first
             raise
         finally:
             if probe:
@@ -623,6 +625,8 @@ class PoisonWatch:
         self.breaker = breaker
         self.limit = limit
         self.count = 0
+        #: This call's last attempt was a half-open probe that failed.
+        self.probe_failed = False
         self._successes = breaker.successes
         self._openings = breaker.openings
 

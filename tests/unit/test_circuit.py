@@ -133,3 +133,24 @@ def test_intake_is_never_paused_forever(events: list[str]) -> None:
         assert breaker.successes >= events.count("ok")
 
     asyncio.run(play())
+
+
+async def test_a_caller_whose_probe_failed_lets_another_probe_first() -> None:
+    """A poison message cannot hold the circuit open by taking every probe."""
+    breaker, clock = opened(reset_s=5.0)
+    deferred = asyncio.create_task(breaker.admit(defer=True))  # first in line...
+    await asyncio.sleep(0.01)
+    eager = asyncio.create_task(breaker.admit())
+    await asyncio.sleep(0.01)
+    clock.now += 5
+    breaker.end_probe()  # wakes the waiters (the wait is over on the injected clock)
+    assert await asyncio.wait_for(eager, 1) is True  # ... yet the eager one probes
+    assert not deferred.done()
+    breaker.success()
+    assert await asyncio.wait_for(deferred, 1) is False  # closed: it simply goes
+
+
+async def test_a_deferred_caller_probes_when_nobody_else_waits() -> None:
+    breaker, clock = opened(reset_s=5.0)
+    clock.now += 5
+    assert await asyncio.wait_for(breaker.admit(defer=True), 1) is True
