@@ -68,6 +68,7 @@ def public_url(url: object) -> str:
     """``url`` without user info, query or fragment: safe to show in a message."""
     parts = urlsplit(str(url))
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

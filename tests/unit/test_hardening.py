@@ -447,3 +447,4 @@ def test_public_url_drops_credentials_query_and_fragment() -> None:
 
     assert public_url("https://u:secret@host:8443/v1/?api-key=k#x") == "https://host:8443/v1/"
     assert public_url("http://localhost:11434/v1") == "http://localhost:11434/v1"
+    assert public_url("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
