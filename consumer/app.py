@@ -264,6 +264,9 @@ def model_stages(
         max_backoff_s=settings.retry_max_backoff_s,
         on_retry=metrics.retry,
         metrics=metrics,
+        poison_attempts=settings.poison_attempts,
+        misconfig_repeats=settings.misconfig_repeats,
+        usage_failures_kept=settings.usage_failures_kept,
     )
     budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
     admitter = Admitter(

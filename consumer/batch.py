@@ -17,7 +17,11 @@ is a strict ``json_schema`` ``{"items": [{"index", "scores", "rationale"}]}``; i
 every index exactly once. A reply that does not (or is invalid, cut by ``length``, refused or
 filtered), and a request the provider rejects, make the batch fall back to one ordinary call
 per message; the batch call's usage stays with its messages. Transient errors are retried like
-any call (same retry layer, breaker and limiter); a batch takes one concurrency slot.
+any call (same retry layer, breaker and limiter); a batch takes one concurrency slot. A batch
+whose call keeps failing with 5xx/timeouts while other calls succeed (``PersistentFailure``, the
+poison rule of :mod:`consumer.classify`) falls back to single calls too: each of them then
+counts its own failures, so only the message that is poison is dead-lettered. A 404 (or a 400
+repeated for many messages, seen by the single calls) is fatal, as without batching.
 
 Usage: the provider reports one call's tokens. Each message of the batch gets one usage event
 with an even share of them (``tokens // N``, the first ``tokens % N`` messages one more), all
@@ -181,10 +185,12 @@ async def classify_batch(
 
     def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
         batch = (uuid.uuid4().hex, count)
+        events = []
         for call, share in zip(calls, split_tokens(tokens, count), strict=True):
             cost = classifier.prices.cost(model, share.prompt, share.completion, share.cached)
             usage = classifier.usage_event(call, outcome, share, started, cost=cost, batch=batch)
-            classifier.record(call, usage, metrics=False)
+            classifier.record(call, usage, metrics=False)  # a failure may fold into an earlier
+            events.append(usage)
         cost = classifier.prices.cost(model, tokens.prompt, tokens.completion, tokens.cached)
         whole = {
             "prompt_tokens": tokens.prompt,
@@ -192,8 +198,7 @@ async def classify_batch(
             "cached_tokens": tokens.cached,
             "cost_usd": cost,
         }
-        last = calls[0].usage[-1]
-        classifier.metrics.model_call(last.model_copy(update=whole))  # one call, whole tokens
+        classifier.metrics.model_call(events[0].model_copy(update=whole))  # one call, whole
 
     try:
         completion = await classifier.with_retries(

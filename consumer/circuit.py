@@ -8,6 +8,20 @@ Only ``ProviderUnavailable`` (5xx, timeouts, dropped connections) counts: rate l
 limit stage's business (AIMD and ``retry-after``). While the circuit is not closed the pipeline
 fetches nothing, so lag grows and an alert can fire, and the messages already in flight wait
 here instead of hammering the provider; none is dead-lettered.
+
+The probe always happens: the pipeline asks :meth:`CircuitBreaker.admits_intake` (not
+``is_closed``) whether to fetch. It says yes while closed, and also once the open wait is over
+and no probe is running, so that even when every in-flight message was cancelled (a rebalance,
+say) new messages come in and one of them becomes the probe in :meth:`CircuitBreaker.admit`.
+A caller whose own probe just failed (``admit(defer=True)``) lets any other waiting caller
+probe first, so one poison message cannot take every probe and keep the circuit open while
+healthy messages wait behind it.
+
+Poison versus outage (see :meth:`consumer.classify.Classifier.with_retries`): the breaker counts
+every success (``successes``) and every opening (``openings``). A message's transient failure
+counts towards ``poison_attempts`` only when the breaker is still closed after it and has seen a
+success since that message's previous failure (other messages get through meanwhile); an opening
+during its retries resets the message's count. In an outage nothing succeeds, so nothing counts.
 """
 
 from __future__ import annotations
@@ -52,28 +66,63 @@ class CircuitBreaker:
         self._reset_s = reset_s
         self._open_until = 0.0
         self._probing = False
+        self._eager = 0  # callers waiting in admit() that did not just fail a probe
         self._changed = asyncio.Event()
+        #: Calls that got an answer, ever (read by the poison rule in classify).
+        self.successes = 0
+        #: Times the circuit opened, ever (an opening resets a message's poison count).
+        self.openings = 0
 
     @property
     def is_closed(self) -> bool:
         """Calls flow freely (the pipeline fetches only then)."""
         return self.state is CircuitState.CLOSED
 
-    async def admit(self) -> bool:
-        """Wait until a call may go out; return True when this call is the half-open probe."""
-        while True:
-            if self.state is CircuitState.CLOSED:
-                return False
-            if self.state is CircuitState.OPEN:
-                remaining = self._open_until - self._clock()
-                if remaining > 0:
-                    await self._wait(remaining)
-                    continue
-                self._set(CircuitState.HALF_OPEN)
-            if not self._probing:
-                self._probing = True
-                return True
-            await self._wait(self._reset_s)
+    def admits_intake(self) -> bool:
+        """Whether the pipeline should fetch now.
+
+        True while closed; while open, True once the wait is over, and while half-open, True
+        when no probe is running: new messages then come in and one becomes the probe, even
+        if nothing was left in flight to call :meth:`admit`. False otherwise.
+        """
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self._probing:
+            return False
+        return self.state is CircuitState.HALF_OPEN or self._clock() >= self._open_until
+
+    def retry_in_s(self) -> float:
+        """Seconds until the open circuit lets a probe through (0 when it may go now)."""
+        if self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self._open_until - self._clock())
+
+    async def admit(self, *, defer: bool = False) -> bool:
+        """Wait until a call may go out; return True when this call is the half-open probe.
+
+        ``defer``: this caller's last call was a probe that failed; it probes again only when
+        no other caller is waiting, so one poison message cannot keep the circuit open by
+        taking every probe while healthy messages wait behind it.
+        """
+        if not defer:
+            self._eager += 1
+        try:
+            while True:
+                if self.state is CircuitState.CLOSED:
+                    return False
+                if self.state is CircuitState.OPEN:
+                    remaining = self._open_until - self._clock()
+                    if remaining > 0:
+                        await self._wait(remaining)
+                        continue
+                    self._set(CircuitState.HALF_OPEN)
+                if not self._probing and not (defer and self._eager > 0):
+                    self._probing = True
+                    return True
+                await self._wait(self._reset_s)
+        finally:
+            if not defer:
+                self._eager -= 1
 
     def end_probe(self) -> None:
         """The probe finished without a verdict on the provider (e.g. a 429): let another try."""
@@ -84,6 +133,7 @@ class CircuitBreaker:
         """A call reached the provider and got an answer."""
         self._failures = 0
         self._probing = False
+        self.successes += 1
         if self.state is not CircuitState.CLOSED:
             self._reset_s = self.base_reset_s
             self._set(CircuitState.CLOSED)
@@ -100,6 +150,7 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._open_until = self._clock() + self._reset_s
+        self.openings += 1
         self._set(CircuitState.OPEN)
 
     def _set(self, state: CircuitState) -> None:

@@ -6,10 +6,15 @@ and ``action``. What can go wrong, and what happens:
 
 ====================================  ==========================================
 transient (429, 5xx, timeout, drop,   retried with full-jitter exponential backoff
-empty choices)                        honouring ``retry-after(-ms)``; never dead-lettered;
-                                      a run of 5xx/timeouts opens the circuit (see circuit)
+empty choices)                        honouring ``retry-after(-ms)``; never dead-lettered
+                                      for an outage; a run of 5xx/timeouts opens the circuit
+5xx/timeout/drop on one message       ``PersistentFailure`` dead letter after
+while others succeed                  ``poison_attempts`` such failures (rule below)
 401 / 403                             ``ProviderAuthError``: fatal, the service stops
-400 / 404 / 422                       ``RequestRejected``: dead letter
+404 (unknown model, wrong URL)        ``ProviderMisconfigured``: fatal, the service stops
+400 / 422                             ``RequestRejected``: dead letter
+same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
+different messages, no 200 between    stops (the earlier ones are dead letters)
 invalid JSON or schema violation      one repair request showing the error, then dead letter
 ``finish_reason == "length"``         one retry with twice the ``max_tokens``, then dead letter
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
@@ -19,6 +24,31 @@ The SDK's own retries are off (``max_retries=0`` in the app): tenacity here is t
 layer, so every retry re-acquires concurrency and token budget. Every HTTP call (chat, the
 first tier's moderation call in :mod:`consumer.tier`, a batch in :mod:`consumer.batch`) goes
 through :meth:`Classifier.with_retries`: the circuit breaker, the limiter and the backoff.
+
+**Poison or outage.** In one :meth:`Classifier.with_retries` (one chat request, one first-tier
+call, one batch call, with its retries), a ``ProviderUnavailable`` failure counts towards
+``poison_attempts`` only if, right after it, the breaker is closed *and* has recorded a success
+(any message's) since this call's previous failure; an opening of the breaker during the retries
+resets the count to zero. 429s never count (rate limits are not poison). So in an outage, when
+nothing succeeds or the circuit opens, nothing counts and nothing is dead-lettered, while a
+message that fails alone, again and again, among messages that succeed becomes a
+``PersistentFailure`` dead letter. A batch that fails so falls back to single calls, each with a
+count of its own; a first-tier call that fails so leaves the decision to the chat model.
+
+**Misconfiguration.** A 404 is fatal at once. A 400 dead-letters its message, but each one's
+signature (status, code, param, provider message: :func:`consumer.provider.rejection_signature`)
+is remembered with the message's source offset; when the same signature has been seen for
+``misconfig_repeats`` different offsets with no successful chat call in between (any 200 clears
+the memory: a parameter the provider rejects lets nothing through), the service stops with
+``ProviderMisconfigured``. The first ``misconfig_repeats - 1`` such messages are already in the
+dead-letter topic by then (the fatal message lists them, for a replay once fixed): holding every
+400 back until the pattern is clear would stall the stream on ordinary bad content instead.
+
+**Bounded usage.** Each call's usage is one event, except failures after the first
+``usage_failures_kept`` failed calls of one message: those are folded per (outcome, model,
+batch size) into one event whose ``calls`` counts them and whose tokens, cost and latency are
+the sums (:func:`fold_usage`). An event's ``attempt`` is the number of the first call it stands
+for, so event ids stay deterministic; :attr:`Classified.attempts` is the number of calls.
 """
 
 from __future__ import annotations
@@ -52,6 +82,8 @@ from consumer.errors import (
     InvalidReply,
     ModstreamError,
     PermanentError,
+    PersistentFailure,
+    ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
     TransientError,
@@ -59,7 +91,14 @@ from consumer.errors import (
 from consumer.limit import Limiter
 from consumer.metrics import Metrics
 from consumer.policy import PromptBuilder
-from consumer.provider import failed_outcome, retry_after_seconds, translate
+from consumer.provider import (
+    Signature,
+    failed_outcome,
+    public_url,
+    rejection_signature,
+    retry_after_seconds,
+    translate,
+)
 from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
 from schemas import Source, TierScores, UsageEvent, UsageOutcome, Verdict, make_event_id
@@ -73,6 +112,7 @@ __all__ = [
     "Classifier",
     "Recorder",
     "Tokens",
+    "fold_usage",
     "retry_after_seconds",
     "translate",
 ]
@@ -87,6 +127,19 @@ _NO_CHOICES = UsageOutcome.PROVIDER_UNAVAILABLE
 
 #: Named in the usage events of moderation calls, which cost nothing.
 MODERATION_PRICE_SOURCE = "moderations endpoint (free)"
+
+#: Outcomes of calls that got no usable answer: the ones folded after ``usage_failures_kept``.
+FAILED_OUTCOMES = frozenset(
+    {
+        UsageOutcome.RATE_LIMITED,
+        UsageOutcome.PROVIDER_UNAVAILABLE,
+        UsageOutcome.REJECTED,
+        UsageOutcome.AUTH,
+    }
+)
+
+#: Distinct 400 signatures remembered at once (the oldest is forgotten first).
+_SIGNATURES_KEPT = 64
 
 
 class Tokens(NamedTuple):
@@ -105,6 +158,11 @@ class Classified:
     verdict: Verdict | None
     failure: PermanentError | None
     usage: list[UsageEvent]
+
+    @property
+    def attempts(self) -> int:
+        """Model calls made for this message (folded failures counted one by one)."""
+        return sum(u.calls for u in self.usage)
 
 
 @dataclass(slots=True)
@@ -152,6 +210,9 @@ class Classifier:
         max_backoff_s: float = 30.0,
         on_retry: Callable[[ModstreamError], None] | None = None,
         metrics: Metrics | None = None,
+        poison_attempts: int = 8,
+        misconfig_repeats: int = 3,
+        usage_failures_kept: int = 3,
     ) -> None:
         self.client = client
         self.model = model
@@ -166,6 +227,9 @@ class Classifier:
         self.on_retry = on_retry
         self.metrics = metrics or Metrics()  # a private registry when nobody scrapes
         self.overhead_tokens = count_tokens(builder.overhead_text(), model) + 16
+        self.poison_attempts = poison_attempts
+        self.usage_failures_kept = usage_failures_kept
+        self.rejections = RejectionWatch(misconfig_repeats)
         self._jitter = wait_random_exponential(multiplier=0.25, max=max_backoff_s)
 
     async def classify(self, admitted: Admitted, source: Source) -> Classified:
@@ -231,7 +295,10 @@ class Classifier:
                 completion = await self.with_retries(
                     functools.partial(self.send_chat, request, call)
                 )
-            except PermanentError as exc:  # 400/404/422: dead letter, keep the usage
+            except PermanentError as exc:  # 400/422: dead letter, keep the usage
+                misconfigured = self.rejections.rejected(exc, call.source, self.where)
+                if misconfigured is not None:
+                    raise misconfigured from exc
                 return Classified(None, exc, call.usage)
             choice = completion.choices[0]
             content = choice.message.content or ""
@@ -288,7 +355,10 @@ class Classifier:
 
         ``send`` takes its own limiter slot (so every retry re-acquires budget) and records
         the usage of each attempt; transient errors are retried, anything else is raised.
+        ``ProviderUnavailable`` failures that look like poison (the rule in the module
+        docstring) end the retries with a ``PersistentFailure`` after ``poison_attempts``.
         """
+        watch = PoisonWatch(self.breaker, self.poison_attempts)
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
             wait=self._wait,
@@ -298,7 +368,14 @@ class Classifier:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(send)
+                try:
+                    return await self._attempt(send, watch)
+                except ProviderUnavailable as exc:
+                    poison = watch.failed(exc)
+                    if poison is not None:
+                        log.warning("treating the message as poison", error=poison.message)
+                        raise poison from exc
+                    raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:
@@ -320,13 +397,15 @@ class Classifier:
                 self.limiter.concurrency.on_overload()
             log.debug("model call failed, retrying", kind=exc.kind, attempt=state.attempt_number)
 
-    async def _attempt(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def _attempt(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
         """One HTTP call, gated by the circuit breaker (``send`` takes the limiter slot)."""
-        probe = await self.breaker.admit()
+        probe = await self.breaker.admit(defer=watch.probe_failed)
+        watch.probe_failed = False
         try:
             completion = await send()
         except ProviderUnavailable:
             self.breaker.failure()
+            watch.probe_failed = probe  # next time, let another message probe first
             raise
         finally:
             if probe:
@@ -358,9 +437,10 @@ class Classifier:
             except (openai.OpenAIError, ValueError) as exc:
                 # ValueError: a 200 whose body is not a chat completion (a broken proxy).
                 permit.settle(0)
-                error = translate(exc)
+                error = translate(exc, model=self.model, base_url=self.client.base_url)
                 record(failed_outcome(error), Tokens(0, 0), started)
                 raise error from exc
+        self.rejections.success()  # the provider accepted a chat request
         usage = completion.usage
         if (
             usage is not None
@@ -404,7 +484,7 @@ class Classifier:
         batch: tuple[str, int] | None = None,
     ) -> UsageEvent:
         """The usage of ``call``'s next attempt (``batch``: the batch id and size, if any)."""
-        attempt = len(call.usage) + 1
+        attempt = sum(u.calls for u in call.usage) + 1
         return UsageEvent(
             event_id=make_event_id(call.source, self.policy.version, "usage", attempt),
             source=call.source,
@@ -425,10 +505,19 @@ class Classifier:
         )
 
     def record(self, call: Call, usage: UsageEvent, *, metrics: bool = True) -> None:
-        """One model call done: its usage goes with the message (and to the metrics)."""
-        call.usage.append(usage)
+        """One model call done: its usage goes with the message (and to the metrics).
+
+        Failures past the first ``usage_failures_kept`` are folded (see :func:`fold_usage`);
+        the metrics see every call.
+        """
+        fold_usage(call.usage, usage, self.usage_failures_kept)
         if metrics:
             self.metrics.model_call(usage)
+
+    @property
+    def where(self) -> str:
+        """The model and the provider's URL (no credentials), for messages."""
+        return f"model {self.model!r} at {public_url(self.client.base_url)}"
 
     def _mark_last(self, call: Call, outcome: UsageOutcome) -> None:
         """The last call returned 200 but its reply was not usable: say so in its usage."""
@@ -478,6 +567,123 @@ class Classifier:
             metadata=request.metadata,
             created_at=datetime.now(UTC),
             tiers=list(call.tiers),
+        )
+
+
+def fold_usage(usage: list[UsageEvent], event: UsageEvent, kept: int) -> None:
+    """Add one call's ``event`` to a message's ``usage``: appended, or folded.
+
+    The first ``kept`` failed calls (:data:`FAILED_OUTCOMES`) stay events of their own; a later
+    failure joins the one event after them with its outcome, model and batch size (created by
+    the first such failure, whose ``attempt`` and ``event_id`` it keeps): ``calls`` grows by
+    one, tokens, cost and latency are added. So a message carries at most ``kept`` plus one per
+    distinct kind of failure of failure events, and every sum over its usage is unchanged.
+    """
+    if event.outcome in FAILED_OUTCOMES:
+        failed = [i for i, u in enumerate(usage) if u.outcome in FAILED_OUTCOMES]
+        if len(failed) >= kept:
+            for i in failed[kept:]:
+                folded = usage[i]
+                if (folded.outcome, folded.model, folded.batch_size) == (
+                    event.outcome,
+                    event.model,
+                    event.batch_size,
+                ):
+                    usage[i] = _merged(folded, event)
+                    return
+    usage.append(event)
+
+
+def _merged(folded: UsageEvent, event: UsageEvent) -> UsageEvent:
+    cost = (
+        None
+        if folded.cost_usd is None or event.cost_usd is None
+        else folded.cost_usd + event.cost_usd
+    )
+    return folded.model_copy(
+        update={
+            "calls": folded.calls + event.calls,
+            "prompt_tokens": folded.prompt_tokens + event.prompt_tokens,
+            "completion_tokens": folded.completion_tokens + event.completion_tokens,
+            "cached_tokens": folded.cached_tokens + event.cached_tokens,
+            "cost_usd": cost,
+            "latency_ms": folded.latency_ms + event.latency_ms,
+            "estimated": folded.estimated or event.estimated,
+        }
+    )
+
+
+class PoisonWatch:
+    """One call's transient failures, counted towards poison only while others succeed.
+
+    A ``ProviderUnavailable`` failure counts when, right after it, the breaker is closed and
+    has recorded a success since this call's previous failure (or since the watch began); an
+    opening of the breaker since the previous failure resets the count.
+    """
+
+    def __init__(self, breaker: CircuitBreaker, limit: int) -> None:
+        self.breaker = breaker
+        self.limit = limit
+        self.count = 0
+        #: This call's last attempt was a half-open probe that failed.
+        self.probe_failed = False
+        self._successes = breaker.successes
+        self._openings = breaker.openings
+
+    def failed(self, error: ProviderUnavailable) -> PersistentFailure | None:
+        """Count ``error``; the dead letter's reason once the count reaches the limit."""
+        breaker = self.breaker
+        if breaker.openings != self._openings:
+            self.count = 0  # an outage began during the retries: start again
+            self._openings = breaker.openings
+        elif breaker.is_closed and breaker.successes > self._successes:
+            self.count += 1
+        self._successes = breaker.successes
+        if self.count < self.limit:
+            return None
+        return PersistentFailure(
+            f"{self.count} attempts failed with {error.kind} while other messages succeeded: "
+            f"treating this message as poison; last error: {error.message}"
+        )
+
+
+class RejectionWatch:
+    """The same 400 for many different messages, with no chat success between: misconfigured."""
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self._seen: dict[Signature, dict[tuple[str, int, int], None]] = {}
+
+    def success(self) -> None:
+        """A chat request was accepted: the rejections so far were about their messages."""
+        self._seen.clear()
+
+    def rejected(
+        self, error: PermanentError, source: Source, where: str
+    ) -> ProviderMisconfigured | None:
+        """Remember ``error`` for ``source``; the fatal error once the pattern is clear."""
+        signature = rejection_signature(error)
+        if signature is None:
+            return None
+        offsets = self._seen.pop(signature, {})
+        self._seen[signature] = offsets  # most recent last
+        offsets[(source.topic, source.partition, source.offset)] = None
+        while len(self._seen) > _SIGNATURES_KEPT:
+            del self._seen[next(iter(self._seen))]
+        if len(offsets) < self.repeats:
+            return None
+        earlier = [f"{t}/{p}@{o}" for t, p, o in list(offsets)[:-1]]
+        dead = (
+            f" The earlier ones went to the dead-letter topic ({', '.join(earlier)}): replay "
+            "them once the configuration is fixed."
+            if earlier
+            else ""
+        )
+        return ProviderMisconfigured(
+            f"the provider rejected {len(offsets)} different messages with the same error: "
+            f"{error.message} (code={signature.code}, param={signature.param}). This is a "
+            f"configuration problem (the model parameters sent to {where}: MODSTREAM_MAX_TOKENS, "
+            "MODSTREAM_TEMPERATURE, the policy's response format), not bad content." + dead
         )
 
 

@@ -3,6 +3,13 @@
 Every HTTP call to the provider (chat completions, moderations) goes through :func:`translate`
 on failure, so the retry layer, the circuit breaker and the dead-letter decision read one
 attribute (``retriable``) of our own error tree instead of openai's exception classes.
+
+A 404 is a misconfiguration (:class:`~consumer.errors.ProviderMisconfigured`, fatal): an unknown
+model (an Ollama model not pulled) or a wrong base URL, never a property of one message; its
+message names the model and the base URL (without credentials), never the API key. A 400 stays
+:class:`~consumer.errors.RequestRejected`; :func:`rejection_signature` gives what makes two 400s
+"the same error" (status, code, param, the provider's message text), so classify can tell a
+parameter the provider rejects for every message from one message's bad content.
 """
 
 from __future__ import annotations
@@ -10,13 +17,15 @@ from __future__ import annotations
 import email.utils
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from consumer.errors import (
     ModstreamError,
     ProviderAuthError,
+    ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
     RequestRejected,
@@ -55,8 +64,22 @@ def _seconds(value: str | None) -> float | None:
     return max(0.0, number) if math.isfinite(number) else None
 
 
-def translate(exc: Exception) -> ModstreamError:
-    """The one place where openai's (and the transport's) exceptions become ours."""
+def public_url(url: object) -> str:
+    """``url`` without user info, query or fragment: safe to show in a message."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def translate(
+    exc: Exception, *, model: str | None = None, base_url: object = None
+) -> ModstreamError:
+    """The one place where openai's (and the transport's) exceptions become ours.
+
+    ``model`` and ``base_url`` name what was called, for the message of a misconfiguration.
+    """
     if isinstance(exc, openai.APITimeoutError):
         return ProviderUnavailable("the model did not answer within the timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -73,8 +96,49 @@ def translate(exc: Exception) -> ModstreamError:
             )
         if status in (408, 409) or status >= 500:
             return ProviderUnavailable(detail, retry_after=wait)
+        if status == 404:
+            where = f"model {model!r}" if model else "the model"
+            if base_url is not None:
+                where += f" at {public_url(base_url)}"
+            return ProviderMisconfigured(
+                f"{detail}. The provider does not know {where}: check MODSTREAM_MODEL (an "
+                "Ollama model must be pulled first), the policy's first-tier model and "
+                "OPENAI_BASE_URL."
+            )
         return RequestRejected(detail)
     return ProviderUnavailable(f"unexpected error from the model client: {exc!r}")
+
+
+class Signature(NamedTuple):
+    """What makes two rejections "the same error": nothing content-specific is normalised."""
+
+    status: int
+    code: str | None
+    param: str | None
+    message: str
+
+
+#: 400 codes that are about the content itself, never a misconfiguration however often they
+#: repeat (a moderation stream is expected to carry content the provider's own filter flags).
+CONTENT_CODES = frozenset(
+    {"content_policy_violation", "content_filter", "invalid_prompt", "context_length_exceeded"}
+)
+
+
+def rejection_signature(error: BaseException) -> Signature | None:
+    """The signature of a 400 ``error`` (translated from openai's), or ``None``.
+
+    ``None`` also for a rejection about the content (:data:`CONTENT_CODES`).
+    """
+    cause = error.__cause__
+    if not isinstance(cause, openai.APIStatusError) or cause.status_code != 400:
+        return None
+    if cause.code in CONTENT_CODES:
+        return None
+    body = cause.body
+    text = body.get("message") if isinstance(body, dict) else None
+    message = text if isinstance(text, str) else cause.message
+    return Signature(cause.status_code, cause.code, cause.param, message)
 
 
 _OUTCOME_OF = {
@@ -82,6 +146,7 @@ _OUTCOME_OF = {
     ProviderUnavailable: UsageOutcome.PROVIDER_UNAVAILABLE,
     ProviderAuthError: UsageOutcome.AUTH,
     RequestRejected: UsageOutcome.REJECTED,
+    ProviderMisconfigured: UsageOutcome.REJECTED,
 }
 
 

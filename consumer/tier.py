@@ -10,6 +10,9 @@ inside the band, the policy decides on these scores and the chat model is never 
 A moderation call reports no tokens and costs nothing at OpenAI: its usage event says 0 tokens
 and 0.0 USD. Its ``x-ratelimit-*`` headers describe the moderations endpoint's own limits, not
 the chat model's, so they are not fed to the limiter's buckets.
+
+A 404 here (an unknown moderation model) is a misconfiguration, fatal like the chat model's;
+other rejections leave the decision to the chat model.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ async def send_moderation(
                 raise ValueError("the 200 reply is not a moderation result")
         except (openai.OpenAIError, ValueError) as exc:
             # ValueError: a 200 whose body is not a moderation result (a broken proxy).
-            error = translate(exc)
+            error = translate(exc, model=model, base_url=client.base_url)
             record(failed_outcome(error), started)
             raise error from exc
         record(UsageOutcome.OK, started)

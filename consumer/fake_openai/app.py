@@ -1,12 +1,14 @@
 """The aiohttp application: OpenAI-compatible endpoints with injected faults, and admin routes.
 
-Per API request: log and count it, check the key and the outage switch, roll the fault dice,
-admit it against the rate limits, wait the configured latency, then answer (or hang, or drop
-the connection).
+Per API request: log and count it, check the key and the outage switch, the model name (404
+for one the fake does not serve), an unsupported parameter and the poison marker (knobs), roll
+the fault dice, admit it against the rate limits, wait the configured latency, then answer (or
+hang, or drop the connection).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -58,6 +60,11 @@ class Endpoints:
             raise Fail.bad_request("'model' and non-empty 'messages' are required.")
         if body.get("stream"):
             raise Fail.bad_request("The fake does not support streaming.")
+        self.check_model(model)
+        config = state.config
+        if config.unsupported_param is not None and config.unsupported_param in body:
+            raise Fail.unsupported_parameter(config.unsupported_param)
+        self.check_poison(json.dumps(messages))
         context = context_for(last_user_text(messages))
         try:  # before any waiting: a bad schema is the caller's error, answered at once
             value = content_value(body.get("response_format"), context)
@@ -122,6 +129,17 @@ class Endpoints:
         )
         return data, used
 
+    def check_model(self, model: str) -> None:
+        """404 for a model the fake does not serve (unless ``strict_models`` is off)."""
+        if self.state.config.strict_models and model not in MODELS:
+            raise Fail.model_not_found(model)
+
+    def check_poison(self, text: str) -> None:
+        """500 for content holding the ``fail_when_contains`` marker."""
+        marker = self.state.config.fail_when_contains
+        if marker and marker in text:
+            raise Fail.server_error()
+
     async def moderations(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/moderations``: transport faults apply, reply faults do not."""
         state = self.state
@@ -131,6 +149,8 @@ class Endpoints:
                 texts = moderation_inputs(body.get("input"))
             except SchemaError as exc:
                 raise Fail.bad_request(str(exc)) from exc
+            self.check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL))
+            self.check_poison(json.dumps(texts))
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome
             await state.fault(request, outcome)

@@ -82,6 +82,15 @@ class FakeConfig(BaseSettings):
     """Share of chat replies stopped by the content filter."""
     outage: bool = False
     """When true every API request gets 503 (start and end an outage with PATCH)."""
+    fail_when_contains: str | None = None
+    """When set, every chat or moderation request whose content holds this marker gets 500
+    (a poison message: one message failing, transiently to all appearances, while others pass)."""
+    strict_models: bool = True
+    """Chat and moderation requests naming a model the fake does not serve get 404
+    ``model_not_found``, as a real server answers; false accepts any model name."""
+    unsupported_param: str | None = None
+    """When set (e.g. ``max_tokens``), chat requests carrying that parameter get 400
+    ``unsupported_parameter``, as OpenAI answers for parameters a model does not take."""
 
     api_key: str | None = None
     """When set, requests must carry ``Authorization: Bearer <api_key>`` or get 401."""

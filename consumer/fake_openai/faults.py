@@ -75,15 +75,36 @@ class Fail(Exception):  # a control-flow signal: "stop here and send this error"
         super().__init__(message)
         self.status, self.outcome, self.kind, self.code = status, outcome, kind, code
         self.headers = headers or {}
+        self.param: str | None = None
 
     def body(self) -> bytes:
         """The error JSON."""
-        return error_body(str(self), self.kind, self.code)
+        return error_body(str(self), self.kind, self.code, self.param)
 
     @classmethod
     def bad_request(cls, message: str, code: str | None = None) -> Fail:
         """400 invalid_request_error."""
         return cls(400, Outcome.BAD_REQUEST, message, "invalid_request_error", code=code)
+
+    @classmethod
+    def model_not_found(cls, model: str) -> Fail:
+        """404 model_not_found, in OpenAI's words."""
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        kind, code = "invalid_request_error", "model_not_found"
+        return cls(404, Outcome.NOT_FOUND, message, kind, code=code)
+
+    @classmethod
+    def unsupported_parameter(cls, param: str) -> Fail:
+        """400 unsupported_parameter, in OpenAI's words."""
+        message = (
+            f"Unsupported parameter: '{param}' is not supported with this model. Use "
+            "'max_completion_tokens' instead."
+            if param == "max_tokens"
+            else f"Unsupported parameter: '{param}' is not supported with this model."
+        )
+        fail = cls.bad_request(message, "unsupported_parameter")
+        fail.param = param
+        return fail
 
     @classmethod
     def unauthorized(cls) -> Fail:

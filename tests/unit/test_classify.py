@@ -32,6 +32,7 @@ from consumer.errors import (
     InvalidReply,
     ModstreamError,
     ProviderAuthError,
+    ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
     RequestRejected,
@@ -264,7 +265,7 @@ async def test_transient_is_retried_once_then_verdict(
     assert len(sleeps) == 1  # exactly one backoff
 
 
-@pytest.mark.parametrize("code", [400, 404, 422, 413])
+@pytest.mark.parametrize("code", [400, 422, 413])
 async def test_rejected_request_is_a_failure_never_retried(make: MakeClassifier, code: int) -> None:
     classifier, provider = make(status(code))
     result = await classifier.classify(admitted(), SOURCE)
@@ -534,7 +535,7 @@ TRANSLATIONS: list[tuple[Exception, type[ModstreamError], float | None]] = [
     (api_status(openai.APIStatusError, 408), ProviderUnavailable, None),
     (api_status(openai.ConflictError, 409), ProviderUnavailable, None),
     (api_status(openai.BadRequestError, 400), RequestRejected, None),
-    (api_status(openai.NotFoundError, 404), RequestRejected, None),
+    (api_status(openai.NotFoundError, 404), ProviderMisconfigured, None),
     (api_status(openai.UnprocessableEntityError, 422), RequestRejected, None),
     (api_status(openai.APIStatusError, 413), RequestRejected, None),
     (api_status(openai.AuthenticationError, 401), ProviderAuthError, None),
@@ -556,7 +557,7 @@ def test_translate(exc: Exception, kind: type[ModstreamError], retry_after: floa
     got = translate(exc)
     assert type(got) is kind
     assert got.retriable == (kind in (RateLimited, ProviderUnavailable))
-    assert got.fatal == (kind is ProviderAuthError)
+    assert got.fatal == (kind in (ProviderAuthError, ProviderMisconfigured))
     assert getattr(got, "retry_after", None) == retry_after
 
 

@@ -287,7 +287,7 @@ async def test_moderation_failures_count_towards_the_circuit(make: MakeTiered) -
 async def test_rejected_moderation_request_falls_back_to_the_chat_model(
     make: MakeTiered,
 ) -> None:
-    classifier, _, paths = make(status(404), ok(reply_text(hate=0.9)))
+    classifier, _, paths = make(status(400), ok(reply_text(hate=0.9)))
     result = await classifier.classify(admitted(), SOURCE)
     assert paths == ["/v1/moderations", "/v1/chat/completions"]
     assert result.verdict is not None
