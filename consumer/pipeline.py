@@ -158,7 +158,9 @@ class Pipeline:
                 raise self._fatal  # from a rebalance callback, which aiokafka would swallow
             self._room.clear()  # before reading the window: a completion after this wakes us
             room = self.settings.max_in_flight - self._occupied()
-            if self._intake_paused(not self.classifier.breaker.is_closed):
+            # Open circuit: no intake, except once a probe is due (even with nothing in flight,
+            # one fetched message becomes the probe).
+            if self._intake_paused(not self.classifier.breaker.admits_intake()):
                 room = 0  # provider down: stop intake, let lag grow, dead-letter nothing
             envelopes = await self.source.fetch(room)
             if room <= 0:
@@ -206,8 +208,10 @@ class Pipeline:
             self._paused_for_provider = paused
             if paused:
                 log.warning("intake paused: the model provider is down (circuit open)")
-            else:
+            elif self.classifier.breaker.is_closed:
                 log.warning("intake resumed: the model provider answers again")
+            else:
+                log.info("intake resumed for a probe: the next message tests the provider")
         return paused
 
     def _start(self, envelope: Envelope) -> None:
@@ -303,13 +307,13 @@ class Pipeline:
             result = await classify(admitted, envelope.source)
             if result.failure is not None:
                 await self._dead_letter(
-                    envelope, result.failure, "classify", len(result.usage), result.usage
+                    envelope, result.failure, "classify", result.attempts, result.usage
                 )
                 return
             try:
                 await self._publish(envelope, verdict=result.verdict, usage=result.usage)
             except PublishRejected as exc:
-                await self._dead_letter(envelope, exc, "publish", len(result.usage), result.usage)
+                await self._dead_letter(envelope, exc, "publish", result.attempts, result.usage)
                 return
             self.stats.verdicts += 1
             self.metrics.verdict()
