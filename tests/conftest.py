@@ -18,15 +18,12 @@ fails with a clear message.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
@@ -34,10 +31,9 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.kafka_script import run_kafka_sh
+from tests.kafka_script import RUN_DIR, NoFreeSlot, claim_slot, run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = ROOT / ".run"
 DEFAULT_PORT = 39092
 PORT_STEP = 10
 PORT_SLOTS = 5
@@ -62,40 +58,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(note)
 
 
-def _answers(port: int) -> bool:
-    """Something accepts TCP connections on localhost:port."""
-    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
 def _data_dir(port: int) -> Path:
     return RUN_DIR / ("kafka-test" if port == DEFAULT_PORT else f"kafka-test-{port}")
 
 
 def _claim_slot(port: int, *, may_move: bool) -> tuple[int, Path, IO[str]]:
     """Lock a (port, data dir) no other session uses; return it with the held lock file."""
-    RUN_DIR.mkdir(exist_ok=True)
-    tried = []
-    for slot in range(PORT_SLOTS if may_move else 1):
-        candidate = port + slot * PORT_STEP
-        data = _data_dir(candidate)
-        lock = (RUN_DIR / f"{data.name}.lock").open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            tried.append(f"{candidate} (another test session holds {data.name}.lock)")
-            continue
-        # Ours now. A broker a killed session left behind is stopped through its pid file.
-        run_kafka_sh("down", candidate, data)
-        if _answers(candidate) or _answers(candidate + 1):
-            lock.close()
-            tried.append(f"{candidate} (port or port+1 in use by another process)")
-            continue
-        return candidate, data, lock
-    hint = "" if may_move else "; unset MODSTREAM_TEST_KAFKA_PORT or choose another port"
-    raise pytest.UsageError("no free test broker slot: tried " + ", ".join(tried) + hint)
+    try:
+        return claim_slot(port, _data_dir, slots=PORT_SLOTS if may_move else 1, step=PORT_STEP)
+    except NoFreeSlot as exc:
+        hint = "" if may_move else "; unset MODSTREAM_TEST_KAFKA_PORT or choose another port"
+        raise pytest.UsageError(f"{exc}{hint}") from None
 
 
 @pytest.fixture(scope="session")

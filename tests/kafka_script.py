@@ -6,12 +6,18 @@ tests/integration/test_kafka_sasl.py and the benchmark broker (tests/benchmarks/
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = ROOT / ".run"
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 _PER_BROKER = frozenset(
     {
@@ -45,3 +51,50 @@ def run_kafka_sh(
         timeout=600,
         check=False,
     )
+
+
+class NoFreeSlot(RuntimeError):
+    """Every (port, data dir) slot tried is locked by another session or its port is taken."""
+
+
+def answers(port: int) -> bool:
+    """Something accepts TCP connections on localhost:port."""
+    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def claim_slot(
+    first_port: int,
+    data_dir: Callable[[int], Path],
+    *,
+    slots: int = 5,
+    step: int = 10,
+    ports: int = 2,
+) -> tuple[int, Path, IO[str]]:
+    """Lock a broker slot (port, data dir) no other session uses; return it and the held lock.
+
+    Slot ``i`` is ``first_port + i * step`` with ``data_dir(port)``; it is free when its lock
+    file in ``.run`` can be taken and none of its ``ports`` ports answers once a broker a
+    killed session left behind there is stopped (through its pid file). The caller keeps the
+    lock file open for as long as it uses the slot.
+    """
+    RUN_DIR.mkdir(exist_ok=True)
+    tried = []
+    for slot in range(slots):
+        port = first_port + slot * step
+        data = data_dir(port)
+        lock = (RUN_DIR / f"{data.name}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            tried.append(f"{port} (another test session holds {data.name}.lock)")
+            continue
+        run_kafka_sh("down", port, data)
+        if any(answers(p) for p in range(port, port + ports)):
+            lock.close()
+            tried.append(f"{port} (a port of {port}..{port + ports - 1} is in use)")
+            continue
+        return port, data, lock
+    raise NoFreeSlot("no free broker slot: tried " + ", ".join(tried))

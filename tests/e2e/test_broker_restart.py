@@ -24,12 +24,10 @@ same outage on an in-process aiokafka consumer: 1 before, 0 while the broker is 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -46,12 +44,11 @@ from consumer.metrics import Metrics, kafka_connected
 from tests.e2e.harness import Run, expected_offsets, outcomes_per_offset
 from tests.e2e.test_core import clean_values
 from tests.fake_server import fake_openai_server
-from tests.kafka_script import run_kafka_sh
+from tests.kafka_script import RUN_DIR, NoFreeSlot, claim_slot, run_kafka_sh
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_DIR = ROOT / ".run"
 #: Below the ephemeral port range, so no reconnecting client can take it (see the docstring).
 BASE_PORT = 29500
 OUTAGE_S = 15.0
@@ -82,37 +79,15 @@ class Broker:
         return next(line for line in meta.splitlines() if line.startswith("cluster.id="))
 
 
-def _answers(port: int) -> bool:
-    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Broker]:
     """A fresh broker of this module's own, on a port no client can steal."""
-    RUN_DIR.mkdir(exist_ok=True)
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert low > BASE_PORT + 50, "the restart broker's port must be below the ephemeral range"
-    tried = []
-    for slot in range(5):
-        port = BASE_PORT + 10 * slot
-        data = RUN_DIR / f"kafka-restart-{port}"
-        lock = (RUN_DIR / f"{data.name}.lock").open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            tried.append(f"{port} (locked by another session)")
-            continue
-        run_kafka_sh("down", port, data)  # one a killed session left behind
-        if _answers(port) or _answers(port + 1):
-            lock.close()
-            tried.append(f"{port} (in use)")
-            continue
-        break
-    else:
-        pytest.fail("no free slot for the restart broker: " + ", ".join(tried), pytrace=False)
+    try:
+        port, data, lock = claim_slot(BASE_PORT, lambda p: RUN_DIR / f"kafka-restart-{p}")
+    except NoFreeSlot as exc:
+        pytest.fail(f"restart broker: {exc}", pytrace=False)
     try:
         shutil.rmtree(data, ignore_errors=True)
         found = Broker(port, data)

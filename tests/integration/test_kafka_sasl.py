@@ -20,17 +20,14 @@ It listens on 39300 (PLAINTEXT, for set-up), 39301 (controller), 39302 (SASL_PLA
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +43,10 @@ from consumer.settings import Settings
 from tests.e2e.harness import Run
 from tests.e2e.scan import raw_bytes, secret_forms
 from tests.fake_server import fake_openai_server, free_port
-from tests.kafka_script import run_kafka_sh
+from tests.kafka_script import RUN_DIR, NoFreeSlot, claim_slot, run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[2]
 SASL_PROPS = ROOT / "deploy" / "kafka" / "sasl.properties"
-RUN_DIR = ROOT / ".run"
 BASE_PORT = 39300
 
 #: The PLAIN user is listed in sasl.properties; the SCRAM user is this module's own.
@@ -180,12 +176,6 @@ def _extra_props(data: Path, port: int) -> Path:
     return path
 
 
-def _answers(port: int) -> bool:
-    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
 def _kafka_sh(
     command: str, port: int, data: Path, extra: Path = SASL_PROPS
 ) -> subprocess.CompletedProcess[str]:
@@ -202,27 +192,14 @@ def _kafka_sh(
 @pytest.fixture(scope="module")
 def sasl_broker() -> Iterator[SaslBroker]:
     """A fresh broker with a SASL_PLAINTEXT listener, for this module only."""
-    RUN_DIR.mkdir(exist_ok=True)
-    tried = []
-    for slot in range(5):
-        port = BASE_PORT + 10 * slot
-        name = "kafka-sasl" if slot == 0 else f"kafka-sasl-{port}"
-        data = RUN_DIR / name
-        lock = (RUN_DIR / f"{name}.lock").open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            tried.append(f"{port} (locked by another session)")
-            continue
-        _kafka_sh("down", port, data)  # one a killed session left behind
-        if any(_answers(p) for p in range(port, port + 4)):
-            lock.close()
-            tried.append(f"{port} (port in use)")
-            continue
-        break
-    else:
-        pytest.fail("no free slot for the SASL broker: tried " + ", ".join(tried), pytrace=False)
+    try:
+        port, data, lock = claim_slot(
+            BASE_PORT,
+            lambda p: RUN_DIR / ("kafka-sasl" if p == BASE_PORT else f"kafka-sasl-{p}"),
+            ports=4,
+        )
+    except NoFreeSlot as exc:
+        pytest.fail(f"SASL broker: {exc}", pytrace=False)
     try:
         shutil.rmtree(data, ignore_errors=True)  # SCRAM users are created at format time
         _make_tls(data / "tls")
