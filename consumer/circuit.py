@@ -14,8 +14,11 @@ The probe always happens: the pipeline asks :meth:`CircuitBreaker.admits_intake`
 and no probe is running, so that even when every in-flight message was cancelled (a rebalance,
 say) new messages come in and one of them becomes the probe in :meth:`CircuitBreaker.admit`.
 A caller whose own probe just failed (``admit(defer=True)``) lets any other waiting caller
-probe first, so one poison message cannot take every probe and keep the circuit open while
-healthy messages wait behind it.
+probe first, and while only such callers wait it holds back for ``defer_grace_s`` after the
+probe is due, long enough for intake to bring in a fresh message to probe with: so poison
+messages (one, or several taking turns) cannot keep the circuit open by taking every probe
+while healthy messages wait behind them. In a real outage with nothing new to fetch, the
+deferred callers probe after that grace.
 
 Poison versus outage (see :meth:`consumer.classify.Classifier.with_retries`): the breaker counts
 every success (``successes``) and every opening (``openings``). A message's transient failure
@@ -55,8 +58,10 @@ class CircuitBreaker:
         max_reset_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[CircuitState], None] | None = None,
+        defer_grace_s: float = 2.0,
     ) -> None:
         self.failure_threshold = failure_threshold
+        self.defer_grace_s = defer_grace_s
         self.base_reset_s = reset_s
         self.max_reset_s = max_reset_s
         self._clock = clock
@@ -116,13 +121,24 @@ class CircuitBreaker:
                         await self._wait(remaining)
                         continue
                     self._set(CircuitState.HALF_OPEN)
-                if not self._probing and not (defer and self._eager > 0):
+                held_back = self._held_back_s() if defer else 0.0
+                if not self._probing and held_back <= 0:
                     self._probing = True
                     return True
-                await self._wait(self._reset_s)
+                await self._wait(held_back if held_back > 0 else self._reset_s)
         finally:
             if not defer:
                 self._eager -= 1
+
+    def _held_back_s(self) -> float:
+        """How long a deferring caller still waits before it may probe (0: it may now).
+
+        Until another caller probes, if one waits; else until ``defer_grace_s`` after the
+        probe fell due, which gives intake time to fetch a fresh message to probe with.
+        """
+        if self._eager > 0:
+            return self._reset_s
+        return max(0.0, self._open_until + self.defer_grace_s - self._clock())
 
     def end_probe(self) -> None:
         """The probe finished without a verdict on the provider (e.g. a 429): let another try."""

@@ -152,5 +152,28 @@ async def test_a_caller_whose_probe_failed_lets_another_probe_first() -> None:
 
 async def test_a_deferred_caller_probes_when_nobody_else_waits() -> None:
     breaker, clock = opened(reset_s=5.0)
-    clock.now += 5
+    clock.now += 5 + breaker.defer_grace_s
     assert await asyncio.wait_for(breaker.admit(defer=True), 1) is True
+
+
+async def test_deferred_callers_wait_a_grace_for_a_fresh_message_to_probe() -> None:
+    """Two poison messages taking turns cannot hold every probe: while only they wait, the
+    probe is held back for the grace, intake admits (a fresh message comes in), and the
+    fresh one probes; without any, a deferred one probes once the grace is over."""
+    breaker, clock = opened(reset_s=5.0)
+    first = asyncio.create_task(breaker.admit(defer=True))
+    second = asyncio.create_task(breaker.admit(defer=True))
+    clock.now += 5  # the probe is due, but only deferred callers wait
+    breaker.end_probe()  # wake them on the injected clock
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()
+    assert breaker.admits_intake()  # so the pipeline fetches a fresh message
+    fresh = asyncio.create_task(breaker.admit())
+    assert await asyncio.wait_for(fresh, 1) is True
+    breaker.failure()  # the fresh one failed too: an outage after all
+    clock.now += breaker.retry_in_s() + breaker.defer_grace_s
+    breaker.end_probe()
+    done, _ = await asyncio.wait([first, second], timeout=1, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and done.pop().result() is True  # one of them probes now
+    for task in (first, second):
+        task.cancel()
