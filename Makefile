@@ -5,6 +5,7 @@
 #   make test        install, lint, then unit + integration + e2e tests (starts its own broker)
 #   make demo        the pipeline end to end on a local broker (deploy/demo.sh)
 #   make bench       benchmarks (not part of `make test`)
+#   make mutation    mutmut over the core modules against their unit tests (not part of `make test`)
 #   make kafka-up    start the dev broker on localhost:9092 (kafka-down stops it)
 #   make schema      regenerate schemas/json from the event models
 #   make clean       remove caches and .run/ (keeps .venv, the jars, busy test brokers)
@@ -21,7 +22,7 @@ KAFKA_SH := deploy/kafka/kafka.sh
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test bench demo kafka-up kafka-down kafka-jars schema clean
+.PHONY: help install lint test bench mutation demo kafka-up kafka-down kafka-jars schema clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -59,6 +60,16 @@ bench: install
 	else \
 	  echo "no benchmarks yet (tests/benchmarks is empty)"; \
 	fi
+
+# mutmut is installed here only (not a dev extra): it is slow and not part of CI. It runs in a
+# scratch copy, .run/mutation, configured by tests/mutmut.cfg; `mutmut results` lists survivors.
+MUTMUT := $(abspath $(VENV))/bin/mutmut
+mutation: install
+	$(PY) -m pip install --quiet 'mutmut>=3.8,<4'
+	rm -rf .run/mutation && mkdir -p .run/mutation
+	git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t .run/mutation
+	cp tests/mutmut.cfg .run/mutation/setup.cfg
+	cd .run/mutation && $(MUTMUT) run --max-children 2 && $(MUTMUT) results
 
 demo: install
 	bash deploy/demo.sh

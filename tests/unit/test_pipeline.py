@@ -239,6 +239,7 @@ async def test_ordering_key_runs_one_key_in_offset_order_and_keys_concurrently()
     assert by_key == {b"a": [0, 2, 4], b"b": [1, 3]}
     a_started = [o for _, o in rig.classifier.started if keys[o] == b"a"]
     assert a_started == [0, 2, 4]
+    assert rig.pipeline._tails == {}  # finished chains are forgotten (bounded by the window)
 
 
 async def test_ordering_partition_runs_a_partition_one_at_a_time_partitions_concurrently() -> None:
@@ -253,6 +254,7 @@ async def test_ordering_partition_runs_a_partition_one_at_a_time_partitions_conc
         await eventually(lambda: len(rig.verdict_offsets(P0)) == 4, what="P0 done")
     assert rig.verdict_offsets(P0) == [0, 1, 2, 3]
     assert [o for p, o in rig.classifier.started if p == 0] == [0, 1, 2, 3]
+    assert rig.pipeline._tails == {}
 
 
 # ---- rebalances ----------------------------------------------------------------------------
@@ -477,6 +479,7 @@ async def test_a_verdict_kafka_refuses_for_good_becomes_a_publish_dead_letter(at
     assert dead["stage"] == "publish" and dead["error_class"] == "PublishRejected"
     assert "MessageSizeTooLargeError" in dead["error_message"]
     assert dead["source"]["offset"] == 1
+    assert dead["attempts"] == 1  # the one model call its verdict took
     assert base64.b64decode(dead["payload_b64"]) == rig.consumer._records[P0][1].value
     assert sorted(rig.verdict_offsets()) == [0, 2]
     assert rig.consumer.committed(P0) == 3
@@ -487,13 +490,15 @@ async def test_a_verdict_kafka_refuses_for_good_becomes_a_publish_dead_letter(at
 async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_limit() -> None:
     text = "x" * 60_000  # its dead letter carries the input, far over the DLQ's limit
     rig = make(limits={VERDICTS: 500, DLQ: 20_000}, dead_letter_max_bytes=20_000 - 2048)
-    rig.consumer.add(P0, 0, json.dumps({"id": "big", "text": text}).encode())
+    key = b"k" * 3000  # the key is sent with the dead letter: it counts against the limit
+    rig.consumer.add(P0, 0, json.dumps({"id": "big", "text": text}).encode(), key=key)
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
     assert rig.producer.sent and not rig.producer.on(VERDICTS, acked=False)  # refused before send
     [record] = rig.producer.on(DLQ)
     dead = record.json()
-    assert len(record.value) <= 20_000 - 2048
+    assert record.key == key
+    assert len(record.value) + len(key) <= 20_000 - 2048
     assert dead["stage"] == "publish" and dead["payload_truncated"] is True
     original = rig.consumer._records[P0][0].value
     assert original.startswith(base64.b64decode(dead["payload_b64"]))
@@ -516,6 +521,8 @@ async def test_a_retriable_produce_error_is_retried_with_a_warning_and_counted(e
     assert rig.metric("modstream_publish_retries_total", reason=error.__name__) == 1
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [e["event"] for e in warnings] == ["publishing outputs failed; retrying"]
+    assert error.__name__ in warnings[0]["error"] and warnings[0]["attempt"] == 1
+    assert 0 <= warnings[0]["retry_in_s"] <= 0.2
     assert rig.consumer.committed(P0) == 2
 
 
@@ -740,3 +747,30 @@ async def test_a_redelivered_assignment_of_a_tracked_partition_starts_afresh() -
         assert P0 not in rig.pipeline.tracker.partitions()
         await eventually(lambda: (0, 1) in rig.classifier.cancelled, what="its work cancelled")
         gate.set()
+
+
+async def test_redacted_dead_letters_carry_no_payload_and_reasons_are_counted() -> None:
+    rig = make(redact_dead_letters=True)
+    rig.consumer.add(P0, 0, b"secret one")
+    rig.consumer.add(P0, 1, b"secret two")
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
+    dead = [r.json() for r in rig.producer.on(DLQ)]
+    assert len(dead) == 2
+    assert all(d["payload_b64"] is None and d["payload_redacted"] for d in dead)
+    assert rig.pipeline.stats.dead_letter_reasons == {"decode": 2}
+    assert rig.metric("modstream_dead_letters_total", stage="decode", reason="decode") == 2
+
+
+async def test_revoke_logs_whether_the_partitions_drained() -> None:
+    rig = make(partitions=(P0, P1), shutdown_grace_s=0.1)
+    rig.consumer.fill(P0, range(2))
+    rig.consumer.fill(P1, range(2))
+    rig.classifier.block(1, 1)
+    async with running(rig):
+        await eventually(lambda: len(rig.producer.on(VERDICTS)) == 3, what="all but P1@1")
+        with capture_logs() as logs:
+            await rig.consumer.rebalance(revoke={P0})
+            await rig.consumer.rebalance(revoke={P1})
+    revoked = [e for e in logs if e["event"] == "partitions revoked"]
+    assert [(e["partitions"], e["drained"]) for e in revoked] == [(1, True), (1, False)]

@@ -511,6 +511,26 @@ def test_fit_property(case: dict[str, object]) -> None:
     assert head == value or limit - len(cut.model_dump_json().encode()) < 4 + 4
 
 
+def test_a_dead_letter_of_exactly_the_limit_is_unchanged() -> None:
+    whole = _dead(b"z" * 30_000, message="m" * 3000)
+    size = len(whole.model_dump_json().encode())
+    assert fit(whole, b"z" * 30_000, size) is whole  # (past the cheap estimate: serialized)
+    cut = fit(whole, b"z" * 30_000, size - 1)
+    assert cut.payload_truncated and len(cut.model_dump_json().encode()) <= size - 1
+
+
+def test_fit_cuts_the_payload_before_the_message_and_the_message_before_the_headers() -> None:
+    value = b"p" * 20_000
+    headers = (("h", b"v" * 300),)
+    whole = _dead(value, message="m" * 3000, headers=headers)
+    cut = fit(whole, value, 12_000)  # the payload's cut is enough
+    assert cut.payload_truncated and cut.error_message == "m" * 3000
+    assert cut.headers == whole.headers and not cut.headers_truncated
+    cut = fit(whole, value, 3000)  # the message is cut too; the header still fits
+    assert cut.error_message == "m" * 2000 and cut.headers == whole.headers
+    assert not cut.headers_truncated
+
+
 def test_fit_cuts_a_two_megabyte_payload_to_a_head_slice() -> None:
     value = random.Random(1).randbytes(2_000_000)
     dead = _dead(value, max_bytes=1_000_000 - 2 * RECORD_OVERHEAD_BYTES)
