@@ -116,6 +116,8 @@ def make(
         dead_letter_max_bytes=dead_letter_max_bytes,
     )
     consumer.listener = Rebalance(pipeline.on_revoked, pipeline.on_assigned)
+    # An empty poll waits this long for records: short, so a stop is noticed at once.
+    pipeline.source.fetch_timeout_ms = 20
     return Rig(settings, consumer, producer, txn, classifier, metrics, pipeline, asyncio.Event())
 
 

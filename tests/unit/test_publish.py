@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import random
+from datetime import timedelta
 
 import aiokafka.errors as kafka_errors
 import pytest
@@ -45,7 +46,7 @@ from consumer.publish import (
     fit,
 )
 from consumer.source import Envelope
-from schemas import DeadLetter, ModerationRequest
+from schemas import DeadLetter, ModerationRequest, make_event_id
 from tests.unit.kafka_fakes import FakeProducer, eventually, usage_for, verdict_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -184,7 +185,7 @@ async def test_publish_translates_kafka_errors(
     with pytest.raises(ours) as info:
         await Publisher(producer, TOPICS).publish([out("verdicts")])  # type: ignore[arg-type]
     assert info.value.__cause__ is error
-    assert "an output" in info.value.message
+    assert info.value.message.startswith(f"Kafka refused an output: {type(error).__name__}")
 
 
 # ---- Outbox --------------------------------------------------------------------------------
@@ -242,6 +243,8 @@ async def test_a_failed_transaction_keeps_its_outputs_and_raises_ours(
         await outbox.commit({TP: 1})
     assert info.value.__cause__ is error
     assert len(outbox) == 1  # kept for the next transaction
+    if ours is not ProducerFencedError:
+        assert info.value.message.startswith(f"Kafka refused a transaction: {type(error).__name__}")
     if isinstance(error, MessageSizeTooLargeError):
         assert "exactly-once cannot skip one record" in info.value.message
         assert info.value.fatal
@@ -260,7 +263,31 @@ async def test_a_producer_in_a_fatal_state_cannot_begin_a_transaction() -> None:
     with pytest.raises(ProducerFencedError) as info:
         await outbox.commit({TP: 1})
     assert isinstance(info.value.__cause__, AssertionError)
+    assert "while committing a transaction (Invalid state transition" in info.value.message
     assert len(outbox) == 1
+
+
+async def test_outbox_commits_offsets_of_a_partition_with_nothing_staged() -> None:
+    producer = FakeProducer()
+    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    await outbox.commit({TP: 5})  # e.g. the start position, before anything finished
+    [txn] = producer.transactions
+    assert txn.outcome == "committed" and txn.records == [] and txn.offsets == {TP: 5}
+
+
+async def test_outbox_sends_each_record_with_its_key_and_headers() -> None:
+    producer = FakeProducer()
+    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    record = OutRecord("verdicts", b"key-1", b"{}", [("modstream-event-id", b"e1")])
+    outbox.stage(TP, 0, [record])
+    await outbox.commit({TP: 1})
+    [sent] = producer.transactions[0].records
+    assert (sent.topic, sent.key, sent.value, sent.headers) == (
+        "verdicts",
+        b"key-1",
+        b"{}",
+        [("modstream-event-id", b"e1")],
+    )
 
 
 async def test_an_error_that_leaves_the_transaction_state_fatal_is_a_fenced_producer() -> None:
@@ -280,6 +307,7 @@ async def test_an_error_that_leaves_the_transaction_state_fatal_is_a_fenced_prod
     with pytest.raises(ProducerFencedError) as info:
         await task
     assert isinstance(info.value.__cause__, KafkaTimeoutError)
+    assert "failed for good while committing a transaction;" in info.value.message
     assert len(outbox) == 1
 
 
@@ -418,6 +446,14 @@ def test_dead_letter_carries_the_input_and_the_reason() -> None:
     assert dead.source.offset == 7
 
 
+def test_dead_letter_defaults_and_identity() -> None:
+    env = envelope()
+    dead = dead_letter(env, DecodeError("bad"), stage="decode", policy_version="p1")
+    assert dead.attempts == 0 and dead.payload_b64 is not None and not dead.payload_redacted
+    assert dead.event_id == make_event_id(env.source, "p1", "dead_letter")  # de-duplication
+    assert dead.created_at.utcoffset() == timedelta(0)
+
+
 def test_a_redacted_dead_letter_has_no_payload_and_no_reply() -> None:
     dead = _dead(b"secret", reply="the reply", redact=True)
     assert dead.payload_b64 is None and dead.reply is None and dead.payload_redacted
@@ -529,6 +565,25 @@ def test_fit_cuts_the_payload_before_the_message_and_the_message_before_the_head
     cut = fit(whole, value, 3000)  # the message is cut too; the header still fits
     assert cut.error_message == "m" * 2000 and cut.headers == whole.headers
     assert not cut.headers_truncated
+
+
+def test_fit_shrinks_only_as_far_as_needed_at_each_step() -> None:
+    value = b"z" * 10_000
+    whole = _dead(value, message="m" * 3000, headers=(("h", b"v" * 100),))
+    no_payload = whole.model_copy(update={"payload_b64": "", "payload_truncated": True})
+    limit = len(no_payload.model_dump_json().encode())  # exactly the skeleton: room 0
+    cut = fit(whole, value, limit)
+    assert cut.error_message == "m" * 3000 and cut.payload_b64 == ""  # the message fits whole
+    assert cut.headers == whole.headers
+    short = no_payload.model_copy(update={"error_message": "m" * 2000})
+    limit = len(short.model_dump_json().encode())
+    cut = fit(whole, value, limit)
+    assert cut.error_message == "m" * 2000 and not cut.headers_truncated  # headers fit whole
+
+
+def test_fit_keeps_the_first_256_characters_of_a_header_key() -> None:
+    dead = _dead(b"p" * 50_000, headers=(("k" * 300, b"v" * 20_000),), max_bytes=8192)
+    assert dead.headers_truncated and dead.headers[0].key == "k" * 256
 
 
 def test_fit_cuts_a_two_megabyte_payload_to_a_head_slice() -> None:
