@@ -164,9 +164,9 @@ async def test_window_stops_fetching_at_max_in_flight_held_records_and_resumes()
     rig.consumer.on_poll.append(lambda _: held_at_poll.append(rig.pipeline.tracker.held()))
     async with running(rig):
         # 1..3 finish behind the stuck head: they are still held (not releasable).
-        await eventually(lambda: sorted(rig.verdict_offsets()) == [1, 2, 3], what="1..3 done")
+        await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="1..3 done")
+        assert sorted(rig.verdict_offsets()) == [1, 2, 3]
         assert rig.pipeline.tracker.held() == 4
-        assert rig.pipeline.tracker.in_flight() == 1
         polls = len(rig.consumer.polls)
         await eventually(
             lambda: any(P0 in paused for _, paused, _ in rig.consumer.polls[polls:]),
@@ -290,7 +290,7 @@ async def test_revoke_after_the_grace_period_commits_what_is_done_and_cancels_th
     rig.consumer.fill(P1, range(2))
     rig.classifier.block(0, 2)  # never finishes
     async with running(rig) as task:
-        await eventually(lambda: len(rig.producer.on(VERDICTS)) == 5, what="all but P0@2")
+        await eventually(lambda: rig.pipeline.stats.verdicts == 5, what="all but P0@2")
         await rig.consumer.rebalance(revoke={P0})
         assert rig.consumer.ok_commits() == [{P0: 2}]
         assert (0, 2) in rig.classifier.cancelled
@@ -342,7 +342,9 @@ async def test_commits_only_assigned_partitions() -> None:
     rig.consumer.fill(P0, range(3))
     rig.consumer.fill(P1, range(2))
     async with running(rig):
-        await eventually(lambda: len(rig.producer.on(VERDICTS)) == 5, what="all done")
+        await eventually(
+            lambda: rig.pipeline.tracker.committable() == {P0: 3, P1: 2}, what="all done"
+        )
         rig.consumer.unassign(P1)  # mid-rebalance: gone before any callback ran
         await rig.pipeline.commit()
         assert rig.consumer.ok_commits() == [{P0: 3}]
@@ -441,19 +443,18 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
     # The first run of offset 5 cannot be cancelled; its redelivery blocks too, separately.
     rig.classifier.on(0, 5, Behaviour(gate=old_gate, uncancellable=True), Behaviour(gate=new_gate))
     async with running(rig) as task:
-        await eventually(lambda: len(rig.verdict_offsets()) == 9, what="all but 5")
+        await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         await rig.pipeline.commit()
         assert rig.consumer.ok_commits() == [{P0: 5}]
         with capture_logs() as logs:
             rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
             await eventually(lambda: rig.classifier.calls[(0, 5)] == 2, what="5 redone")
-            await eventually(lambda: len(rig.verdict_offsets()) == 15, what="3,4,6..9 redone")
+            await eventually(lambda: rig.pipeline.stats.verdicts == 15, what="3,4,6..9 redone")
         [warning] = [e for e in logs if e["log_level"] == "warning"]
         assert "offsets went backwards" in warning["event"]
         assert warning["offset"] == 3 and warning["tracked_up_to"] == 5
         assert rig.metric("modstream_partition_resets_total") == 1
         assert rig.pipeline.tracker.commit_point(P0) == 5
-        await eventually(lambda: rig.pipeline.stats.verdicts == 15, what="redone counted")
         old_gate.set()  # the old, uncancellable work completes late
         await eventually(lambda: rig.pipeline.stats.verdicts == 16, what="old done")
         assert rig.pipeline.tracker.in_flight(P0) == 1  # the new 5 is still in flight
