@@ -244,6 +244,24 @@ async def test_ordering_key_runs_one_key_in_offset_order_and_keys_concurrently()
     assert rig.pipeline._tails == {}  # finished chains are forgotten (bounded by the window)
 
 
+async def test_a_key_arriving_while_its_chain_runs_waits_for_it() -> None:
+    rig = make(ordering="key")
+    rig.consumer.add(P0, 0, key=b"a")
+    rig.consumer.add(P0, 1, key=b"a")
+    first = rig.classifier.block(0, 0)
+    second = rig.classifier.block(0, 1)
+    async with running(rig):
+        await eventually(lambda: rig.classifier.started == [(0, 0)], what="0 runs")
+        first.set()
+        await eventually(lambda: (0, 1) in rig.classifier.started, what="1 runs")
+        rig.consumer.add(P0, 2, key=b"a")  # same key, fetched while 1 still runs
+        rig.consumer.add(P0, 3, key=b"b")
+        await eventually(lambda: rig.verdict_offsets() == [0, 3], what="b done")
+        assert (0, 2) not in rig.classifier.started
+        second.set()
+        await eventually(lambda: rig.verdict_offsets() == [0, 3, 1, 2], what="all in order")
+
+
 async def test_ordering_partition_runs_a_partition_one_at_a_time_partitions_concurrently() -> None:
     rig = make(ordering="partition", partitions=(P0, P1))
     rig.consumer.fill(P0, range(4), key=b"x")
@@ -686,6 +704,7 @@ async def test_a_message_in_flight_too_long_is_logged_once() -> None:
     assert len(stuck) == 1
     assert stuck[0]["offset"] == 0 and stuck[0]["partition"] == 0
     assert stuck[0]["log_level"] == "warning" and stuck[0]["in_flight_s"] >= 0.05
+    assert stuck[0]["topic"] == TOPIC and stuck[0]["stuck_after_s"] == 0.05
 
 
 async def test_undecodable_and_unclassifiable_inputs_become_dead_letters_of_their_stage() -> None:
@@ -694,8 +713,15 @@ async def test_undecodable_and_unclassifiable_inputs_become_dead_letters_of_thei
     rig.consumer.add(P0, 1)
     rig.classifier.on(0, 1, Behaviour(failure=InvalidReply("still invalid", reply="{")))
     rig.consumer.add(P0, 2)
-    async with running(rig):
-        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 3, what="done")
+    with capture_logs() as logs:
+        async with running(rig):
+            await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 3, what="done")
+    logged = [e for e in logs if e["event"] == "dead letter"]
+    assert [(e["stage"], e["reason"]) for e in logged] == [
+        ("decode", "decode"),
+        ("classify", "invalid_reply"),
+    ]
+    assert logged[1]["detail"] == "still invalid" and logged[1]["payload_truncated"] is None
     dead = {r.json()["source"]["offset"]: r.json() for r in rig.producer.on(DLQ)}
     assert dead[0]["stage"] == "decode" and dead[0]["attempts"] == 0
     assert dead[1]["stage"] == "classify" and dead[1]["error_class"] == "InvalidReply"
@@ -762,6 +788,7 @@ async def test_redacted_dead_letters_carry_no_payload_and_reasons_are_counted() 
     assert len(dead) == 2
     assert all(d["payload_b64"] is None and d["payload_redacted"] for d in dead)
     assert rig.pipeline.stats.dead_letter_reasons == {"decode": 2}
+    assert rig.pipeline.stats.dead_letters == 2
     assert rig.metric("modstream_dead_letters_total", stage="decode", reason="decode") == 2
 
 
