@@ -543,7 +543,7 @@ async def test_a_retriable_produce_error_is_retried_with_a_warning_and_counted(e
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [e["event"] for e in warnings] == ["publishing outputs failed; retrying"]
     assert error.__name__ in warnings[0]["error"] and warnings[0]["attempt"] == 1
-    assert 0 <= warnings[0]["retry_in_s"] <= 0.2
+    assert 0 <= warnings[0]["retry_in_s"] <= 0.4
     assert rig.consumer.committed(P0) == 2
 
 
@@ -804,3 +804,45 @@ async def test_revoke_logs_whether_the_partitions_drained() -> None:
             await rig.consumer.rebalance(revoke={P1})
     revoked = [e for e in logs if e["event"] == "partitions revoked"]
     assert [(e["partitions"], e["drained"]) for e in revoked] == [(1, True), (1, False)]
+
+
+async def test_exit_when_idle_waits_out_the_idle_time() -> None:
+    rig = make()
+    rig.consumer.fill(P0, range(2))
+    await rig.pipeline.on_assigned({P0})
+    task = asyncio.create_task(rig.pipeline.run(rig.stop, exit_when_idle=30.0))
+    try:
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
+        polls = len(rig.consumer.polls)
+        await eventually(lambda: len(rig.consumer.polls) >= polls + 3, what="idle polls")
+        assert not task.done()  # idle for less than 30 s: still running
+    finally:
+        rig.stop.set()
+        async with asyncio.timeout(5):
+            await asyncio.wait([task])
+    assert task.exception() is None
+
+
+async def test_stop_waits_for_in_flight_work_only_for_the_grace_period() -> None:
+    rig = make(shutdown_grace_s=0.2)
+    rig.consumer.fill(P0, range(3))
+    rig.classifier.block(0, 1)  # never finishes
+    with capture_logs() as logs:
+        async with running(rig) as task:
+            await eventually(lambda: rig.pipeline.stats.verdicts == 2, what="0 and 2 done")
+        assert task.done() and task.exception() is None
+    assert (0, 1) in rig.classifier.cancelled
+    assert rig.consumer.committed(P0) == 1  # up to the unfinished one: it is redelivered
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["event"] == "grace period over; unfinished work will be redelivered"
+    assert warning["grace_s"] == 0.2
+
+
+async def test_a_batcher_classifies_instead_of_the_classifier_when_configured() -> None:
+    rig = make()
+    batched = FakeClassifier()  # stands in for consumer.batch.Batcher (same classify())
+    rig.pipeline.batcher = batched  # type: ignore[assignment]
+    rig.consumer.fill(P0, range(2))
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
+    assert batched.started == [(0, 0), (0, 1)] and rig.classifier.started == []
