@@ -89,6 +89,7 @@ def make(
     exactly_once: bool = False,
     limits: dict[str, int] | None = None,
     dead_letter_max_bytes: int | None = None,
+    batcher: FakeClassifier | None = None,
     **overrides: Any,
 ) -> Rig:
     config: dict[str, Any] = {
@@ -114,6 +115,7 @@ def make(
         metrics=metrics,
         outbox=Outbox(txn, settings.group_id) if exactly_once else None,  # type: ignore[arg-type]
         dead_letter_max_bytes=dead_letter_max_bytes,
+        batcher=batcher,  # type: ignore[arg-type]
     )
     consumer.listener = Rebalance(pipeline.on_revoked, pipeline.on_assigned)
     # An empty poll waits this long for records: short, so a stop is noticed at once.
@@ -839,9 +841,8 @@ async def test_stop_waits_for_in_flight_work_only_for_the_grace_period() -> None
 
 
 async def test_a_batcher_classifies_instead_of_the_classifier_when_configured() -> None:
-    rig = make()
     batched = FakeClassifier()  # stands in for consumer.batch.Batcher (same classify())
-    rig.pipeline.batcher = batched  # type: ignore[assignment]
+    rig = make(batcher=batched)
     rig.consumer.fill(P0, range(2))
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
