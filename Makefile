@@ -6,6 +6,7 @@
 #   make demo        the pipeline end to end on a local broker (deploy/demo.sh)
 #   make bench       benchmarks (not part of `make test`)
 #   make soak        the SIGKILL, rebalance and exactly-once e2e tests 5x each (SOAK_RUNS=N), a summary
+#   make mutation    mutmut over the core modules against their unit tests (not part of `make test`)
 #   make kafka-up    start the dev broker on localhost:9092 (kafka-down stops it)
 #   make schema      regenerate schemas/json from the event models
 #   make clean       remove caches and .run/ (keeps .venv, the jars, busy test brokers)
@@ -22,7 +23,7 @@ KAFKA_SH := deploy/kafka/kafka.sh
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test soak bench demo kafka-up kafka-down kafka-jars schema clean
+.PHONY: help install lint test soak bench mutation demo kafka-up kafka-down kafka-jars schema clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -91,6 +92,16 @@ bench: install
 	else \
 	  echo "no benchmarks yet (tests/benchmarks is empty)"; \
 	fi
+
+# mutmut is installed here only (not a dev extra): it is slow and not part of CI. It runs in a
+# scratch copy, .run/mutation, configured by tests/mutmut.cfg; `mutmut results` lists survivors.
+MUTMUT := $(abspath $(VENV))/bin/mutmut
+mutation: install
+	$(PY) -m pip install --quiet 'mutmut>=3.8,<4'
+	rm -rf .run/mutation && mkdir -p .run/mutation
+	git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t .run/mutation
+	cp tests/mutmut.cfg .run/mutation/setup.cfg
+	cd .run/mutation && $(MUTMUT) run --max-children 2 && $(MUTMUT) results
 
 demo: install
 	bash deploy/demo.sh
