@@ -53,8 +53,10 @@ for, so event ids stay deterministic; :attr:`Classified.attempts` is the number 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -121,6 +123,10 @@ T = TypeVar("T")
 
 #: The longest server-requested wait we honour before retrying anyway.
 _RETRY_AFTER_CAP_S = 60.0
+
+#: The witness call's content (see ``Classifier._witness``) and how often it may be made.
+_WITNESS_TEXT = "ok"
+_WITNESS_INTERVAL_S = 1.0
 
 #: A 200 with no choices: recorded as such, then retried like any transient failure.
 _NO_CHOICES = UsageOutcome.PROVIDER_UNAVAILABLE
@@ -231,6 +237,10 @@ class Classifier:
         self.usage_failures_kept = usage_failures_kept
         self.rejections = RejectionWatch(misconfig_repeats)
         self._jitter = wait_random_exponential(multiplier=0.25, max=max_backoff_s)
+        #: At most one witness call this often (see :meth:`_witness`).
+        self.witness_interval_s = _WITNESS_INTERVAL_S
+        self._witness_lock = asyncio.Lock()
+        self._witnessed_at = -math.inf
 
     async def classify(self, admitted: Admitted, source: Source) -> Classified:
         """Run the conversation to a verdict or a permanent failure; transient errors retry.
@@ -375,8 +385,58 @@ class Classifier:
                     if poison is not None:
                         log.warning("treating the message as poison", error=poison.message)
                         raise poison from exc
+                    if watch.needs_witness():
+                        await self._witness()
                     raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _witness(self) -> None:
+        """Ask the provider one tiny, harmless question, to tell poison from an outage.
+
+        A message failing while nothing else got an answer since its last failure proves
+        nothing: it may be poison, or the provider may be down. With no other traffic (a quiet
+        stream, or a window filled by the records held behind this very message) no answer
+        would ever come, so the message could never be called poison and would stall its
+        partition for good. This call is the other traffic: an answer counts as a success of
+        the breaker (the message's next failure then counts towards poison), a failure as one
+        more failure (towards opening the circuit). One at a time, at most once a second
+        whoever asks; only while the circuit is closed. Its usage goes to the metrics.
+        """
+        if not self.breaker.is_closed or self._witness_lock.locked():
+            return
+        async with self._witness_lock:
+            if time.monotonic() - self._witnessed_at < self.witness_interval_s:
+                return
+            self._witnessed_at = time.monotonic()
+            try:
+                await self._attempt(self._witness_call, PoisonWatch(self.breaker, 1))
+            except ModstreamError as exc:  # the breaker has counted it; nothing else to do
+                log.debug("witness call failed", kind=exc.kind)
+
+    async def _witness_call(self) -> ChatCompletion:
+        """The witness request (see :meth:`_witness`); its usage goes to the metrics only."""
+        messages = self.builder.messages(_WITNESS_TEXT, None)
+        estimate = self.overhead_tokens + self.max_tokens + 8
+        request = ChatRequest(messages, self.max_tokens, self.policy.response_format, estimate)
+
+        def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
+            self.metrics.model_call(
+                UsageEvent(
+                    event_id="witness",
+                    source=Source(topic="", partition=0, offset=0),
+                    content_id=None,
+                    model=self.model,
+                    attempt=1,
+                    outcome=outcome,
+                    prompt_tokens=tokens.prompt,
+                    completion_tokens=tokens.completion,
+                    cost_usd=self.prices.cost(self.model, tokens.prompt, tokens.completion, 0),
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+        return await self.send_chat(request, record)
 
     def _wait(self, state: RetryCallState) -> float:
         """Full-jitter exponential backoff, but never sooner than the server asked."""
@@ -399,8 +459,24 @@ class Classifier:
 
     async def _attempt(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
         """One HTTP call, gated by the circuit breaker (``send`` takes the limiter slot)."""
-        probe = await self.breaker.admit(defer=watch.probe_failed)
+        deferred = watch.probe_failed
+        probe = await self.breaker.admit(defer=deferred)
         watch.probe_failed = False
+        if probe and deferred:
+            # Nothing fresh came in to probe with (a quiet stream, or a window full of the
+            # records held behind this one): probe with the witness call instead, so this
+            # message's own failures cannot keep the circuit open for good.
+            try:
+                await self._witness_call()
+            except ProviderUnavailable:
+                self.breaker.failure()
+                watch.probe_failed = True
+                raise
+            except ModstreamError:
+                self.breaker.end_probe()
+                raise
+            self.breaker.success()  # closed again: this message's call goes as any other
+            probe = False
         try:
             completion = await send()
         except ProviderUnavailable:
@@ -629,15 +705,30 @@ class PoisonWatch:
         self.probe_failed = False
         self._successes = breaker.successes
         self._openings = breaker.openings
+        #: Failures in a row that could not count (nobody else got an answer between them).
+        self.uncounted = 0
+        #: No other traffic answers: witness calls tell poison from an outage.
+        self.alone = False
+
+    def needs_witness(self) -> bool:
+        """As many failures in a row as make poison, yet none could count: nothing else got an
+        answer between them, with the circuit closed. Only other traffic (or a witness call)
+        can tell poison from an outage now."""
+        if self.breaker.is_closed and (self.alone or self.uncounted >= self.limit):
+            self.alone = True  # from now on, a witness after every failure
+            return True
+        return False
 
     def failed(self, error: ProviderUnavailable) -> PersistentFailure | None:
         """Count ``error``; the dead letter's reason once the count reaches the limit."""
         breaker = self.breaker
+        self.uncounted += 1
         if breaker.openings != self._openings:
             self.count = 0  # an outage began during the retries: start again
             self._openings = breaker.openings
         elif breaker.is_closed and breaker.successes > self._successes:
             self.count += 1
+            self.uncounted = 0
         self._successes = breaker.successes
         if self.count < self.limit:
             return None

@@ -141,6 +141,42 @@ async def test_a_message_failing_alone_is_dead_lettered_after_poison_attempts(
     assert {u.outcome for u in result.usage} == {UsageOutcome.PROVIDER_UNAVAILABLE}
 
 
+async def test_a_poison_message_with_no_other_traffic_is_told_apart_by_witness_calls(
+    make: Make,
+) -> None:
+    """The window full of records held behind the poison message: it is the only call. After
+    poison_attempts failures that could not count, witness calls (a harmless "ok") show the
+    provider answers, so its failures count and it ends as a dead letter instead of stalling
+    its partition for good."""
+    classifier, provider = make(poison_attempts=3)
+    classifier.witness_interval_s = 0.0
+    witness = BUILDER.messages("ok", None)[-1]["content"]
+    witnesses = 0
+
+    def route(request: httpx2.Request, body: dict[str, Any]) -> httpx2.Response:
+        nonlocal witnesses
+        if user_text(body) == witness:
+            witnesses += 1
+            return ok(reply_text())
+        return status(500)
+
+    provider.route = route
+    result = await classifier.classify(admitted(), Source(topic="in", partition=0, offset=1))
+    assert isinstance(result.failure, PersistentFailure)
+    assert witnesses == 3  # one before each counted failure
+    assert result.attempts == len(provider.paths) - witnesses == 3 + 3  # 3 uncounted, 3 counted
+    assert classifier.breaker.is_closed
+
+
+async def test_witness_calls_that_fail_too_mean_an_outage_not_poison(make: Make) -> None:
+    classifier, provider = make(poison_attempts=3, breaker=CircuitBreaker(failure_threshold=1000))
+    classifier.witness_interval_s = 0.0
+    answers = [status(503)] * 30 + [ok(reply_text())] * 5
+    provider.route = lambda request, body: answers[min(len(provider.paths), len(answers)) - 1]
+    result = await classifier.classify(admitted(), Source(topic="in", partition=0, offset=1))
+    assert result.failure is None and result.verdict is not None  # never dead-lettered
+
+
 async def test_failures_with_no_success_elsewhere_never_count(make: Make) -> None:
     """An outage that has not opened the circuit yet (threshold not reached): nothing counts."""
     classifier, provider = make(poison_attempts=3, breaker=CircuitBreaker(failure_threshold=1000))
@@ -368,10 +404,13 @@ async def test_a_long_429_storm_folds_into_one_event(make: Make) -> None:
         (UsageOutcome.RATE_LIMITED, 1, 2),
         (UsageOutcome.RATE_LIMITED, 1, 3),
         (UsageOutcome.RATE_LIMITED, 197, 4),
-        (UsageOutcome.PROVIDER_UNAVAILABLE, 10, 201),
-        (UsageOutcome.OK, 1, 211),
+        (UsageOutcome.PROVIDER_UNAVAILABLE, 9, 201),
+        (UsageOutcome.OK, 1, 210),
     ]
-    assert result.attempts == 211 == len(provider.paths)
+    # After poison_attempts (8) failures that could not count (nothing else answered), one
+    # witness call asks whether the provider is up (it got one of the scripted 500s): it is the
+    # provider's, not this message's, so it is not in the message's usage.
+    assert result.attempts == 210 == len(provider.paths) - 1
     ids = [u.event_id for u in result.usage]
     assert ids == [
         make_event_id(result.usage[0].source, POLICY.version, "usage", u.attempt)
