@@ -38,6 +38,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+#: Different callers whose failures in a row it takes to open the circuit (see ``failure``).
+DISTINCT_CALLERS_TO_OPEN = 3
+
 
 class CircuitState(StrEnum):
     """Where the breaker is."""
@@ -68,6 +71,7 @@ class CircuitBreaker:
         self._on_change = on_change
         self.state = CircuitState.CLOSED
         self._failures = 0
+        self._failing: set[int] = set()  # who failed in the current run of failures
         self._reset_s = reset_s
         self._open_until = 0.0
         self._probing = False
@@ -148,20 +152,32 @@ class CircuitBreaker:
     def success(self) -> None:
         """A call reached the provider and got an answer."""
         self._failures = 0
+        self._failing.clear()
         self._probing = False
         self.successes += 1
         if self.state is not CircuitState.CLOSED:
             self._reset_s = self.base_reset_s
             self._set(CircuitState.CLOSED)
 
-    def failure(self) -> None:
-        """A call failed with ProviderUnavailable."""
+    def failure(self, caller: object | None = None) -> None:
+        """A call failed with ProviderUnavailable; ``caller`` says whose (one message's calls).
+
+        From closed, the circuit opens only when the run of failures comes from at least
+        :data:`DISTINCT_CALLERS_TO_OPEN` different callers: a message or two failing again and
+        again (poison) must not stop intake, an outage fails everyone. ``None``: a caller of
+        its own.
+        """
         self._failures += 1
+        self._failing.add(id(caller) if caller is not None else -self._failures)
         if self.state is CircuitState.HALF_OPEN:
             self._probing = False
             self._reset_s = min(self._reset_s * 2, self.max_reset_s)
             self._open()
-        elif self.state is CircuitState.CLOSED and self._failures >= self.failure_threshold:
+        elif (
+            self.state is CircuitState.CLOSED
+            and self._failures >= self.failure_threshold
+            and len(self._failing) >= min(DISTINCT_CALLERS_TO_OPEN, self.failure_threshold)
+        ):
             self._open()
 
     def _open(self) -> None:

@@ -469,7 +469,7 @@ class Classifier:
             try:
                 await self._witness_call()
             except ProviderUnavailable:
-                self.breaker.failure()
+                self.breaker.failure(self._witness_lock)  # the witness is a caller of its own
                 watch.probe_failed = True
                 raise
             except ModstreamError:
@@ -480,7 +480,7 @@ class Classifier:
         try:
             completion = await send()
         except ProviderUnavailable:
-            self.breaker.failure()
+            self.breaker.failure(watch)
             watch.probe_failed = probe  # next time, let another message probe first
             raise
         finally:

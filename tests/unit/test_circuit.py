@@ -177,3 +177,27 @@ async def test_deferred_callers_wait_a_grace_for_a_fresh_message_to_probe() -> N
     assert len(done) == 1 and done.pop().result() is True  # one of them probes now
     for task in (first, second):
         task.cancel()
+
+
+def test_one_or_two_callers_failing_again_and_again_never_open_the_circuit() -> None:
+    """Poison (a message or two failing in a row) is not an outage: three callers it takes."""
+    breaker = CircuitBreaker(failure_threshold=3)
+    a, b, c = object(), object(), object()
+    for _ in range(50):
+        breaker.failure(a)
+        breaker.failure(b)
+    assert breaker.is_closed
+    breaker.failure(c)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_a_success_starts_the_count_of_callers_again() -> None:
+    breaker = CircuitBreaker(failure_threshold=3)
+    a, b, c = object(), object(), object()
+    breaker.failure(a)
+    breaker.failure(b)
+    breaker.success()
+    breaker.failure(c)
+    breaker.failure(c)
+    breaker.failure(c)
+    assert breaker.is_closed

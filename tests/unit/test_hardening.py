@@ -207,11 +207,13 @@ async def test_an_opening_of_the_circuit_resets_the_count(make: Make) -> None:
     ticks = itertools.count(0.0, 5.0)  # every reading is 5 s later: the probe goes at once
     breaker = CircuitBreaker(failure_threshold=3, reset_s=1.0, clock=lambda: next(ticks))
     classifier, provider = make(poison_attempts=4, breaker=breaker)
+    others = (object(), object())
 
     def route(request: httpx2.Request, body: dict[str, Any]) -> httpx2.Response:
         n = len(provider.paths)
-        if n == 4:  # another message fails too: with this one's, three in a row open it
-            breaker.failure()
+        if n == 4:  # two other messages fail too: three callers, three in a row, open it
+            breaker.failure(others[0])
+            breaker.failure(others[1])
         else:
             breaker.success()
         return status(500) if n < 8 else ok(reply_text())

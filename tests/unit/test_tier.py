@@ -270,9 +270,9 @@ async def test_moderation_failures_count_towards_the_circuit(make: MakeTiered) -
     seen: list[str] = []
     failure, success = classifier.breaker.failure, classifier.breaker.success
 
-    def on_failure() -> None:
+    def on_failure(caller: object | None = None) -> None:
         seen.append("failure")
-        failure()
+        failure(caller)
 
     def on_success() -> None:
         seen.append("success")
