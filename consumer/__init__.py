@@ -2,6 +2,11 @@
 
 The flow, one module per stage: source -> decode -> admit -> limit -> classify -> publish ->
 offsets. ``pipeline`` wires them, ``app`` owns the clients' lifespan, ``cli`` is the entry.
+
+Errors are one tree (``errors``); third-party errors become ours in one place per side:
+``provider`` for the model's (openai), ``broker`` for Kafka's (aiokafka). ``circuit`` is the
+provider breaker, ``kafka_pacing`` keeps aiokafka's metadata retries from spinning while the
+broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations.
 """
 
 __version__ = "0.1.0"
