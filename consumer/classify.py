@@ -303,7 +303,7 @@ class Classifier:
             )
             try:
                 completion = await self.with_retries(
-                    functools.partial(self.send_chat, request, call)
+                    functools.partial(self.send_chat, request, call), self.recorder(call)
                 )
             except PermanentError as exc:  # 400/422: dead letter, keep the usage
                 misconfigured = self.rejections.rejected(exc, call.source, self.where)
@@ -360,15 +360,20 @@ class Classifier:
             call.tiers.append(TierScores(name="chat", model=self.model, scores=scores))
         return self.verdict(call, scores, rationale, None)
 
-    async def with_retries(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def with_retries(
+        self, send: Callable[[], Awaitable[T]], witnessed: Recorder | None = None
+    ) -> T:
         """Make the HTTP call ``send`` makes, through the breaker and the retry layer.
 
         ``send`` takes its own limiter slot (so every retry re-acquires budget) and records
         the usage of each attempt; transient errors are retried, anything else is raised.
         ``ProviderUnavailable`` failures that look like poison (the rule in the module
         docstring) end the retries with a ``PersistentFailure`` after ``poison_attempts``.
+        ``witnessed`` records the usage of the witness calls made on this call's behalf (see
+        :meth:`_witness`); without it they go to the metrics only.
         """
         watch = PoisonWatch(self.breaker, self.poison_attempts)
+        watch.record = witnessed
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
             wait=self._wait,
@@ -386,11 +391,11 @@ class Classifier:
                         log.warning("treating the message as poison", error=poison.message)
                         raise poison from exc
                     if watch.needs_witness():
-                        await self._witness()
+                        await self._witness(watch.record)
                     raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _witness(self) -> None:
+    async def _witness(self, record: Recorder | None) -> None:
         """Ask the provider one tiny, harmless question, to tell poison from an outage.
 
         A message failing while nothing else got an answer since its last failure proves
@@ -400,7 +405,8 @@ class Classifier:
         partition for good. This call is the other traffic: an answer counts as a success of
         the breaker (the message's next failure then counts towards poison), a failure as one
         more failure (towards opening the circuit). One at a time, at most once a second
-        whoever asks; only while the circuit is closed. Its usage goes to the metrics.
+        whoever asks; only while the circuit is closed. Its usage is recorded with the message
+        it was made for (``record``), so every call the provider answered is paid for.
         """
         if not self.breaker.is_closed or self._witness_lock.locked():
             return
@@ -409,17 +415,19 @@ class Classifier:
                 return
             self._witnessed_at = time.monotonic()
             try:
-                await self._attempt(self._witness_call, PoisonWatch(self.breaker, 1))
+                witness = functools.partial(self._witness_call, record)
+                await self._attempt(witness, PoisonWatch(self.breaker, 1))
             except ModstreamError as exc:  # the breaker has counted it; nothing else to do
                 log.debug("witness call failed", kind=exc.kind)
 
-    async def _witness_call(self) -> ChatCompletion:
-        """The witness request (see :meth:`_witness`); its usage goes to the metrics only."""
+    async def _witness_call(self, record: Recorder | None) -> ChatCompletion:
+        """The witness request (see :meth:`_witness`); its usage goes to ``record``, or to the
+        metrics only without one."""
         messages = self.builder.messages(_WITNESS_TEXT, None)
         estimate = self.overhead_tokens + self.max_tokens + 8
         request = ChatRequest(messages, self.max_tokens, self.policy.response_format, estimate)
 
-        def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
+        def to_metrics(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
             self.metrics.model_call(
                 UsageEvent(
                     event_id="witness",
@@ -436,7 +444,7 @@ class Classifier:
                 )
             )
 
-        return await self.send_chat(request, record)
+        return await self.send_chat(request, record or to_metrics)
 
     def _wait(self, state: RetryCallState) -> float:
         """Full-jitter exponential backoff, but never sooner than the server asked."""
@@ -467,7 +475,7 @@ class Classifier:
             # records held behind this one): probe with the witness call instead, so this
             # message's own failures cannot keep the circuit open for good.
             try:
-                await self._witness_call()
+                await self._witness_call(watch.record)
             except ProviderUnavailable:
                 self.breaker.failure(self._witness_lock)  # the witness is a caller of its own
                 watch.probe_failed = True
@@ -709,6 +717,8 @@ class PoisonWatch:
         self.uncounted = 0
         #: No other traffic answers: witness calls tell poison from an outage.
         self.alone = False
+        #: Where the usage of witness calls made for this call goes (None: metrics only).
+        self.record: Recorder | None = None
 
     def needs_witness(self) -> bool:
         """As many failures in a row as make poison, yet none could count: nothing else got an

@@ -164,7 +164,8 @@ async def test_a_poison_message_with_no_other_traffic_is_told_apart_by_witness_c
     result = await classifier.classify(admitted(), Source(topic="in", partition=0, offset=1))
     assert isinstance(result.failure, PersistentFailure)
     assert witnesses == 3  # one before each counted failure
-    assert result.attempts == len(provider.paths) - witnesses == 3 + 3  # 3 uncounted, 3 counted
+    # 3 uncounted, 3 counted, and the witness calls, paid for with this message's usage.
+    assert result.attempts == len(provider.paths) == 3 + 3 + witnesses
     assert classifier.breaker.is_closed
 
 
@@ -406,13 +407,13 @@ async def test_a_long_429_storm_folds_into_one_event(make: Make) -> None:
         (UsageOutcome.RATE_LIMITED, 1, 2),
         (UsageOutcome.RATE_LIMITED, 1, 3),
         (UsageOutcome.RATE_LIMITED, 197, 4),
-        (UsageOutcome.PROVIDER_UNAVAILABLE, 9, 201),
-        (UsageOutcome.OK, 1, 210),
+        (UsageOutcome.PROVIDER_UNAVAILABLE, 10, 201),
+        (UsageOutcome.OK, 1, 211),
     ]
     # After poison_attempts (8) failures that could not count (nothing else answered), one
-    # witness call asks whether the provider is up (it got one of the scripted 500s): it is the
-    # provider's, not this message's, so it is not in the message's usage.
-    assert result.attempts == 210 == len(provider.paths) - 1
+    # witness call asks whether the provider is up (it got one of the scripted 500s); made on
+    # this message's behalf, it is in the message's usage.
+    assert result.attempts == 211 == len(provider.paths)
     ids = [u.event_id for u in result.usage]
     assert ids == [
         make_event_id(result.usage[0].source, POLICY.version, "usage", u.attempt)
