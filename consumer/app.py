@@ -64,8 +64,8 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     Every key is one that ``AIOKafkaConsumer``, ``AIOKafkaProducer`` and ``AIOKafkaAdminClient``
     all accept. ``retry_backoff_ms`` paces their retries of failed requests; aiokafka 0.14 has
     no reconnect backoff of its own (no ``reconnect_backoff_ms``), and its metadata refresh
-    retries as soon as a waiting sender or fetcher asks, so during a broker outage that loop's
-    log lines are collapsed by ``consumer.logs.RepeatFilter`` instead.
+    retries as soon as a waiting sender or fetcher asks: ``serve`` paces that loop with
+    ``consumer.kafka_pacing``, and ``consumer.logs.RepeatFilter`` collapses its log lines.
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,

@@ -120,7 +120,6 @@ class Pipeline:
         self._commit_lock = asyncio.Lock()
         self._commits: set[asyncio.Task[None]] = set()  # running (shielded) commits
         self._fatal: FatalError | None = None  # set once the service must stop
-        self._fatal_event = asyncio.Event()
         self._stuck_reported: tuple[TopicPartition, int] | None = None
         # Revoked, but still in aiokafka's assignment until the group hands out the next one:
         # their lag is another member's to report.
@@ -154,9 +153,9 @@ class Pipeline:
 
     async def _fetch_loop(self, stop: asyncio.Event, exit_when_idle: float | None) -> None:
         while not stop.is_set():
+            self._room.clear()  # before reading the window: a completion after this wakes us
             if self._fatal is not None:
                 raise self._fatal  # from a rebalance callback, which aiokafka would swallow
-            self._room.clear()  # before reading the window: a completion after this wakes us
             room = self.settings.max_in_flight - self._occupied()
             # Open circuit: no intake, except once a probe is due (even with nothing in flight,
             # one fetched message becomes the probe).
@@ -168,7 +167,7 @@ class Pipeline:
                 # (or after a second, to poll again) instead of sleeping a fetch timeout.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
-                        await _first_of(self._room, self._fatal_event)
+                        await self._room.wait()
             now = time.monotonic()
             if envelopes:
                 self._last_activity = now
@@ -200,7 +199,7 @@ class Pipeline:
         """Stop the service with ``error`` (the first one wins)."""
         if self._fatal is None:
             self._fatal = error
-            self._fatal_event.set()
+            self._room.set()  # wake a fetch loop waiting for room: it raises the error
 
     def _intake_paused(self, paused: bool) -> bool:
         """Log each change of the provider-driven intake pause; return ``paused``."""
@@ -567,16 +566,6 @@ class Pipeline:
         self._assigned_once = True
         self._last_activity = time.monotonic()
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    """Wait until any of ``events`` is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
