@@ -289,10 +289,10 @@ class Outbox:
                         sent.add_done_callback(_seen)
                 await self.producer.send_offsets_to_transaction(dict(offsets), self.group_id)
         except KafkaError as exc:
-            fenced = isinstance(translate(exc, "a transaction"), ProducerFencedError)
+            error = translate(exc, "a transaction")
+            fenced = isinstance(error, ProducerFencedError)
             if not fenced and self.producer._txn_manager.is_fatal_error():  # no public test
                 raise fatal_transaction_state("committing a transaction") from exc
-            error = translate(exc, "a transaction")
             if error.retriable or error.fatal:
                 raise error from exc
             # A transaction cannot leave one record out: aborting it again and again would stop
