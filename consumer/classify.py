@@ -47,7 +47,8 @@ dead-letter topic by then (the fatal message lists them, for a replay once fixed
 **Bounded usage.** Each call's usage is one event, except failures after the first
 ``usage_failures_kept`` failed calls of one message: those are folded per (outcome, model,
 batch size) into one event whose ``calls`` counts them and whose tokens, cost and latency are
-the sums (:func:`fold_usage`). An event's ``attempt`` is the number of the first call it stands
+the sums (:func:`fold_usage`); the answered witness calls made for a message (see below) are
+one event too, from the first. An event's ``attempt`` is the number of the first call it stands
 for, so event ids stay deterministic; :attr:`Classified.attempts` is the number of calls.
 """
 
@@ -294,6 +295,7 @@ class Classifier:
     async def chat(self, call: Call) -> Classified:
         """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
         repaired = lengthened = False
+        witnessed = self.witness_recorder(call)
         while True:
             request = ChatRequest(
                 call.messages,
@@ -303,7 +305,7 @@ class Classifier:
             )
             try:
                 completion = await self.with_retries(
-                    functools.partial(self.send_chat, request, call), self.recorder(call)
+                    functools.partial(self.send_chat, request, call), witnessed
                 )
             except PermanentError as exc:  # 400/422: dead letter, keep the usage
                 misconfigured = self.rejections.rejected(exc, call.source, self.where)
@@ -552,6 +554,28 @@ class Classifier:
         def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
             cost = self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached)
             self.record(call, self.usage_event(call, outcome, tokens, started, cost=cost))
+
+        return record
+
+    def witness_recorder(self, call: Call) -> Recorder:
+        """Records the witness calls made on ``call``'s behalf: paid for with its usage. A
+        failed one is folded like any failure; the answered ones all go into one event (a
+        poison message under a slow provider may see a witness call a second for many
+        seconds; its usage must stay bounded)."""
+        answered: list[int] = []  # where that event is in ``call.usage``, once there is one
+
+        def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
+            cost = self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached)
+            event = self.usage_event(call, outcome, tokens, started, cost=cost)
+            if outcome in FAILED_OUTCOMES:
+                self.record(call, event)
+                return
+            self.metrics.model_call(event)
+            if answered:
+                call.usage[answered[0]] = _merged(call.usage[answered[0]], event)
+            else:
+                answered.append(len(call.usage))
+                call.usage.append(event)
 
         return record
 

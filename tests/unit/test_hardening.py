@@ -166,6 +166,10 @@ async def test_a_poison_message_with_no_other_traffic_is_told_apart_by_witness_c
     assert witnesses == 3  # one before each counted failure
     # 3 uncounted, 3 counted, and the witness calls, paid for with this message's usage.
     assert result.attempts == len(provider.paths) == 3 + 3 + witnesses
+    # ... folded into one event of their own: the usage of a message stays bounded however
+    # many witness calls its retries needed.
+    answered = [u for u in result.usage if u.outcome is UsageOutcome.OK]
+    assert [u.calls for u in answered] == [witnesses]
     assert classifier.breaker.is_closed
 
 
