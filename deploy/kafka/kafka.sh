@@ -118,8 +118,10 @@ down() {
   local pids=$pid child
   for child in $(pgrep -P "$pid" -x java 2>/dev/null || true); do pids="$child $pids"; done
   for pid in $pids; do
-    # Only a process of ours: after a reboot the pid may belong to something else.
-    if kill -0 "$pid" 2>/dev/null && ps -o args= -p "$pid" | grep -q kafka; then
+    # Only a process of ours: after a reboot the pid may belong to something else. `-ww`: ps
+    # cuts the command line at $COLUMNS otherwise (set to 80 under pytest-xdist), before the
+    # word kafka, and the broker was left running with its pid file removed.
+    if kill -0 "$pid" 2>/dev/null && [[ $(ps -ww -o args= -p "$pid" 2>/dev/null) == *kafka* ]]; then
       kill -TERM "$pid"
       for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
       if kill -0 "$pid" 2>/dev/null; then echo "kafka: still alive after 30s, killing" >&2; kill -KILL "$pid"; fi
