@@ -218,7 +218,7 @@ async def test_a_full_batch_is_one_call_and_each_message_gets_its_verdict(make: 
     assert provider.requests == 1
     body = provider.bodies[0]
     assert body["response_format"] == FORMAT.response_format
-    assert body["max_tokens"] == 4 * 100
+    assert body["max_completion_tokens"] == 4 * 100
     assert body["messages"] == FORMAT.messages([f"short message {i}" for i in range(4)])
     verdicts = [r.verdict for r in results]
     assert all(v is not None for v in verdicts)
