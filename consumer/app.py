@@ -188,13 +188,14 @@ async def enter_kafka(
         raise problem from exc
 
 
-def openai_client(settings: Settings) -> AsyncOpenAI:
+def openai_client(settings: Settings, http_client: httpx2.AsyncClient | None = None) -> AsyncOpenAI:
     """The one AsyncOpenAI client: no SDK retries (ours re-acquire budget), short timeouts.
 
     With ``MODSTREAM_AZURE_ENDPOINT`` set it is an ``AsyncAzureOpenAI`` (a subclass: the same
     calls, the same errors, so :func:`consumer.provider.translate` serves both): requests go to
     the deployment (``MODSTREAM_AZURE_DEPLOYMENT``, default the model name) with the
-    ``api-version`` query parameter and the ``api-key`` header.
+    ``api-version`` query parameter and the ``api-key`` header. ``http_client``: a transport
+    of the caller's (tests), instead of aiohttp.
     """
     timeout = httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
     if settings.azure_endpoint is not None:
@@ -211,7 +212,7 @@ def openai_client(settings: Settings) -> AsyncOpenAI:
             api_key=azure_key,
             max_retries=0,
             timeout=timeout,
-            http_client=DefaultAioHttpClient(timeout=timeout),
+            http_client=http_client or DefaultAioHttpClient(timeout=timeout),
         )
     key = settings.openai_api_key.get_secret_value()
     if not key and settings.openai_base_url is None:
@@ -223,7 +224,7 @@ def openai_client(settings: Settings) -> AsyncOpenAI:
         timeout=timeout,
         # aiohttp under the SDK: about a quarter less CPU per call than httpcore, whose
         # connection-pool scan also grows with concurrency (tests/benchmarks/client_overhead).
-        http_client=DefaultAioHttpClient(timeout=timeout),
+        http_client=http_client or DefaultAioHttpClient(timeout=timeout),
     )
 
 
