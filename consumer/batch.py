@@ -186,9 +186,7 @@ async def classify_batch(
     # The single-call overhead, the batch note and schema, ~16 tokens of tags per block.
     estimate = classifier.overhead_tokens + form.note_tokens + content_tokens + 16 * count
     estimate += max_tokens
-    request = ChatRequest(
-        messages, max_tokens, form.reply_format, estimate, classifier.formats.mode
-    )
+    request = ChatRequest(messages, max_tokens, form.reply_format, estimate)
 
     def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
         batch = (uuid.uuid4().hex, count)

@@ -15,8 +15,9 @@ while others succeed                  ``poison_attempts`` such failures (rule be
 400 / 422                             ``RequestRejected``: dead letter
 400 rejecting ``response_format``     ``MODSTREAM_RESPONSE_FORMAT=auto``, before the server
 before it ever accepted the mode      accepted the mode: one step down the ladder
-                                      (json_schema, json_object, text), WARNING, same
-                                      message sent again (:mod:`consumer.request_params`)
+                                      (json_schema, json_object, text), WARNING;
+                                      ``FormatDowngraded``: the request is retried in the
+                                      new mode (:mod:`consumer.request_params`)
 same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
 different messages, no 200 between    stops (the earlier ones are dead letters)
 invalid JSON or schema violation      one repair request showing the error, then dead letter
@@ -93,6 +94,7 @@ from consumer.admit import Admitted
 from consumer.circuit import CircuitBreaker
 from consumer.cost import PriceTable
 from consumer.errors import (
+    FormatDowngraded,
     InvalidReply,
     ModstreamError,
     PermanentError,
@@ -100,6 +102,7 @@ from consumer.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
+    RequestRejected,
     TransientError,
 )
 from consumer.limit import Limiter
@@ -115,7 +118,6 @@ from consumer.provider import (
 )
 from consumer.request_params import (
     ReplyFormat,
-    ReplyMode,
     RequestParams,
     ResponseFormats,
     choose,
@@ -213,14 +215,15 @@ class ChatRequest:
     """One chat completion request: what is sent, and the token estimate for the limiter.
 
     ``max_tokens`` is the completion budget, sent under the name the model takes;
-    ``reply_format`` is shaped into the messages and ``response_format`` of ``mode``.
+    ``reply_format`` is shaped into the messages and ``response_format`` of the mode in force
+    when the request goes out (read after the limiter slot: a downgrade while it waited
+    applies to it).
     """
 
     messages: list[dict[str, str]]
     max_tokens: int
     reply_format: ReplyFormat
     estimate: int
-    mode: ReplyMode = ReplyMode.JSON_SCHEMA
 
 
 #: Records one HTTP call's usage: (outcome, tokens, perf_counter when it started).
@@ -342,15 +345,12 @@ class Classifier:
                 call.max_tokens,
                 self.reply_format,
                 self.overhead_tokens + call.admitted.content_tokens + call.max_tokens,
-                self.formats.mode,
             )
             try:
                 completion = await self.with_retries(
                     functools.partial(self.send_chat, request, call), witnessed
                 )
             except PermanentError as exc:  # 400/422: dead letter, keep the usage
-                if self.formats.downgrade(request.mode, exc):
-                    continue  # the server does not take this response format: the next one
                 misconfigured = self.rejections.rejected(exc, call.source, self.where)
                 if misconfigured is not None:
                     raise misconfigured from exc
@@ -474,8 +474,7 @@ class Classifier:
         metrics only without one."""
         messages = self.builder.messages(_WITNESS_TEXT, None)
         estimate = self.overhead_tokens + self.max_tokens + 8
-        mode = self.formats.mode
-        request = ChatRequest(messages, self.max_tokens, self.reply_format, estimate, mode)
+        request = ChatRequest(messages, self.max_tokens, self.reply_format, estimate)
 
         def to_metrics(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
             self.metrics.model_call(
@@ -556,12 +555,13 @@ class Classifier:
         """One chat completion; its usage goes to ``record`` (a call's list, or a recorder)."""
         if isinstance(record, Call):
             record = self.recorder(record)
-        messages, response_format = request.reply_format.shaped(request.messages, request.mode)
-        # Pre-built per Classifier: the budget's name, temperature, reasoning_effort, seed.
-        options = self.params.kwargs(request.max_tokens)
-        if response_format is not None:  # text mode sends none at all
-            options["response_format"] = cast("ResponseFormatJSONSchema", response_format)
         async with self.limiter.slot(request.estimate) as permit:
+            mode = self.formats.mode  # after the wait for a slot: a downgrade meanwhile counts
+            messages, response_format = request.reply_format.shaped(request.messages, mode)
+            # Pre-built per Classifier: the budget's name, temperature, reasoning_effort, seed.
+            options = self.params.kwargs(request.max_tokens)
+            if response_format is not None:  # text mode sends none at all
+                options["response_format"] = cast("ResponseFormatJSONSchema", response_format)
             started = time.perf_counter()
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
@@ -580,9 +580,11 @@ class Classifier:
                 permit.settle(0)
                 error = translate(exc, model=self.model, base_url=self.client.base_url)
                 record(failed_outcome(error), Tokens(0, 0), started)
+                if isinstance(error, RequestRejected) and self.formats.downgrade(mode, exc):
+                    raise FormatDowngraded(error.message) from exc  # again, in the new mode
                 raise error from exc
         self.rejections.success()  # the provider accepted a chat request
-        self.formats.accepted(request.mode)
+        self.formats.accepted(mode)
         usage = completion.usage
         if (
             usage is not None

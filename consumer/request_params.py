@@ -445,8 +445,9 @@ class ReplyFormat:
 
 
 def rejects_response_format(error: BaseException) -> bool:
-    """Whether ``error`` (translated from openai's) is a 400/422 about the response format."""
-    cause = error.__cause__
+    """Whether ``error`` (openai's, or ours translated from it) is a 400/422 about the
+    response format."""
+    cause = error if isinstance(error, openai.APIStatusError) else error.__cause__
     if not isinstance(cause, openai.APIStatusError) or cause.status_code not in (400, 422):
         return False
     if (cause.param or "").startswith("response_format"):

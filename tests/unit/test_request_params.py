@@ -542,3 +542,14 @@ async def test_reasoning_cut_twice_is_a_dead_letter_saying_so(build: Build) -> N
     result = await classifier.classify(admitted(), SOURCE)
     assert result.failure is not None
     assert f"{2 * budget} of them on reasoning" in result.failure.message
+
+
+async def test_requests_waiting_for_a_slot_go_out_in_the_new_mode(build: Build) -> None:
+    classifier, wire, _ = build(REJECTED_SCHEMA, model="gpt-4o", openai_base_url=VLLM)
+    classifier.limiter = Limiter(1)  # the others wait while the first one is rejected
+    texts = [f"message {i}" for i in range(4)]
+    results = await asyncio.gather(*(classifier.classify(admitted(t), SOURCE) for t in texts))
+    assert all(r.verdict is not None for r in results)
+    formats = [(b.get("response_format") or {}).get("type") for b in wire.bodies]
+    assert formats.count("json_schema") == 1
+    assert formats.count("json_object") == 4
