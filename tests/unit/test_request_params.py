@@ -553,3 +553,14 @@ async def test_requests_waiting_for_a_slot_go_out_in_the_new_mode(build: Build) 
     formats = [(b.get("response_format") or {}).get("type") for b in wire.bodies]
     assert formats.count("json_schema") == 1
     assert formats.count("json_object") == 4
+
+
+def test_the_readme_table_lists_every_family() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    providers = readme.split("## Providers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in providers.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [f.name for f in FAMILIES]
+    for heading in ("OpenAI", "Azure OpenAI", "vLLM", "Ollama", "llama.cpp's server"):
+        assert f"\n### {heading}\n" in providers
