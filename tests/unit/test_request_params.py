@@ -564,3 +564,65 @@ def test_the_readme_table_lists_every_family() -> None:
     assert [row.split("`")[1] for row in rows] == [f.name for f in FAMILIES]
     for heading in ("OpenAI", "Azure OpenAI", "vLLM", "Ollama", "llama.cpp's server"):
         assert f"\n### {heading}\n" in providers
+
+
+def _status_error(param: str | None, message: str, status: int = 400) -> BaseException:
+    import openai  # noqa: PLC0415
+
+    request = httpx2.Request("POST", "http://test/v1/chat/completions")
+    body = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    response = httpx2.Response(status, json={"error": body}, request=request)
+    return openai.BadRequestError(message, response=response, body=body)
+
+
+FORMAT_ERROR = _status_error("response_format", "'json_schema' is not supported")
+OTHER_ERROR = _status_error("messages", "bad content")
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["accepted", "format", "other"]),
+        st.sampled_from(list(ReplyMode)),
+    ),
+    max_size=30,
+)
+
+
+@given(setting=st.sampled_from(["auto", *ReplyMode]), events=EVENTS)
+def test_the_ladder_only_goes_down_and_stops_once_a_mode_is_accepted(
+    setting: str, events: list[tuple[str, ReplyMode]]
+) -> None:
+    formats = ResponseFormats(setting)
+    ladder = list(ReplyMode)
+    start = formats.mode
+    accepted_at: ReplyMode | None = None
+    for kind, mode in events:
+        before = formats.mode
+        if kind == "accepted":
+            formats.accepted(mode)
+            if mode is before:
+                accepted_at = before
+            continue
+        again = formats.downgrade(mode, FORMAT_ERROR if kind == "format" else OTHER_ERROR)
+        after = formats.mode
+        assert ladder.index(after) >= ladder.index(before)  # never back up
+        assert ladder.index(after) - ladder.index(before) <= 1  # one step at a time
+        if after is not before:
+            assert setting == "auto" and kind == "format" and mode is before and again
+            assert accepted_at is not before  # a mode the server took is kept
+        if again:  # sent again only in a lower mode than the rejected one
+            assert ladder.index(after) > ladder.index(mode)
+        if kind == "other":
+            assert not again
+    if setting != "auto":
+        assert formats.mode is start is ReplyMode(setting)
+
+
+def test_what_counts_as_rejecting_the_format() -> None:
+    from consumer.request_params import rejects_response_format  # noqa: PLC0415
+
+    assert rejects_response_format(FORMAT_ERROR)
+    assert rejects_response_format(_status_error(None, "Unknown response_format type"))
+    assert rejects_response_format(_status_error(None, "json_schema not supported", 422))
+    assert not rejects_response_format(OTHER_ERROR)
+    assert not rejects_response_format(_status_error("response_format", "x", 500))
+    assert not rejects_response_format(ValueError("response_format"))
