@@ -626,3 +626,27 @@ def test_what_counts_as_rejecting_the_format() -> None:
     assert not rejects_response_format(OTHER_ERROR)
     assert not rejects_response_format(_status_error("response_format", "x", 500))
     assert not rejects_response_format(ValueError("response_format"))
+
+
+async def test_a_batch_call_of_a_reasoning_model(build: Build) -> None:
+    from consumer.batch import BatchFormat, classify_batch  # noqa: PLC0415
+    from tests.unit.test_batch import batch_reply, item, short, source  # noqa: PLC0415
+
+    usage = reasoning_usage(900, 300)
+    reply = batch_reply(item(0), item(1), item(2))
+    answer = httpx2.Response(200, json=completion_body(reply, usage=usage))
+    classifier, wire, _ = build(answer, model="gpt-5-mini", response_format="json_object")
+    form = BatchFormat.of(classifier.builder, classifier.model)
+    calls = [classifier.new_call(short(i), source(i)) for i in range(3)]
+    results = await classify_batch(classifier, form, calls)
+    assert all(r.verdict is not None for r in results)
+    body = wire.bodies[0]
+    # the reply's budget grows with the batch; the room for reasoning is the call's, once
+    assert body["max_completion_tokens"] == 3 * 400 + 1024
+    assert body["reasoning_effort"] == "minimal"
+    assert body["response_format"] == {"type": "json_object"}
+    assert form.reply_format.instructions in body["messages"][0]["content"]
+    events = [r.usage[0] for r in results]
+    assert [e.reasoning_tokens for e in events] == [100, 100, 100]
+    assert sum(e.completion_tokens for e in events) == 900
+    assert all(e.reasoning_effort == "minimal" and e.cost_usd for e in events)
