@@ -279,7 +279,12 @@ def model_stages(
         load_prices(settings.prices_file) if settings.prices_file is not None else None,
     )
     prices.warn_unknown(settings.model)  # once, here: not once per message
-    log.info("chat request parameters", model=settings.model, **params.describe())
+    log.info(
+        "chat request parameters",
+        model=settings.model,
+        response_format=settings.response_format,
+        **params.describe(),
+    )
     classifier = Classifier(
         client,
         model=settings.model,

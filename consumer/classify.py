@@ -598,7 +598,7 @@ class Classifier:
                 usage.prompt_tokens, usage.completion_tokens, cached, reasoning=reasoning
             )
         else:  # vLLM/Ollama may omit usage: count locally and say so
-            text = "".join(m["content"] for m in request.messages)
+            text = "".join(m["content"] for m in messages)  # as sent, schema note and all
             reply = completion.choices[0].message.content if completion.choices else ""
             counts = Tokens(
                 count_tokens(text, self.model), count_tokens(reply or "", self.model), 0, True

@@ -15,8 +15,11 @@ The response format is decided here too. ``MODSTREAM_RESPONSE_FORMAT`` is ``json
 (strict structured output), ``json_object`` (JSON mode, the schema written into the system
 prompt), ``text`` (no ``response_format`` at all; the schema in the prompt, the reply parsed as
 JSON) or ``auto``: :class:`ResponseFormats` starts at ``json_schema`` and, when the server
-rejects the format with a 400 before it ever accepted it, moves one step down the ladder for
-good, logged at WARNING; the rejected message is retried in the new mode (no dead letter).
+rejects the format with a 400 (or 422) before it ever accepted it, moves one step down the
+ladder for good, logged at WARNING; classify then raises
+:class:`~consumer.errors.FormatDowngraded`, a transient error, so the rejected request is sent
+again in the new mode (no dead letter, no poison count). The mode is read when a request goes
+out, so requests queued for a limiter slot meanwhile go out in the new mode.
 :class:`ReplyFormat` holds one reply schema in each mode's shape.
 """
 
@@ -314,7 +317,7 @@ class RequestParams:
             "server": self.server.value,
             "token_param": self.token_param.value,
             "completion_budget": self.completion_budget,
-            **{k: v for k, v in self.fixed.items()},
+            **self.fixed,
         }
 
 
