@@ -1,10 +1,11 @@
 """modstream's OpenAI-compatible FAKE server. It is NOT a model.
 
 ``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
-strict ``json_schema`` replies, or an instance of a schema the system prompt states), ``/v1/moderations`` and ``/v1/models`` over real HTTP, with
-verdicts from a keyword heuristic (:mod:`.heuristic`), OpenAI-style usage and rate-limit
-headers, and injectable latency and faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests,
-the demo and the benchmarks use it; nothing here reaches OpenAI.
+strict ``json_schema`` replies, or an instance of a schema the system prompt states),
+``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
+(:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
+faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
+nothing here reaches OpenAI.
 
 Modules, in the order a request meets them::
 

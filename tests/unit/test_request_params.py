@@ -650,3 +650,20 @@ async def test_a_batch_call_of_a_reasoning_model(build: Build) -> None:
     assert [e.reasoning_tokens for e in events] == [100, 100, 100]
     assert sum(e.completion_tokens for e in events) == 900
     assert all(e.reasoning_effort == "minimal" and e.cost_usd for e in events)
+
+
+async def test_the_azure_key_is_never_in_errors_or_logs() -> None:
+    from consumer.app import model_stages  # noqa: PLC0415
+
+    secret = "azure-key-must-not-leak"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(azure_endpoint=AZURE, azure_api_key=secret, openai_base_url=VLLM)
+    assert secret not in str(caught.value)
+    settings = load_settings(model="gpt-5-mini", azure_endpoint=AZURE, azure_api_key=secret)
+    assert secret not in repr(settings)
+    client = openai_client(settings, httpx2.AsyncClient(transport=httpx2.MockTransport(Wire())))
+    with capture_logs() as logs:
+        model_stages(settings, client)
+    assert logs and secret not in repr(logs)
+    assert any(e.get("reasoning_effort") == "minimal" for e in logs)
+    await client.close()
