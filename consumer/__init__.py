@@ -7,6 +7,9 @@ Errors are one tree (``errors``); third-party errors become ours in one place pe
 ``provider`` for the model's (openai), ``broker`` for Kafka's (aiokafka). ``circuit`` is the
 provider breaker, ``kafka_pacing`` keeps aiokafka's metadata retries from spinning while the
 broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations.
+``request_params`` decides, once, what classify's chat requests carry for the model family and
+the server (the budget's name, temperature, reasoning effort, seed, the response format's
+mode); ``cost`` prices each call (genai-prices, or a prices file).
 """
 
 __version__ = "0.1.0"

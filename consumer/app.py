@@ -28,14 +28,14 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.protocol.metadata import MetadataRequest
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAioHttpClient
 
 from consumer import __version__
 from consumer.admit import Admitter
 from consumer.batch import Batcher
 from consumer.circuit import CircuitBreaker
 from consumer.classify import Classifier
-from consumer.cost import PriceTable
+from consumer.cost import PriceTable, load_prices
 from consumer.errors import ConfigError
 from consumer.health import HealthServer, kafka_readiness
 from consumer.kafka_pacing import pace_metadata_refresh
@@ -44,7 +44,9 @@ from consumer.logs import configure_logging
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.policy import PromptBuilder, load_policy, load_prompt
+from consumer.provider import public_url
 from consumer.publish import RECORD_OVERHEAD_BYTES, Outbox, Publisher, Topics
+from consumer.request_params import ResponseFormats, Server
 from consumer.settings import Delivery, Settings
 from consumer.source import Rebalance
 
@@ -186,12 +188,35 @@ async def enter_kafka(
         raise problem from exc
 
 
-def openai_client(settings: Settings) -> AsyncOpenAI:
-    """The one AsyncOpenAI client: no SDK retries (ours re-acquire budget), short timeouts."""
+def openai_client(settings: Settings, http_client: httpx2.AsyncClient | None = None) -> AsyncOpenAI:
+    """The one AsyncOpenAI client: no SDK retries (ours re-acquire budget), short timeouts.
+
+    With ``MODSTREAM_AZURE_ENDPOINT`` set it is an ``AsyncAzureOpenAI`` (a subclass: the same
+    calls, the same errors, so :func:`consumer.provider.translate` serves both): requests go to
+    the deployment (``MODSTREAM_AZURE_DEPLOYMENT``, default the model name) with the
+    ``api-version`` query parameter and the ``api-key`` header. ``http_client``: a transport
+    of the caller's (tests), instead of aiohttp.
+    """
+    timeout = httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+    if settings.azure_endpoint is not None:
+        azure_key = settings.azure_api_key.get_secret_value()
+        if not azure_key:
+            raise ConfigError(
+                "MODSTREAM_AZURE_API_KEY (or AZURE_OPENAI_API_KEY) is required "
+                "with MODSTREAM_AZURE_ENDPOINT"
+            )
+        return AsyncAzureOpenAI(
+            azure_endpoint=settings.azure_endpoint,
+            azure_deployment=settings.azure_deployment or settings.model,
+            api_version=settings.azure_api_version,
+            api_key=azure_key,
+            max_retries=0,
+            timeout=timeout,
+            http_client=http_client or DefaultAioHttpClient(timeout=timeout),
+        )
     key = settings.openai_api_key.get_secret_value()
     if not key and settings.openai_base_url is None:
         raise ConfigError("OPENAI_API_KEY is required when OPENAI_BASE_URL is not set")
-    timeout = httpx2.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
     return AsyncOpenAI(
         api_key=key or "unused",
         base_url=settings.openai_base_url,
@@ -199,7 +224,7 @@ def openai_client(settings: Settings) -> AsyncOpenAI:
         timeout=timeout,
         # aiohttp under the SDK: about a quarter less CPU per call than httpcore, whose
         # connection-pool scan also grows with concurrency (tests/benchmarks/client_overhead).
-        http_client=DefaultAioHttpClient(timeout=timeout),
+        http_client=http_client or DefaultAioHttpClient(timeout=timeout),
     )
 
 
@@ -248,14 +273,28 @@ def model_stages(
     """The classifier and the admitter its prompt budget implies, from the settings."""
     metrics = metrics or Metrics()
     builder = PromptBuilder(load_policy(settings.policy_file), load_prompt(settings.prompt_file))
+    params = settings.request_params
+    prices = PriceTable(
+        "azure" if settings.server is Server.AZURE else "openai",
+        load_prices(settings.prices_file) if settings.prices_file is not None else None,
+    )
+    prices.warn_unknown(settings.model)  # once, here: not once per message
+    log.info(
+        "chat request parameters",
+        model=settings.model,
+        response_format=settings.response_format,
+        **params.describe(),
+    )
     classifier = Classifier(
         client,
         model=settings.model,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        params=params,
+        formats=ResponseFormats(settings.response_format, where=public_url(client.base_url)),
         builder=builder,
         limiter=Limiter(settings.concurrency, rpm=settings.rpm, tpm=settings.tpm),
-        prices=PriceTable(),
+        prices=prices,
         breaker=CircuitBreaker(
             failure_threshold=settings.circuit_failure_threshold,
             reset_s=settings.circuit_reset_s,
@@ -268,7 +307,7 @@ def model_stages(
         misconfig_repeats=settings.misconfig_repeats,
         usage_failures_kept=settings.usage_failures_kept,
     )
-    budget = settings.context_window - settings.max_tokens - classifier.overhead_tokens
+    budget = settings.context_window - params.completion_budget - classifier.overhead_tokens
     admitter = Admitter(
         model=settings.model,
         budget_tokens=budget,

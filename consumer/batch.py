@@ -46,6 +46,7 @@ from consumer.admit import Admitted
 from consumer.classify import Call, ChatRequest, Classified, Classifier, Tokens
 from consumer.errors import PermanentError
 from consumer.policy import Policy, PromptBuilder, escape
+from consumer.request_params import ReplyFormat
 from consumer.tokens import count_tokens
 from schemas import Source, UsageOutcome
 
@@ -75,6 +76,8 @@ class BatchFormat:
     system: str
     response_format: dict[str, Any]
     reply_model: type[BaseModel]
+    #: ``response_format`` in each mode's shape (MODSTREAM_RESPONSE_FORMAT).
+    reply_format: ReplyFormat
     policy: Policy
     #: Tokens the batch form adds to a call's prompt besides the blocks (for the limiter).
     note_tokens: int
@@ -117,7 +120,8 @@ class BatchFormat:
         )
         system = builder.system + BATCH_NOTE
         note = count_tokens(BATCH_NOTE + str(response_format), model)
-        return cls(system, response_format, reply_model, policy, note)
+        reply_format = ReplyFormat.of(response_format)
+        return cls(system, response_format, reply_model, reply_format, policy, note)
 
     def messages(self, texts: Sequence[str]) -> list[dict[str, str]]:
         """System + one user message with a numbered, escaped block per text."""
@@ -159,11 +163,12 @@ def split_tokens(tokens: Tokens, count: int) -> list[Tokens]:
         return [whole + (1 if i < rest else 0) for i in range(count)]
 
     return [
-        Tokens(prompt, completion, cached, tokens.estimated)
-        for prompt, completion, cached in zip(
+        Tokens(prompt, completion, cached, tokens.estimated, reasoning)
+        for prompt, completion, cached, reasoning in zip(
             shares(tokens.prompt),
             shares(tokens.completion),
             shares(tokens.cached),
+            shares(tokens.reasoning),
             strict=True,
         )
     ]
@@ -174,29 +179,29 @@ async def classify_batch(
 ) -> list[Classified]:
     """One chat call for ``calls`` (each after its first tier), or single calls on failure."""
     count = len(calls)
-    model = classifier.model
     messages = form.messages([call.admitted.text for call in calls])
-    max_tokens = classifier.max_tokens * count
+    # The reply grows with the batch; the room for reasoning (if any) is the call's, once.
+    max_tokens = classifier.params.batch_budget(count)
     content_tokens = sum(call.admitted.content_tokens for call in calls)
     # The single-call overhead, the batch note and schema, ~16 tokens of tags per block.
     estimate = classifier.overhead_tokens + form.note_tokens + content_tokens + 16 * count
     estimate += max_tokens
-    request = ChatRequest(messages, max_tokens, form.response_format, estimate)
+    request = ChatRequest(messages, max_tokens, form.reply_format, estimate)
 
     def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
         batch = (uuid.uuid4().hex, count)
         events = []
         for call, share in zip(calls, split_tokens(tokens, count), strict=True):
-            cost = classifier.prices.cost(model, share.prompt, share.completion, share.cached)
+            cost = classifier.cost(share)
             usage = classifier.usage_event(call, outcome, share, started, cost=cost, batch=batch)
             classifier.record(call, usage, metrics=False)  # a failure may fold into an earlier
             events.append(usage)
-        cost = classifier.prices.cost(model, tokens.prompt, tokens.completion, tokens.cached)
         whole = {
             "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion,
             "cached_tokens": tokens.cached,
-            "cost_usd": cost,
+            "reasoning_tokens": tokens.reasoning,
+            "cost_usd": classifier.cost(tokens),
         }
         classifier.metrics.model_call(events[0].model_copy(update=whole))  # one call, whole
 

@@ -13,12 +13,24 @@ while others succeed                  ``poison_attempts`` such failures (rule be
 401 / 403                             ``ProviderAuthError``: fatal, the service stops
 404 (unknown model, wrong URL)        ``ProviderMisconfigured``: fatal, the service stops
 400 / 422                             ``RequestRejected``: dead letter
+400 rejecting ``response_format``     ``MODSTREAM_RESPONSE_FORMAT=auto``, before the server
+before it ever accepted the mode      accepted the mode: one step down the ladder
+                                      (json_schema, json_object, text), WARNING;
+                                      ``FormatDowngraded``: the request is retried in the
+                                      new mode (:mod:`consumer.request_params`)
 same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
 different messages, no 200 between    stops (the earlier ones are dead letters)
 invalid JSON or schema violation      one repair request showing the error, then dead letter
-``finish_reason == "length"``         one retry with twice the ``max_tokens``, then dead letter
+``finish_reason == "length"``         one retry with twice the completion budget, then dead
+                                      letter (a reasoning model that spent it all on
+                                      reasoning, with no content, too)
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
 ====================================  ==========================================
+
+What a request carries besides the messages (``max_completion_tokens`` or ``max_tokens``,
+``temperature``, ``reasoning_effort``, ``seed``) is :class:`~consumer.request_params.RequestParams`,
+decided once per Classifier from the model family table; the reply format's mode is
+:class:`~consumer.request_params.ResponseFormats`, shared by every call of the Classifier.
 
 The SDK's own retries are off (``max_retries=0`` in the app): tenacity here is the one retry
 layer, so every retry re-acquires concurrency and token budget. Every HTTP call (chat, the
@@ -62,7 +74,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 import openai
 import structlog
@@ -82,6 +94,7 @@ from consumer.admit import Admitted
 from consumer.circuit import CircuitBreaker
 from consumer.cost import PriceTable
 from consumer.errors import (
+    FormatDowngraded,
     InvalidReply,
     ModstreamError,
     PermanentError,
@@ -89,6 +102,7 @@ from consumer.errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
+    RequestRejected,
     TransientError,
 )
 from consumer.limit import Limiter
@@ -101,6 +115,13 @@ from consumer.provider import (
     rejection_signature,
     retry_after_seconds,
     translate,
+)
+from consumer.request_params import (
+    ReplyFormat,
+    RequestParams,
+    ResponseFormats,
+    choose,
+    server_kind,
 )
 from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
@@ -156,6 +177,8 @@ class Tokens(NamedTuple):
     completion: int
     cached: int = 0
     estimated: bool = False
+    #: Reasoning tokens: a part of ``completion``, as OpenAI reports them.
+    reasoning: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +202,7 @@ class Call:
     admitted: Admitted
     source: Source
     messages: list[dict[str, str]]
+    #: The completion budget of the next call (doubled once after a ``length`` stop).
     max_tokens: int
     usage: list[UsageEvent] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -188,11 +212,17 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """One chat completion request: what is sent, and the token estimate for the limiter."""
+    """One chat completion request: what is sent, and the token estimate for the limiter.
+
+    ``max_tokens`` is the completion budget, sent under the name the model takes;
+    ``reply_format`` is shaped into the messages and ``response_format`` of the mode in force
+    when the request goes out (read after the limiter slot: a downgrade while it waited
+    applies to it).
+    """
 
     messages: list[dict[str, str]]
     max_tokens: int
-    response_format: dict[str, Any]
+    reply_format: ReplyFormat
     estimate: int
 
 
@@ -220,11 +250,23 @@ class Classifier:
         poison_attempts: int = 8,
         misconfig_repeats: int = 3,
         usage_failures_kept: int = 3,
+        params: RequestParams | None = None,
+        formats: ResponseFormats | None = None,
     ) -> None:
+        """``params`` (what each request carries) default to the table's choice for ``model``
+        at the client's base URL with ``max_tokens`` and ``temperature``; ``formats`` to
+        ``auto``."""
         self.client = client
         self.model = model
-        self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.params = params or choose(
+            model,
+            server_kind(client.base_url),
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        #: The completion budget of one single call: the reply plus room for reasoning.
+        self.max_tokens = self.params.completion_budget
+        self.formats = formats or ResponseFormats(where=public_url(client.base_url))
         self.builder = builder
         self.policy = builder.policy
         self.limiter = limiter
@@ -234,6 +276,7 @@ class Classifier:
         self.on_retry = on_retry
         self.metrics = metrics or Metrics()  # a private registry when nobody scrapes
         self.overhead_tokens = count_tokens(builder.overhead_text(), model) + 16
+        self.reply_format = ReplyFormat.of(self.policy.response_format)
         self.poison_attempts = poison_attempts
         self.usage_failures_kept = usage_failures_kept
         self.rejections = RejectionWatch(misconfig_repeats)
@@ -300,7 +343,7 @@ class Classifier:
             request = ChatRequest(
                 call.messages,
                 call.max_tokens,
-                self.policy.response_format,
+                self.reply_format,
                 self.overhead_tokens + call.admitted.content_tokens + call.max_tokens,
             )
             try:
@@ -324,8 +367,12 @@ class Classifier:
             if choice.finish_reason == "length":
                 self._mark_last(call, UsageOutcome.LENGTH)
                 if lengthened:
+                    reasoning = call.usage[-1].reasoning_tokens
+                    spent = f" ({reasoning} of them on reasoning)" if reasoning else ""
                     failure = InvalidReply(
-                        f"reply cut at max_tokens={call.max_tokens} twice", reply=content
+                        f"reply cut at a completion budget of {call.max_tokens} tokens{spent} "
+                        "twice",
+                        reply=content,
                     )
                     return Classified(None, failure, call.usage)
                 lengthened = True
@@ -427,7 +474,7 @@ class Classifier:
         metrics only without one."""
         messages = self.builder.messages(_WITNESS_TEXT, None)
         estimate = self.overhead_tokens + self.max_tokens + 8
-        request = ChatRequest(messages, self.max_tokens, self.policy.response_format, estimate)
+        request = ChatRequest(messages, self.max_tokens, self.reply_format, estimate)
 
         def to_metrics(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
             self.metrics.model_call(
@@ -440,7 +487,11 @@ class Classifier:
                     outcome=outcome,
                     prompt_tokens=tokens.prompt,
                     completion_tokens=tokens.completion,
-                    cost_usd=self.prices.cost(self.model, tokens.prompt, tokens.completion, 0),
+                    reasoning_tokens=tokens.reasoning,
+                    reasoning_effort=self.params.reasoning_effort,
+                    cost_usd=self.prices.cost(
+                        self.model, tokens.prompt, tokens.completion, 0, tokens.reasoning
+                    ),
                     latency_ms=(time.perf_counter() - started) * 1000,
                     created_at=datetime.now(UTC),
                 )
@@ -505,14 +556,18 @@ class Classifier:
         if isinstance(record, Call):
             record = self.recorder(record)
         async with self.limiter.slot(request.estimate) as permit:
+            mode = self.formats.mode  # after the wait for a slot: a downgrade meanwhile counts
+            messages, response_format = request.reply_format.shaped(request.messages, mode)
+            # Pre-built per Classifier: the budget's name, temperature, reasoning_effort, seed.
+            options = self.params.kwargs(request.max_tokens)
+            if response_format is not None:  # text mode sends none at all
+                options["response_format"] = cast("ResponseFormatJSONSchema", response_format)
             started = time.perf_counter()
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(
                     model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", request.messages),
-                    response_format=cast("ResponseFormatJSONSchema", request.response_format),
-                    max_tokens=request.max_tokens,
-                    temperature=self.temperature,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),
+                    **options,
                 )
                 self.limiter.observe_headers(raw.headers)
                 completion = raw.parse()
@@ -525,8 +580,11 @@ class Classifier:
                 permit.settle(0)
                 error = translate(exc, model=self.model, base_url=self.client.base_url)
                 record(failed_outcome(error), Tokens(0, 0), started)
+                if isinstance(error, RequestRejected) and self.formats.downgrade(mode, exc):
+                    raise FormatDowngraded(error.message) from exc  # again, in the new mode
                 raise error from exc
         self.rejections.success()  # the provider accepted a chat request
+        self.formats.accepted(mode)
         usage = completion.usage
         if (
             usage is not None
@@ -534,9 +592,13 @@ class Classifier:
             and isinstance(usage.completion_tokens, int)
         ):
             cached = getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0
-            counts = Tokens(usage.prompt_tokens, usage.completion_tokens, cached)
+            reasoning = getattr(usage.completion_tokens_details, "reasoning_tokens", None)
+            reasoning = reasoning if isinstance(reasoning, int) and reasoning > 0 else 0
+            counts = Tokens(
+                usage.prompt_tokens, usage.completion_tokens, cached, reasoning=reasoning
+            )
         else:  # vLLM/Ollama may omit usage: count locally and say so
-            text = "".join(m["content"] for m in request.messages)
+            text = "".join(m["content"] for m in messages)  # as sent, schema note and all
             reply = completion.choices[0].message.content if completion.choices else ""
             counts = Tokens(
                 count_tokens(text, self.model), count_tokens(reply or "", self.model), 0, True
@@ -552,8 +614,9 @@ class Classifier:
         """Records each chat call's usage in ``call`` (and the metrics)."""
 
         def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
-            cost = self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached)
-            self.record(call, self.usage_event(call, outcome, tokens, started, cost=cost))
+            self.record(
+                call, self.usage_event(call, outcome, tokens, started, cost=self.cost(tokens))
+            )
 
         return record
 
@@ -565,8 +628,7 @@ class Classifier:
         answered: list[int] = []  # where that event is in ``call.usage``, once there is one
 
         def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
-            cost = self.prices.cost(self.model, tokens.prompt, tokens.completion, tokens.cached)
-            event = self.usage_event(call, outcome, tokens, started, cost=cost)
+            event = self.usage_event(call, outcome, tokens, started, cost=self.cost(tokens))
             if outcome in FAILED_OUTCOMES:
                 self.record(call, event)
                 return
@@ -578,6 +640,12 @@ class Classifier:
                 call.usage.append(event)
 
         return record
+
+    def cost(self, tokens: Tokens) -> float | None:
+        """USD of one chat call's ``tokens`` (None: the model has no price)."""
+        return self.prices.cost(
+            self.model, tokens.prompt, tokens.completion, tokens.cached, tokens.reasoning
+        )
 
     def usage_event(
         self,
@@ -591,7 +659,9 @@ class Classifier:
         price_source: str | None = None,
         batch: tuple[str, int] | None = None,
     ) -> UsageEvent:
-        """The usage of ``call``'s next attempt (``batch``: the batch id and size, if any)."""
+        """The usage of ``call``'s next attempt (``batch``: the batch id and size, if any).
+
+        ``model`` names another model than the chat model (the first tier's)."""
         attempt = sum(u.calls for u in call.usage) + 1
         return UsageEvent(
             event_id=make_event_id(call.source, self.policy.version, "usage", attempt),
@@ -603,9 +673,11 @@ class Classifier:
             prompt_tokens=tokens.prompt,
             completion_tokens=tokens.completion,
             cached_tokens=tokens.cached,
+            reasoning_tokens=tokens.reasoning,
+            reasoning_effort=self.params.reasoning_effort if model is None else None,
             estimated=tokens.estimated,
             cost_usd=cost,
-            price_source=price_source or self.prices.source,
+            price_source=price_source or self.prices.source_for(model or self.model),
             latency_ms=(time.perf_counter() - started) * 1000,
             created_at=datetime.now(UTC),
             batch_id=batch[0] if batch else None,
@@ -714,6 +786,7 @@ def _merged(folded: UsageEvent, event: UsageEvent) -> UsageEvent:
             "prompt_tokens": folded.prompt_tokens + event.prompt_tokens,
             "completion_tokens": folded.completion_tokens + event.completion_tokens,
             "cached_tokens": folded.cached_tokens + event.cached_tokens,
+            "reasoning_tokens": folded.reasoning_tokens + event.reasoning_tokens,
             "cost_usd": cost,
             "latency_ms": folded.latency_ms + event.latency_ms,
             "estimated": folded.estimated or event.estimated,
@@ -807,8 +880,10 @@ class RejectionWatch:
         return ProviderMisconfigured(
             f"the provider rejected {len(offsets)} different messages with the same error: "
             f"{error.message} (code={signature.code}, param={signature.param}). This is a "
-            f"configuration problem (the model parameters sent to {where}: MODSTREAM_MAX_TOKENS, "
-            "MODSTREAM_TEMPERATURE, the policy's response format), not bad content." + dead
+            f"configuration problem (the model parameters sent to {where}: see the parameter "
+            "table in the README's Providers section; MODSTREAM_MODEL_FAMILY, "
+            "MODSTREAM_TOKEN_LIMIT_PARAM, MODSTREAM_REASONING_EFFORT, MODSTREAM_MAX_TOKENS, "
+            "MODSTREAM_TEMPERATURE, MODSTREAM_RESPONSE_FORMAT), not bad content." + dead
         )
 
 

@@ -3,48 +3,146 @@
 genai-prices (by the pydantic team) keeps per-provider, per-model prices, including cached-input
 rates. We never let it update at run time: the price data is the one released with the pinned
 version, so the same usage always costs the same and the source is named in every usage event.
+
+Reasoning tokens are billed as completion tokens: OpenAI's ``completion_tokens`` already holds
+them (``completion_tokens_details.reasoning_tokens`` is a part of it, not an extra), and
+genai-prices treats ``output_reasoning_tokens`` as a part of ``output_tokens`` likewise; they
+are passed along so a provider that prices them apart would be priced right.
+
+Models genai-prices does not know (a self-hosted Llama, a fine-tune) cost ``None``, never zero,
+unless a prices file (``MODSTREAM_PRICES_FILE``, :func:`load_prices`) names them::
+
+    version: self-hosted-2026-01     # named in every usage event priced from this file
+    models:
+      llama3.1:8b: {input: 0.0, output: 0.0}
+      my-finetune: {input: 0.30, output: 1.20, cached_input: 0.15}   # USD per 1M tokens
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
 
+import structlog
+import yaml
 from genai_prices import Usage, calc_price
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consumer.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 #: Named in every UsageEvent so a cost can be traced to the data it came from.
 PRICE_SOURCE = f"genai-prices=={version('genai-prices')}"
+
+Rate = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class ModelPrice(BaseModel):
+    """One model's prices in USD per 1M tokens; cached input defaults to the input rate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: Rate
+    output: Rate
+    cached_input: Rate | None = None
+
+
+class PriceFile(BaseModel):
+    """The prices file: a version (named in usage events) and prices per model name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[str, Field(min_length=1)]
+    models: Annotated[dict[str, ModelPrice], Field(min_length=1)]
+
+
+def load_prices(path: Path) -> PriceFile:
+    """Read and validate a prices file (YAML or JSON); ConfigError names what is wrong."""
+    where = f"MODSTREAM_PRICES_FILE ({path})"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc}") from exc
+    try:
+        return PriceFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{where}: {problems}") from exc
 
 
 class PriceTable:
     """Looks up prices for one provider; unknown models cost ``None`` (not zero)."""
 
-    def __init__(self, provider_id: str = "openai") -> None:
+    def __init__(self, provider_id: str = "openai", overrides: PriceFile | None = None) -> None:
         self.provider_id = provider_id
         self.source = PRICE_SOURCE
+        self.overrides: Mapping[str, ModelPrice] = overrides.models if overrides else {}
+        self._override_source = f"prices file {overrides.version}" if overrides else ""
+
+    def source_for(self, model: str) -> str:
+        """Where ``model``'s prices come from, for the usage event."""
+        return self._override_source if model in self.overrides else self.source
 
     # calc_price walks the price data on every call (~70 us); a message stream repeats the same
     # token counts over and over, so the exact answers are cached.
     @functools.lru_cache(maxsize=8192)  # noqa: B019  (one table per process, bounded)
     def cost(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> float | None:
-        """USD for one call; ``prompt_tokens`` includes the ``cached_tokens`` read from cache."""
+        """USD for one call; ``prompt_tokens`` includes the ``cached_tokens`` read from cache,
+        ``completion_tokens`` the ``reasoning_tokens`` (as OpenAI reports them)."""
+        cached = min(cached_tokens, prompt_tokens)
+        if (price := self.overrides.get(model)) is not None:
+            cached_rate = price.input if price.cached_input is None else price.cached_input
+            total = (
+                (prompt_tokens - cached) * price.input
+                + cached * cached_rate
+                + completion_tokens * price.output
+            )
+            return total / 1_000_000
         if not self.known(model):
             return None
         usage = Usage(
             input_tokens=prompt_tokens,
             output_tokens=completion_tokens,
-            cache_read_tokens=min(cached_tokens, prompt_tokens),
+            cache_read_tokens=cached,
+            output_reasoning_tokens=min(reasoning_tokens, completion_tokens),
         )
-        price = calc_price(usage, model, provider_id=self.provider_id)
-        return float(price.total_price)
+        price_calc = calc_price(usage, model, provider_id=self.provider_id)
+        return float(price_calc.total_price)
 
     @functools.cache  # noqa: B019  (one table per process; the cache is bounded by model names)
     def known(self, model: str) -> bool:
-        """Whether the price data has ``model``."""
+        """Whether the prices file or the price data has ``model``."""
+        if model in self.overrides:
+            return True
         try:
             calc_price(Usage(input_tokens=1), model, provider_id=self.provider_id)
         except LookupError:
             return False
+        return True
+
+    def warn_unknown(self, model: str) -> bool:
+        """Log one WARNING when ``model`` has no price (its usage events carry a null cost);
+        called once at start-up, not per message. Whether it was unknown."""
+        if self.known(model):
+            return False
+        log.warning(
+            "no price for the model: its usage events carry cost_usd null",
+            model=model,
+            price_source=self.source,
+            fix="add it to MODSTREAM_PRICES_FILE",
+        )
         return True

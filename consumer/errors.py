@@ -4,6 +4,8 @@
     ├── TransientError             True       False   retried with backoff; never dead-lettered
     │   ├── RateLimited            True       False   429; carries the server's retry-after
     │   ├── ProviderUnavailable    True       False   5xx, timeout, connection error, empty choices
+    │   ├── FormatDowngraded       True       False   400 for the response format in ``auto``:
+    │   │                                             sent again at once in the next mode
     │   └── BrokerUnavailable      True       False   a retriable Kafka error (no leader, timeout)
     ├── PermanentError             False      False   the message can never succeed: dead letter
     │   ├── DecodeError                               bytes are not a valid ModerationRequest
@@ -71,6 +73,14 @@ class ProviderUnavailable(TransientError):
     """5xx, timeout, dropped connection, or a reply with no choices."""
 
     kind = "provider_unavailable"
+
+
+class FormatDowngraded(TransientError):
+    """The server rejected the response format, and ``MODSTREAM_RESPONSE_FORMAT=auto`` moved
+    one step down (:class:`consumer.request_params.ResponseFormats`): the same request goes
+    again in the new mode. Never poison, never a circuit failure: the server answered."""
+
+    kind = "format_downgraded"
 
 
 class BrokerUnavailable(TransientError):

@@ -162,9 +162,10 @@ class Replayer:
     # Budget --------------------------------------------------------------------------------
 
     def worst_case_cost(self, admitted: Admitted) -> float:
-        """The most one message may cost: a full ``max_tokens`` reply, twice (repair/retry)."""
+        """The most one message may cost: a full completion budget (the reply and any room
+        for reasoning), twice (repair/retry)."""
         prompt = self.classifier.overhead_tokens + admitted.content_tokens
-        one = self.classifier.prices.cost(self.classifier.model, prompt, self.settings.max_tokens)
+        one = self.classifier.prices.cost(self.classifier.model, prompt, self.classifier.max_tokens)
         return 2 * (one or 0.0)
 
     async def _reserve(self, amount: float) -> bool:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError
+from consumer.request_params import EFFORTS, RequestParams, Server, choose, server_kind
 
 
 class InputFormat(StrEnum):
@@ -119,8 +120,66 @@ class Settings(BaseSettings):
     context_window: PositiveInt = Field(
         default=128_000, description="Model context in tokens; the prompt must fit inside."
     )
-    max_tokens: PositiveInt = Field(default=400, description="Completion budget per call.")
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    max_tokens: PositiveInt = Field(
+        default=400,
+        description="Budget of the visible reply per call; a reasoning model gets room for "
+        "its reasoning on top (MODSTREAM_REASONING_BUDGET_TOKENS).",
+    )
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = Field(
+        default=0.0, description="Sent only to models that accept it (not to reasoning models)."
+    )
+    model_family: str = Field(
+        default="auto",
+        description="Row of the parameter table (consumer/request_params.py) to use instead "
+        "of the one the model name and base URL pick, e.g. gpt-5 for a deployment whose name "
+        "does not say.",
+    )
+    token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = Field(
+        default="auto", description="Name of the completion budget in the request body."
+    )
+    reasoning_effort: str = Field(
+        default="auto",
+        pattern="^(auto|off|" + "|".join(EFFORTS) + ")$",
+        description="auto: the lowest the model allows (minimal for gpt-5, low for o-series, "
+        "none for gpt-5.1); off: never sent; or a value the model takes.",
+    )
+    reasoning_budget_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Completion tokens a reasoning model may spend on reasoning, on top of "
+        "max_tokens; default by effort (minimal 1024, low 4096, medium 8192, ...).",
+    )
+    seed: int | None = Field(
+        default=None, description="Sampling seed, sent to the models that take one."
+    )
+    response_format: Literal["auto", "json_schema", "json_object", "text"] = Field(
+        default="auto",
+        description="How the reply's JSON is asked for; auto starts at json_schema and steps "
+        "down once when the server rejects it.",
+    )
+    azure_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MODSTREAM_AZURE_ENDPOINT", "AZURE_OPENAI_ENDPOINT"),
+        description="Azure OpenAI resource endpoint (https://NAME.openai.azure.com); set, "
+        "modstream talks to Azure through AsyncAzureOpenAI.",
+    )
+    azure_deployment: str | None = Field(
+        default=None, description="Azure deployment name; default: MODSTREAM_MODEL."
+    )
+    azure_api_version: str = Field(
+        default="2025-04-01-preview",
+        validation_alias=AliasChoices("MODSTREAM_AZURE_API_VERSION", "OPENAI_API_VERSION"),
+        description="Azure api-version (reasoning models need 2024-12-01-preview or later).",
+    )
+    azure_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("MODSTREAM_AZURE_API_KEY", "AZURE_OPENAI_API_KEY"),
+        description="Azure OpenAI key; a secret.",
+    )
+    prices_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON prices (USD per 1M tokens) for models genai-prices does "
+        "not know, e.g. self-hosted ones; they win over genai-prices.",
+    )
     connect_timeout_s: PositiveFloat = 5.0
     request_timeout_s: PositiveFloat = 30.0
     rpm: PositiveInt | None = Field(default=None, description="Client-side requests/minute.")
@@ -231,17 +290,47 @@ class Settings(BaseSettings):
             raise ValueError(
                 "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
             )
-        if self.max_tokens >= self.context_window:
-            raise ValueError("max_tokens must be smaller than context_window")
-        if self.batch_size > 1 and (
-            self.batch_size * (self.batch_max_tokens + self.max_tokens) >= self.context_window
-        ):
+        if self.azure_endpoint is not None and self.openai_base_url is not None:
+            raise ValueError(
+                "set MODSTREAM_AZURE_ENDPOINT or OPENAI_BASE_URL, not both: the Azure endpoint "
+                "is the base URL of an Azure OpenAI resource"
+            )
+        params = self.request_params  # raises ValueError naming the setting
+        if params.completion_budget >= self.context_window:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) plus room for reasoning "
+                f"({params.reasoning_room}) must be smaller than context_window "
+                f"({self.context_window})"
+            )
+        batch = self.batch_size * self.batch_max_tokens + params.batch_budget(self.batch_size)
+        if self.batch_size > 1 and batch >= self.context_window:
             raise ValueError(
                 f"a full batch ({self.batch_size} x (batch_max_tokens {self.batch_max_tokens} + "
-                f"max_tokens {self.max_tokens})) does not fit context_window "
-                f"({self.context_window}): lower batch_size or batch_max_tokens"
+                f"max_tokens {self.max_tokens}) + reasoning room {params.reasoning_room}) does "
+                f"not fit context_window ({self.context_window}): lower batch_size or "
+                "batch_max_tokens"
             )
         return self
+
+    @property
+    def server(self) -> Server:
+        """The kind of server the model is reached at."""
+        return server_kind(self.openai_base_url, azure=self.azure_endpoint is not None)
+
+    @property
+    def request_params(self) -> RequestParams:
+        """What every chat request carries (see :mod:`consumer.request_params`)."""
+        return choose(
+            self.model,
+            self.server,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+            family=self.model_family,
+            budget_name=self.token_limit_param,
+            reasoning_effort=self.reasoning_effort,
+            reasoning_budget=self.reasoning_budget_tokens,
+        )
 
     @property
     def effective_transactional_id(self) -> str:

@@ -145,6 +145,15 @@ class UsageEvent(_Output):
     prompt_tokens: Annotated[int, Field(ge=0)]
     completion_tokens: Annotated[int, Field(ge=0)]
     cached_tokens: Annotated[int, Field(ge=0)] = 0
+    reasoning_tokens: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Hidden reasoning tokens of a reasoning model: a part of "
+        "completion_tokens (and billed as such), as the provider reports them.",
+    )
+    reasoning_effort: str | None = Field(
+        default=None,
+        description="The reasoning_effort the request asked for; None when none was sent.",
+    )
     estimated: bool = Field(
         default=False, description="Tokens were counted locally: the provider reported none."
     )

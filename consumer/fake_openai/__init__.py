@@ -1,10 +1,11 @@
 """modstream's OpenAI-compatible FAKE server. It is NOT a model.
 
 ``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
-strict ``json_schema`` replies), ``/v1/moderations`` and ``/v1/models`` over real HTTP, with
-verdicts from a keyword heuristic (:mod:`.heuristic`), OpenAI-style usage and rate-limit
-headers, and injectable latency and faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests,
-the demo and the benchmarks use it; nothing here reaches OpenAI.
+strict ``json_schema`` replies, or an instance of a schema the system prompt states),
+``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
+(:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
+faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
+nothing here reaches OpenAI.
 
 Modules, in the order a request meets them::
 
@@ -13,6 +14,7 @@ Modules, in the order a request meets them::
     state          FakeState and the shared request steps: auth, outage, faults, admission
     faults         the fault draw, latency, retry-after headers, OpenAI error bodies
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
+    reasoning      a reasoning model's parameter rules (OpenAI's 400s) and reasoning tokens
     usage          prompt/completion token counts and the simulated prefix cache
     reply          reply content per response_format and the OpenAI response bodies
     instances      JSON Schema instance generator (moderation-flavoured values)

@@ -1,7 +1,8 @@
 """The aiohttp application: OpenAI-compatible endpoints with injected faults, and admin routes.
 
 Per API request: log and count it, check the key and the outage switch, the model name (404
-for one the fake does not serve), an unsupported parameter and the poison marker (knobs), roll
+for one the fake does not serve), an unsupported parameter, a reasoning model's parameter rules
+(:mod:`.reasoning`), a rejected ``json_schema`` and the poison marker (knobs), roll
 the fault dice, admit it against the rate limits, wait the configured latency, then answer (or
 hang, or drop the connection).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consumer.fake_openai import admin_routes
+from consumer.fake_openai import admin_routes, reasoning
 from consumer.fake_openai.config import FakeConfig
 from consumer.fake_openai.faults import REPLY_FAULTS, Fail, Outcome
 from consumer.fake_openai.instances import SchemaError
@@ -28,6 +29,7 @@ from consumer.fake_openai.reply import (
     moderation_body,
     moderation_inputs,
     new_id,
+    prompt_schema,
     render,
     truncated,
 )
@@ -35,7 +37,19 @@ from consumer.fake_openai.state import ERRORS, FakeState, json_response
 from consumer.fake_openai.usage import cut_to_tokens, prompt_tokens, tokens
 
 DEFAULT_MAX_TOKENS = 4096
-MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-5-mini", "omni-moderation-latest")
+MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "gpt-5.1",
+    "o4-mini",
+    "o3",
+    "omni-moderation-latest",
+)
 STATE: web.AppKey[FakeState] = web.AppKey("fake_state")
 
 
@@ -64,10 +78,19 @@ class Endpoints:
         config = state.config
         if config.unsupported_param is not None and config.unsupported_param in body:
             raise Fail.unsupported_parameter(config.unsupported_param)
+        effort = None
+        if config.reasoning_rules and reasoning.is_reasoning(model):
+            effort = reasoning.check(body, model)
+        response_format = body.get("response_format")
+        wants_schema = isinstance(response_format, dict) and (
+            response_format.get("type") == "json_schema"
+        )
+        if config.reject_json_schema and wants_schema:
+            raise Fail.json_schema_unsupported()
         self.check_poison(json.dumps(messages))
         context = context_for(last_user_text(messages))
         try:  # before any waiting: a bad schema is the caller's error, answered at once
-            value = content_value(body.get("response_format"), context)
+            value = content_value(response_format, context, prompt_schema(messages))
         except SchemaError as exc:
             raise Fail.bad_request(f"Invalid response_format: {exc}", "invalid_schema") from exc
         outcome = state.dice.roll(state.config)
@@ -85,8 +108,14 @@ class Endpoints:
             cached = state.prefix.cached_tokens(
                 model, messages[0], first, state.config.cache_min_tokens
             )
+            thought = 0 if effort is None else reasoning.spent(effort, prompt - first)
             data, used = self.reply(
-                value, model=model, outcome=outcome, usage=(prompt, cached), allowance=allowance
+                value,
+                model=model,
+                outcome=outcome,
+                usage=(prompt, cached),
+                allowance=allowance,
+                reasoning_tokens=thought,
             )
             state.stats.tokens(prompt, used, cached)
             # Refund before the headers are written, so they show the bucket after this call.
@@ -98,11 +127,20 @@ class Endpoints:
             state.limiter.refund(unused)
 
     def reply(
-        self, value: Any, *, model: str, outcome: Outcome, usage: tuple[int, int], allowance: int
+        self,
+        value: Any,
+        *,
+        model: str,
+        outcome: Outcome,
+        usage: tuple[int, int],
+        allowance: int,
+        reasoning_tokens: int = 0,
     ) -> tuple[dict[str, Any], int]:
         """The completion body for the generated ``value`` and its completion tokens.
 
         ``usage`` is (prompt tokens, cached tokens); ``allowance`` is max_tokens or the default.
+        ``reasoning_tokens`` are spent first, inside the allowance, as a reasoning model does:
+        what is left is the reply's, and nothing left means empty content, ``length``.
         """
         content: str | None = render(value)
         refusal, finish = None, "stop"
@@ -114,10 +152,15 @@ class Endpoints:
             content, refusal = None, REFUSAL
         elif outcome is Outcome.CONTENT_FILTER:
             content, finish = self.state.dice.filtered_content(), "content_filter"
+        thought = min(reasoning_tokens, allowance)
+        room = allowance - thought
         used = tokens(content or refusal or "", model)
-        if used > allowance and content:
+        if room == 0 and thought:
+            content, refusal, used, finish = "", None, 0, "length"  # all spent on reasoning
+        elif used > room and content:
             # The reply does not fit max_tokens: cut it there, as the real API does.
-            content, used, finish = cut_to_tokens(content, allowance, model), allowance, "length"
+            content, used, finish = cut_to_tokens(content, room, model), room, "length"
+        used += thought
         data = completion_body(
             model=model,
             content=content,
@@ -126,6 +169,7 @@ class Endpoints:
             prompt_tokens=usage[0],
             completion_tokens=used,
             cached_tokens=usage[1],
+            reasoning_tokens=thought,
         )
         return data, used
 

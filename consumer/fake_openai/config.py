@@ -92,6 +92,13 @@ class FakeConfig(BaseSettings):
     """When set (e.g. ``max_tokens``), chat requests carrying that parameter get 400
     ``unsupported_parameter``, as OpenAI answers for parameters a model does not take."""
 
+    reasoning_rules: bool = True
+    """For OpenAI reasoning model names (o-series, gpt-5*): 400 for ``max_tokens`` or a
+    non-default ``temperature``, reasoning tokens spent and reported (see reasoning.py)."""
+    reject_json_schema: bool = False
+    """When true, chat requests with a ``json_schema`` response_format get 400, as from a
+    server or model without structured outputs (json_object and plain text still work)."""
+
     api_key: str | None = None
     """When set, requests must carry ``Authorization: Bearer <api_key>`` or get 401."""
     rpm: Annotated[int, Field(gt=0)] | None = None

@@ -107,6 +107,18 @@ class Fail(Exception):  # a control-flow signal: "stop here and send this error"
         return fail
 
     @classmethod
+    def json_schema_unsupported(cls) -> Fail:
+        """400 for a ``json_schema`` response_format, in OpenAI's words for a model without
+        structured outputs."""
+        message = (
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with "
+            "this model."
+        )
+        fail = cls.bad_request(message)
+        fail.param = "response_format"
+        return fail
+
+    @classmethod
     def unauthorized(cls) -> Fail:
         """401 invalid_api_key."""
         message = "Incorrect API key provided."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -63,12 +64,45 @@ def response_schema(response_format: Any) -> dict[str, Any] | None:
     return None
 
 
-def content_value(response_format: Any, context: Context) -> Any:
-    """The reply as a JSON value (json_schema / json_object), or a string for plain text."""
+#: How a prompt states the reply's schema in json_object and text mode (the client's words).
+_PROMPT_SCHEMA = re.compile(r"JSON Schema:\s*(?=\{)")
+
+
+def prompt_schema(messages: list[Any]) -> dict[str, Any] | None:
+    """The JSON Schema a system message asks the reply to match, if it states one.
+
+    A real model reads the schema from the prompt in json_object and text mode; the fake
+    finds it after the words ``JSON Schema:`` and answers with an instance of it.
+    """
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "system":
+            continue
+        text = message_text(message)
+        if (found := _PROMPT_SCHEMA.search(text)) is None:
+            continue
+        try:
+            schema, _ = json.JSONDecoder().raw_decode(text, found.end())
+        except ValueError:
+            continue
+        if isinstance(schema, dict):
+            return schema
+    return None
+
+
+def content_value(
+    response_format: Any, context: Context, prompted: dict[str, Any] | None = None
+) -> Any:
+    """The reply as a JSON value (json_schema / json_object), or a string for plain text.
+
+    ``prompted``: a schema the prompt states (:func:`prompt_schema`), followed when the
+    response_format does not carry one.
+    """
     schema = response_schema(response_format)
     if schema is not None:
         return generate(schema, context)
     kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if prompted is not None and kind in (None, "text", "json_object"):
+        return generate(prompted, context)
     judgement = context.judgement
     if kind == "json_object":
         return {"scores": dict(judgement.scores), "rationale": judgement.rationale}
@@ -119,6 +153,7 @@ def completion_body(
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int,
+    reasoning_tokens: int = 0,
 ) -> dict[str, Any]:
     """A ``chat.completion`` object in OpenAI's exact shape."""
     message: dict[str, Any] = {
@@ -141,7 +176,7 @@ def completion_body(
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,

@@ -135,7 +135,8 @@ async def test_an_outage_of_comparable_length_dead_letters_nothing(
         ),
         (
             {"unsupported_param": "max_tokens"},
-            {},
+            # gpt-4o-mini gets max_completion_tokens by default: ask for max_tokens by setting
+            {"MODSTREAM_TOKEN_LIMIT_PARAM": "max_tokens"},
             [
                 "the provider rejected 3 different messages with the same error",
                 "'max_tokens' is not supported",

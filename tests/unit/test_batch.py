@@ -139,20 +139,24 @@ def test_parse_rejects(content: str) -> None:
     st.integers(0, 10**6),
     st.integers(0, 10**7),
     st.integers(1, 256),
+    st.integers(0, 10**7),
 )
 def test_split_tokens_adds_up_exactly_and_evenly(
-    prompt: int, completion: int, cached: int, count: int
+    prompt: int, completion: int, cached: int, count: int, reasoning: int
 ) -> None:
     cached = min(cached, prompt)
-    shares = split_tokens(Tokens(prompt, completion, cached), count)
+    reasoning = min(reasoning, completion)
+    shares = split_tokens(Tokens(prompt, completion, cached, reasoning=reasoning), count)
     assert len(shares) == count
     assert sum(s.prompt for s in shares) == prompt
     assert sum(s.completion for s in shares) == completion
     assert sum(s.cached for s in shares) == cached
-    for field in ("prompt", "completion", "cached"):
+    assert sum(s.reasoning for s in shares) == reasoning
+    for field in ("prompt", "completion", "cached", "reasoning"):
         values = [getattr(s, field) for s in shares]
         assert max(values) - min(values) <= 1
     assert all(s.cached <= s.prompt for s in shares)
+    assert all(s.reasoning <= s.completion for s in shares)
 
 
 # ---- the batch call against a scripted provider --------------------------------------------
@@ -218,7 +222,7 @@ async def test_a_full_batch_is_one_call_and_each_message_gets_its_verdict(make: 
     assert provider.requests == 1
     body = provider.bodies[0]
     assert body["response_format"] == FORMAT.response_format
-    assert body["max_tokens"] == 4 * 100
+    assert body["max_completion_tokens"] == 4 * 100
     assert body["messages"] == FORMAT.messages([f"short message {i}" for i in range(4)])
     verdicts = [r.verdict for r in results]
     assert all(v is not None for v in verdicts)

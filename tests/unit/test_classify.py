@@ -350,7 +350,8 @@ async def test_length_is_retried_once_with_double_max_tokens(make: MakeClassifie
     classifier, provider = make(ok(cut, finish="length"), ok(cut, finish="length"), max_tokens=64)
     result = await classifier.classify(admitted(), SOURCE)
     assert provider.requests == 2
-    assert [body["max_tokens"] for body in provider.bodies] == [64, 128]
+    # gpt-4o-mini takes the budget as max_completion_tokens (the parameter table)
+    assert [body["max_completion_tokens"] for body in provider.bodies] == [64, 128]
     assert isinstance(result.failure, InvalidReply)
     assert result.failure.reply == cut
     assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.LENGTH]
@@ -359,7 +360,7 @@ async def test_length_is_retried_once_with_double_max_tokens(make: MakeClassifie
 async def test_length_then_complete_reply_is_a_verdict(make: MakeClassifier) -> None:
     classifier, provider = make(ok("{", finish="length"), ok(reply_text()), max_tokens=50)
     result = await classifier.classify(admitted(), SOURCE)
-    assert [body["max_tokens"] for body in provider.bodies] == [50, 100]
+    assert [body["max_completion_tokens"] for body in provider.bodies] == [50, 100]
     assert result.verdict is not None
     assert result.verdict.action == Action.ALLOW
     assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.OK]
@@ -428,7 +429,8 @@ async def test_request_shape(make: MakeClassifier) -> None:
     await classifier.classify(admitted(), SOURCE)
     body = provider.bodies[0]
     assert body["model"] == MODEL
-    assert body["max_tokens"] == 77
+    assert body["max_completion_tokens"] == 77
+    assert "max_tokens" not in body
     assert body["temperature"] == 0.0
     assert body["response_format"] == POLICY.response_format
 

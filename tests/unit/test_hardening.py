@@ -436,6 +436,7 @@ def event(attempt: int, outcome: UsageOutcome, tokens: int, cost: float, model: 
         outcome=outcome,
         prompt_tokens=tokens,
         completion_tokens=tokens // 2,
+        reasoning_tokens=tokens // 4,
         cost_usd=cost,
         latency_ms=float(tokens),
         created_at=datetime(2024, 1, 1, tzinfo=UTC),
@@ -473,6 +474,7 @@ def test_fold_keeps_every_sum_and_bounds_the_events(
     assert Classified(None, None, usage).attempts == len(calls)
     assert sum(u.prompt_tokens for u in usage) == sum(t for _, t, _, _ in calls)
     assert sum(u.completion_tokens for u in usage) == sum(t // 2 for _, t, _, _ in calls)
+    assert sum(u.reasoning_tokens for u in usage) == sum(t // 4 for _, t, _, _ in calls)
     assert sum(u.latency_ms for u in usage) == pytest.approx(sum(float(t) for _, t, _, _ in calls))
     assert sum(u.cost_usd or 0 for u in usage) == pytest.approx(sum(c for _, _, c, _ in calls))
     failures = [u for u in usage if u.outcome in FAILED_OUTCOMES]
