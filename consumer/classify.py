@@ -69,7 +69,6 @@ import structlog
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
-from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -102,6 +101,7 @@ from consumer.provider import (
     retry_after_seconds,
     translate,
 )
+from consumer.salvage import MAX_REPAIRS, Reading, read, repair_request
 from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
 from schemas import Source, TierScores, UsageEvent, UsageOutcome, Verdict, make_event_id
@@ -294,7 +294,8 @@ class Classifier:
 
     async def chat(self, call: Call) -> Classified:
         """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
-        repaired = lengthened = False
+        repairs = 0
+        lengthened = False
         witnessed = self.witness_recorder(call)
         while True:
             request = ChatRequest(
@@ -331,30 +332,51 @@ class Classifier:
                 lengthened = True
                 call.max_tokens *= 2
                 continue
-            try:
-                reply = self.policy.reply_model.model_validate_json(content)
-            except ValidationError as exc:
-                self._mark_last(call, UsageOutcome.INVALID_REPLY)
-                problem = _describe(exc)
-                if repaired:
-                    failure = InvalidReply(
-                        f"reply invalid after one repair: {problem}", reply=content
-                    )
-                    return Classified(None, failure, call.usage)
-                repaired = True
-                call.messages = [
-                    *call.messages,
-                    {"role": "assistant", "content": content},
-                    {
-                        "role": "user",
-                        "content": f"That reply is invalid: {problem}. Reply again with only "
-                        "JSON that matches the schema.",
-                    },
-                ]
+            reading = read(content, self.policy.reply_model)
+            if reading.reply is None:
+                gave_up = self._repair(call, content, reading, repairs)
+                if gave_up is not None:
+                    return Classified(None, gave_up, call.usage)
+                repairs += 1
                 continue
+            reply = reading.reply
+            self._used(call, reading, repairs)
             scores = self.policy.scores_from_reply(reply)
             rationale = str(getattr(reply, "rationale", ""))[:1000]
             return Classified(self.chat_verdict(call, scores, rationale), None, call.usage)
+
+    def _repair(
+        self, call: Call, content: str, reading: Reading, repairs: int
+    ) -> InvalidReply | None:
+        """The next rung for a reply that neither validates nor salvages: a repair request
+        (added to ``call``'s conversation), or, after the last, the dead letter's reason."""
+        self._mark_last(call, UsageOutcome.INVALID_REPLY)
+        if repairs >= MAX_REPAIRS:
+            self.metrics.reply_rung(self.model, "gave_up")
+            return InvalidReply(
+                f"reply invalid after {repairs} repairs: {reading.problem}", reply=content
+            )
+        self.metrics.reply_rung(self.model, f"repair_{repairs + 1}")
+        call.messages = [
+            *call.messages,
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": repair_request(reading.problem, self.policy.reply_model)},
+        ]
+        return None
+
+    def _used(self, call: Call, reading: Reading, repairs: int) -> None:
+        """The reply of ``reading`` is used: its rung said in the last usage and the metrics."""
+        if repairs:
+            self.metrics.reply_rung(self.model, "repaired")
+        if reading.salvaged is not None:
+            # The verdict's values are the reply's own; the usage says it came in wrapping.
+            self._mark_last(call, UsageOutcome.SALVAGED)
+            self.metrics.reply_salvaged(self.model, reading.salvaged.fixes)
+            log.debug(
+                "reply salvaged", notes=list(reading.salvaged.notes), offset=call.source.offset
+            )
+        elif repairs:
+            self.mark_last(call, UsageOutcome.REPAIRED)
 
     def chat_verdict(self, call: Call, scores: dict[str, float], rationale: str) -> Verdict:
         """The verdict from the chat model's scores (recorded as its tier when tiering)."""
@@ -810,12 +832,3 @@ class RejectionWatch:
             f"configuration problem (the model parameters sent to {where}: MODSTREAM_MAX_TOKENS, "
             "MODSTREAM_TEMPERATURE, the policy's response format), not bad content." + dead
         )
-
-
-def _describe(exc: ValidationError) -> str:
-    """A validation error in a few words the model (and a person) can act on."""
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
