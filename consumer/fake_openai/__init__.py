@@ -14,7 +14,7 @@ Modules, in the order a request meets them::
     faults         the fault draw, latency, retry-after headers, OpenAI error bodies
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
     usage          prompt/completion token counts and the simulated prefix cache
-    reply          reply content per response_format and the OpenAI response bodies
+    reply          reply content per response_format, its malformed kinds, the OpenAI bodies
     instances      JSON Schema instance generator (moderation-flavoured values)
     values         its leaf values: numbers, booleans, strings, enums
     heuristic      keyword scores per moderation category (deterministic per content)
