@@ -15,7 +15,10 @@ while others succeed                  ``poison_attempts`` such failures (rule be
 400 / 422                             ``RequestRejected``: dead letter
 same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
 different messages, no 200 between    stops (the earlier ones are dead letters)
-invalid JSON or schema violation      one repair request showing the error, then dead letter
+only the wrapping wrong (code fence,  salvaged locally, the reply's own values: no call
+text around the JSON, unknown keys)   (:mod:`consumer.salvage`; usage outcome ``salvaged``)
+invalid JSON or wrong values (out of  a repair request showing the error and restating the
+range, missing, wrong type)           schema; a second one; then dead letter
 ``finish_reason == "length"``         one retry with twice the ``max_tokens``, then dead letter
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
 ====================================  ==========================================

@@ -252,13 +252,13 @@ def salvage(text: str, shape: Shape) -> Salvaged | Unsalvageable:
         before = opening["prose"] if opening else before
         after = closing["rest"] if closing else after
     ignored = [
-        f"{len(part.strip())} characters {where} the JSON value"
+        f"{len(part.strip())} characters {where}"
         for part, where in ((before, "before"), (after, "after"))
         if part.strip()
     ]
     if ignored:
         fixes.append(Fix.EXTRA_TEXT)
-        notes.append("ignored " + " and ".join(ignored))
+        notes.append("ignored " + " and ".join(ignored) + " the JSON value")
     dropped: list[str] = []
     value = _prune(value, shape, "", dropped)
     if dropped:
