@@ -19,7 +19,8 @@ only the wrapping wrong (code fence,  salvaged locally, the reply's own values: 
 text around the JSON, unknown keys)   (:mod:`consumer.salvage`; usage outcome ``salvaged``)
 invalid JSON or wrong values (out of  a repair request showing the error and restating the
 range, missing, wrong type)           schema; a second one; then dead letter
-``finish_reason == "length"``         one retry with twice the ``max_tokens``, then dead letter
+``finish_reason == "length"``         one retry with twice the ``max_tokens``; cut again, it
+                                      takes a repair rung (see above), then dead letter
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
 ====================================  ==========================================
 
@@ -325,19 +326,23 @@ class Classifier:
                     call, UsageOutcome.REFUSAL if refusal else UsageOutcome.CONTENT_FILTER
                 )
                 return Classified(self._refusal_verdict(call, reason), None, call.usage)
-            if choice.finish_reason == "length":
+            cut = choice.finish_reason == "length"
+            if cut:
                 self._mark_last(call, UsageOutcome.LENGTH)
-                if lengthened:
-                    failure = InvalidReply(
-                        f"reply cut at max_tokens={call.max_tokens} twice", reply=content
-                    )
-                    return Classified(None, failure, call.usage)
-                lengthened = True
-                call.max_tokens *= 2
-                continue
-            reading = read(content, self.policy.reply_model)
+                if not lengthened:
+                    lengthened = True
+                    call.max_tokens *= 2
+                    continue
+                # Cut again with twice the budget: a rung of the repair ladder, not the end.
+                problem = (
+                    f"cut off at max_tokens={call.max_tokens} (twice) before the JSON ended; "
+                    "keep the rationale short"
+                )
+                reading = Reading(None, problem=problem)
+            else:
+                reading = read(content, self.policy.reply_model)
             if reading.reply is None:
-                gave_up = self._repair(call, content, reading, repairs)
+                gave_up = self._repair(call, content, reading, repairs, cut=cut)
                 if gave_up is not None:
                     return Classified(None, gave_up, call.usage)
                 repairs += 1
@@ -349,11 +354,13 @@ class Classifier:
             return Classified(self.chat_verdict(call, scores, rationale), None, call.usage)
 
     def _repair(
-        self, call: Call, content: str, reading: Reading, repairs: int
+        self, call: Call, content: str, reading: Reading, repairs: int, *, cut: bool
     ) -> InvalidReply | None:
-        """The next rung for a reply that neither validates nor salvages: a repair request
-        (added to ``call``'s conversation), or, after the last, the dead letter's reason."""
-        self._mark_last(call, UsageOutcome.INVALID_REPLY)
+        """The next rung for a reply that neither validates nor salvages (or was cut again
+        after its budget was doubled): a repair request (added to ``call``'s conversation),
+        or, after the last, the dead letter's reason."""
+        if not cut:  # a cut reply's usage says ``length`` already
+            self._mark_last(call, UsageOutcome.INVALID_REPLY)
         if repairs >= MAX_REPAIRS:
             self.metrics.reply_rung(self.model, "gave_up")
             return InvalidReply(

@@ -442,15 +442,33 @@ async def test_still_invalid_after_two_repairs_is_an_invalid_reply_with_the_repl
     )
 
 
-async def test_length_is_retried_once_with_double_max_tokens(make: MakeClassifier) -> None:
+async def test_length_is_retried_once_with_double_max_tokens_then_repaired(
+    make: MakeClassifier,
+) -> None:
     cut = '{"scores": {"harassment": 0.1, "hara'
-    classifier, provider = make(ok(cut, finish="length"), ok(cut, finish="length"), max_tokens=64)
+    classifier, provider = make(
+        ok(cut, finish="length"), ok(cut, finish="length"), ok(reply_text()), max_tokens=64
+    )
     result = await classifier.classify(admitted(), SOURCE)
-    assert provider.requests == 2
-    assert [body["max_tokens"] for body in provider.bodies] == [64, 128]
+    assert provider.requests == 3
+    assert [body["max_tokens"] for body in provider.bodies] == [64, 128, 128]
+    assert result.verdict is not None
+    assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.LENGTH, UsageOutcome.REPAIRED]
+    # Cut again with the budget doubled: a repair rung that says so, the budget kept.
+    first, third = provider.bodies[0]["messages"], provider.bodies[2]["messages"]
+    assert third[len(first)] == {"role": "assistant", "content": cut}
+    assert "cut off at max_tokens=128 (twice)" in third[len(first) + 1]["content"]
+
+
+async def test_cut_again_and_again_ends_after_the_last_repair(make: MakeClassifier) -> None:
+    cut = '{"scores": {"harassment": 0.1, "hara'
+    classifier, provider = make(*[ok(cut, finish="length")] * 4, max_tokens=64)
+    result = await classifier.classify(admitted(), SOURCE)
+    assert provider.requests == 4  # the longer budget, then two repairs
     assert isinstance(result.failure, InvalidReply)
     assert result.failure.reply == cut
-    assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.LENGTH]
+    assert "after 2 repairs: cut off at max_tokens=128" in result.failure.message
+    assert outcomes(result) == [UsageOutcome.LENGTH] * 4
 
 
 async def test_length_then_complete_reply_is_a_verdict(make: MakeClassifier) -> None:
@@ -710,10 +728,10 @@ async def test_one_usage_event_per_attempt(make: MakeClassifier) -> None:
 
 
 async def test_usage_of_a_failure_is_kept(make: MakeClassifier) -> None:
-    classifier, _ = make(ok("x", finish="length"), ok("y", finish="length"))
+    classifier, _ = make(*[ok(text, finish="length") for text in "wxyz"])
     result = await classifier.classify(admitted(), SOURCE)
     assert result.failure is not None
-    assert [u.attempt for u in result.usage] == [1, 2]
+    assert [u.attempt for u in result.usage] == [1, 2, 3, 4]
     assert all(u.prompt_tokens == 120 for u in result.usage)
 
 
