@@ -3,8 +3,9 @@
 The fake sends each malformed kind at 4 % of chat replies: code fences, trailing prose and
 unknown keys (only the wrapping wrong: salvaged locally), out-of-range scores, invalid JSON and
 schema violations (a repair request each), and truncation (a longer budget; cut again, a
-repair). With one repair, no salvage and a second cut final, about 4 % of clean inputs ended
-as dead letters; the ladder must bring that under 0.5 %, and every verdict, salvaged ones
+repair). With one repair, no salvage and a second cut final, about 6.5 % of clean inputs would
+end as dead letters (24 % of replies need a repair, 4 % are cut); the ladder must bring that
+under 0.5 % (it expects about 0.2 %), and every verdict, salvaged ones
 above all, must carry exactly the scores the fake's reply held (never a clamped or invented
 value).
 """
