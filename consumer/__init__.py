@@ -7,6 +7,8 @@ Errors are one tree (``errors``); third-party errors become ours in one place pe
 ``provider`` for the model's (openai), ``broker`` for Kafka's (aiokafka). ``circuit`` is the
 provider breaker, ``kafka_pacing`` keeps aiokafka's metadata retries from spinning while the
 broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations.
+``salvage`` reads the model's reply text for classify and batch: the repair ladder's local
+rungs (pure functions).
 """
 
 __version__ = "0.1.0"

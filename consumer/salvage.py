@@ -18,9 +18,10 @@ sometimes a value that is wrong. The ladder, in the order :mod:`consumer.classif
    very value the text held at that place. A reply whose values are wrong (out of range,
    missing, of the wrong type) or whose JSON is broken or cut off is not salvaged.
 3. **repair**: classify asks the model again, showing the problem (:func:`read`) and restating
-   the schema (:func:`schema_reminder`); the new reply climbs the ladder from rung 1. At most
-   two repairs (usage outcome ``invalid_reply`` for each reply that needed one, ``repaired``
-   for a repair's reply that is used).
+   the schema (:func:`repair_request`); the new reply climbs the ladder from rung 1. At most
+   :data:`MAX_REPAIRS` repairs (usage outcome ``invalid_reply`` for each reply that needed one,
+   ``repaired`` for a repair's reply that is used). A reply cut by ``length`` first gets a
+   retry with twice the budget (classify's rule); cut again, it takes a repair rung too.
 4. **dead letter**: still invalid after the second repair, ``InvalidReply``.
 
 The batch path (:mod:`consumer.batch`) uses rungs 1 and 2; its repair is one call per message.
