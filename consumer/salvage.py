@@ -129,8 +129,6 @@ class Reading:
     #: Set when the reply (or the problem) comes from a salvaged value.
     salvaged: Salvaged | None = None
     problem: str = ""
-    #: Why salvage did not apply, when it did not.
-    unsalvageable: Unsalvageable | None = None
 
 
 def shape_of(schema: Mapping[str, Any]) -> Shape:
@@ -290,7 +288,7 @@ def read(text: str, model: type[BaseModel]) -> Reading:
         first = exc
     found = salvage(text, reply_shape(model))
     if isinstance(found, Unsalvageable):
-        return Reading(None, problem=describe(first), unsalvageable=found)
+        return Reading(None, problem=describe(first))
     if not found.fixes:  # nothing to remove: the same text, the same verdict
         return Reading(None, problem=describe(first))
     try:
