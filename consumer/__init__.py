@@ -10,6 +10,8 @@ broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` ar
 ``request_params`` decides, once, what classify's chat requests carry for the model family and
 the server (the budget's name, temperature, reasoning effort, seed, the response format's
 mode); ``cost`` prices each call (genai-prices, or a prices file).
+``salvage`` reads the model's reply text for classify and batch: the repair ladder's local
+rungs (pure functions).
 """
 
 __version__ = "0.1.0"

@@ -14,10 +14,13 @@ classifier and has the same interface, ``classify(admitted, source) -> Classifie
 The call: the policy's system text plus a note on the batch form, and one user message holding
 ``<content index="0">…</content>`` … blocks (escaped like a single message's block). The reply
 is a strict ``json_schema`` ``{"items": [{"index", "scores", "rationale"}]}``; it must carry
-every index exactly once. A reply that does not (or is invalid, cut by ``length``, refused or
-filtered), and a request the provider rejects, make the batch fall back to one ordinary call
-per message; the batch call's usage stays with its messages. Transient errors are retried like
-any call (same retry layer, breaker and limiter); a batch takes one concurrency slot. A batch
+every index exactly once. A reply only wrapped wrong (a code fence, text around the JSON,
+unknown keys) is salvaged first, as a single call's is (:mod:`consumer.salvage`; usage outcome
+``salvaged``). A reply that does not (or is invalid, cut by ``length``, refused or filtered),
+and a request the provider rejects, make the batch fall back to one ordinary call per message
+(the batch's own repair: each of them climbs the repair ladder on its own); the batch call's
+usage stays with its messages. Transient errors are retried like any call (same retry layer,
+breaker and limiter); a batch takes one concurrency slot. A batch
 whose call keeps failing with 5xx/timeouts while other calls succeed (``PersistentFailure``, the
 poison rule of :mod:`consumer.classify`) falls back to single calls too: each of them then
 counts its own failures, so only the message that is poison is dead-lettered. A 404 (or a 400
@@ -47,6 +50,7 @@ from consumer.classify import Call, ChatRequest, Classified, Classifier, Tokens
 from consumer.errors import PermanentError
 from consumer.policy import Policy, PromptBuilder, escape
 from consumer.request_params import ReplyFormat
+from consumer.salvage import Salvaged, Unsalvageable, reply_shape, salvage
 from consumer.tokens import count_tokens
 from schemas import Source, UsageOutcome
 
@@ -130,6 +134,25 @@ class BatchFormat:
         )
         user = f"Judge each of the {len(texts)} content blocks below on its own.\n{blocks}"
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def read(
+        self, content: str, count: int
+    ) -> tuple[list[tuple[dict[str, float], str]], Salvaged | None]:
+        """:meth:`parse`, else the parse of the reply salvaged (:mod:`consumer.salvage`) when
+        only its wrapping is wrong, with the :class:`~consumer.salvage.Salvaged` that says so.
+
+        Raises :class:`BatchReplyError` when neither works (the values or the indexes wrong).
+        """
+        try:
+            return self.parse(content, count), None
+        except BatchReplyError as exc:
+            found = salvage(content, reply_shape(self.reply_model))
+            if isinstance(found, Unsalvageable) or not found.fixes:
+                raise
+            try:
+                return self.parse(found.json, count), found
+            except BatchReplyError as again:
+                raise BatchReplyError(f"{again} (besides: {'; '.join(found.notes)})") from exc
 
     def parse(self, content: str, count: int) -> list[tuple[dict[str, float], str]]:
         """(scores by category name, rationale) per block, in block order.
@@ -218,9 +241,14 @@ async def classify_batch(
     if choice.finish_reason == "length":
         return await _singly(classifier, calls, "cut at max_tokens", UsageOutcome.LENGTH)
     try:
-        results = form.parse(choice.message.content or "", count)
+        results, salvaged = form.read(choice.message.content or "", count)
     except BatchReplyError as exc:
         return await _singly(classifier, calls, str(exc), UsageOutcome.INVALID_REPLY)
+    if salvaged is not None:  # the reply's own values, only unwrapped: the usage says so
+        for call in calls:
+            classifier.mark_last(call, UsageOutcome.SALVAGED)
+        classifier.metrics.reply_problem(classifier.model, UsageOutcome.SALVAGED.value)
+        classifier.metrics.reply_salvaged(classifier.model, salvaged.fixes)
     return [
         Classified(classifier.chat_verdict(call, scores, rationale), None, call.usage)
         for call, (scores, rationale) in zip(calls, results, strict=True)

@@ -20,10 +20,14 @@ before it ever accepted the mode      accepted the mode: one step down the ladde
                                       new mode (:mod:`consumer.request_params`)
 same 400, ``misconfig_repeats``       ``ProviderMisconfigured``: fatal, the service
 different messages, no 200 between    stops (the earlier ones are dead letters)
-invalid JSON or schema violation      one repair request showing the error, then dead letter
-``finish_reason == "length"``         one retry with twice the completion budget, then dead
-                                      letter (a reasoning model that spent it all on
-                                      reasoning, with no content, too)
+only the wrapping wrong (code fence,  salvaged locally, the reply's own values: no call
+text around the JSON, unknown keys)   (:mod:`consumer.salvage`; usage outcome ``salvaged``)
+invalid JSON or wrong values (out of  a repair request showing the error and restating the
+range, missing, wrong type)           schema; a second one; then dead letter
+``finish_reason == "length"``         one retry with twice the completion budget; cut again
+                                      (a reasoning model that spent it all on reasoning,
+                                      with no content, too), it takes a repair rung (see
+                                      above), then dead letter
 refusal / ``content_filter``          a verdict with the policy's ``refusal_action``
 ====================================  ==========================================
 
@@ -81,7 +85,6 @@ import structlog
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
-from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -123,6 +126,7 @@ from consumer.request_params import (
     choose,
     server_kind,
 )
+from consumer.salvage import MAX_REPAIRS, Reading, read, repair_request
 from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
 from schemas import Source, TierScores, UsageEvent, UsageOutcome, Verdict, make_event_id
@@ -337,7 +341,8 @@ class Classifier:
 
     async def chat(self, call: Call) -> Classified:
         """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
-        repaired = lengthened = False
+        repairs = 0
+        lengthened = False
         witnessed = self.witness_recorder(call)
         while True:
             request = ChatRequest(
@@ -364,44 +369,69 @@ class Classifier:
                     call, UsageOutcome.REFUSAL if refusal else UsageOutcome.CONTENT_FILTER
                 )
                 return Classified(self._refusal_verdict(call, reason), None, call.usage)
-            if choice.finish_reason == "length":
+            cut = choice.finish_reason == "length"
+            if cut:
                 self._mark_last(call, UsageOutcome.LENGTH)
-                if lengthened:
-                    reasoning = call.usage[-1].reasoning_tokens
-                    spent = f" ({reasoning} of them on reasoning)" if reasoning else ""
-                    failure = InvalidReply(
-                        f"reply cut at a completion budget of {call.max_tokens} tokens{spent} "
-                        "twice",
-                        reply=content,
-                    )
-                    return Classified(None, failure, call.usage)
-                lengthened = True
-                call.max_tokens *= 2
+                if not lengthened:
+                    lengthened = True
+                    call.max_tokens *= 2
+                    continue
+                # Cut again with twice the budget: a rung of the repair ladder, not the end.
+                reasoning = call.usage[-1].reasoning_tokens
+                spent = f", {reasoning} of them on reasoning" if reasoning else ""
+                problem = (
+                    f"cut off at a completion budget of {call.max_tokens} tokens{spent} (twice) "
+                    "before the JSON ended; keep the rationale short"
+                )
+                reading = Reading(None, problem=problem)
+            else:
+                reading = read(content, self.policy.reply_model)
+            if reading.reply is None:
+                gave_up = self._repair(call, content, reading, repairs, cut=cut)
+                if gave_up is not None:
+                    return Classified(None, gave_up, call.usage)
+                repairs += 1
                 continue
-            try:
-                reply = self.policy.reply_model.model_validate_json(content)
-            except ValidationError as exc:
-                self._mark_last(call, UsageOutcome.INVALID_REPLY)
-                problem = _describe(exc)
-                if repaired:
-                    failure = InvalidReply(
-                        f"reply invalid after one repair: {problem}", reply=content
-                    )
-                    return Classified(None, failure, call.usage)
-                repaired = True
-                call.messages = [
-                    *call.messages,
-                    {"role": "assistant", "content": content},
-                    {
-                        "role": "user",
-                        "content": f"That reply is invalid: {problem}. Reply again with only "
-                        "JSON that matches the schema.",
-                    },
-                ]
-                continue
+            reply = reading.reply
+            self._used(call, reading, repairs)
             scores = self.policy.scores_from_reply(reply)
             rationale = str(getattr(reply, "rationale", ""))[:1000]
             return Classified(self.chat_verdict(call, scores, rationale), None, call.usage)
+
+    def _repair(
+        self, call: Call, content: str, reading: Reading, repairs: int, *, cut: bool
+    ) -> InvalidReply | None:
+        """The next rung for a reply that neither validates nor salvages (or was cut again
+        after its budget was doubled): a repair request (added to ``call``'s conversation),
+        or, after the last, the dead letter's reason."""
+        if not cut:  # a cut reply's usage says ``length`` already
+            self._mark_last(call, UsageOutcome.INVALID_REPLY)
+        if repairs >= MAX_REPAIRS:
+            self.metrics.reply_rung(self.model, "gave_up")
+            return InvalidReply(
+                f"reply invalid after {repairs} repairs: {reading.problem}", reply=content
+            )
+        self.metrics.reply_rung(self.model, f"repair_{repairs + 1}")
+        call.messages = [
+            *call.messages,
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": repair_request(reading.problem, self.policy.reply_model)},
+        ]
+        return None
+
+    def _used(self, call: Call, reading: Reading, repairs: int) -> None:
+        """The reply of ``reading`` is used: its rung said in the last usage and the metrics."""
+        if repairs:
+            self.metrics.reply_rung(self.model, "repaired")
+        if reading.salvaged is not None:
+            # The verdict's values are the reply's own; the usage says it came in wrapping.
+            self._mark_last(call, UsageOutcome.SALVAGED)
+            self.metrics.reply_salvaged(self.model, reading.salvaged.fixes)
+            log.debug(
+                "reply salvaged", notes=list(reading.salvaged.notes), offset=call.source.offset
+            )
+        elif repairs:
+            self.mark_last(call, UsageOutcome.REPAIRED)
 
     def chat_verdict(self, call: Call, scores: dict[str, float], rationale: str) -> Verdict:
         """The verdict from the chat model's scores (recorded as its tier when tiering)."""
@@ -885,12 +915,3 @@ class RejectionWatch:
             "MODSTREAM_TOKEN_LIMIT_PARAM, MODSTREAM_REASONING_EFFORT, MODSTREAM_MAX_TOKENS, "
             "MODSTREAM_TEMPERATURE, MODSTREAM_RESPONSE_FORMAT), not bad content." + dead
         )
-
-
-def _describe(exc: ValidationError) -> str:
-    """A validation error in a few words the model (and a person) can act on."""
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)

@@ -114,7 +114,7 @@ class RequestRejected(PermanentError):
 
 
 class InvalidReply(PermanentError):
-    """The model's reply did not match the schema, even after one repair."""
+    """The model's reply did not match the schema, even after the repair ladder's last rung."""
 
     kind = "invalid_reply"
 

@@ -18,7 +18,15 @@ modstream_model_calls_total                counter  ``model``, ``outcome`` (Usag
 modstream_model_call_duration_seconds      histo    ``model``: one HTTP call, failures included
 modstream_model_reply_problems_total       counter  ``model``, ``problem``: a 200 whose reply was
                                                     unusable (invalid_reply, length, refusal,
-                                                    content_filter, provider_unavailable)
+                                                    content_filter, provider_unavailable,
+                                                    salvaged)
+modstream_reply_ladder_total               counter  ``model``, ``rung``: a step of the repair
+                                                    ladder (consumer.salvage): salvaged (used
+                                                    after a local salvage), repair_1, repair_2
+                                                    (a repair request sent), repaired (a repair's
+                                                    reply used), gave_up (dead letter)
+modstream_reply_salvage_fixes_total        counter  ``model``, ``fix``: what a salvage removed:
+                                                    code_fence | extra_text | unknown_keys
 modstream_retries_total                    counter  ``reason``: rate_limited | provider_unavailable
 modstream_tokens_total                     counter  ``model``, ``kind``: prompt | completion |
                                                     cached (cached is part of prompt)
@@ -107,6 +115,18 @@ class Metrics:
             "modstream_model_reply_problems",
             "Model calls answered 200 whose reply could not be used as it was.",
             ["model", "problem"],
+            registry=r,
+        )
+        self._ladder = Counter(
+            "modstream_reply_ladder",
+            "Steps of the repair ladder: salvaged, repair_N sent, repaired, gave_up.",
+            ["model", "rung"],
+            registry=r,
+        )
+        self._salvage_fixes = Counter(
+            "modstream_reply_salvage_fixes",
+            "What salvaging a reply removed (a salvaged reply may count several).",
+            ["model", "fix"],
             registry=r,
         )
         self._retries = Counter(
@@ -241,6 +261,16 @@ class Metrics:
     def reply_problem(self, model: str, problem: str) -> None:
         """A call answered 200 but its reply was unusable as it was (refusal, cut, invalid)."""
         self._reply_problems.labels(model, problem).inc()
+
+    def reply_rung(self, model: str, rung: str) -> None:
+        """A reply took a step of the repair ladder (see :mod:`consumer.salvage`)."""
+        self._ladder.labels(model, rung).inc()
+
+    def reply_salvaged(self, model: str, fixes: Iterable[str]) -> None:
+        """A reply was used after a local salvage that removed ``fixes``."""
+        self._ladder.labels(model, "salvaged").inc()
+        for fix in fixes:
+            self._salvage_fixes.labels(model, fix).inc()
 
     def retry(self, error: ModstreamError) -> None:
         """A model call failed transiently and will be retried."""

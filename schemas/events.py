@@ -130,6 +130,11 @@ class UsageOutcome(StrEnum):
     REJECTED = "request_rejected"
     AUTH = "provider_auth"
     CACHE_HIT = "cache_hit"
+    #: The reply was only wrapped wrong (code fence, text around it, unknown keys): the
+    #: wrapping was removed locally and the reply's own values used.
+    SALVAGED = "salvaged"
+    #: The valid reply to a repair request (the previous reply was ``invalid_reply``).
+    REPAIRED = "repaired"
 
 
 class UsageEvent(_Output):

@@ -16,7 +16,7 @@ Modules, in the order a request meets them::
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
     reasoning      a reasoning model's parameter rules (OpenAI's 400s) and reasoning tokens
     usage          prompt/completion token counts and the simulated prefix cache
-    reply          reply content per response_format and the OpenAI response bodies
+    reply          reply content per response_format, its malformed kinds, the OpenAI bodies
     instances      JSON Schema instance generator (moderation-flavoured values)
     values         its leaf values: numbers, booleans, strings, enums
     heuristic      keyword scores per moderation category (deterministic per content)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from consumer.fake_openai import admin_routes, reasoning
 from consumer.fake_openai.config import FakeConfig
-from consumer.fake_openai.faults import REPLY_FAULTS, Fail, Outcome
+from consumer.fake_openai.faults import MALFORMED_KINDS, REPLY_FAULTS, Fail, Outcome
 from consumer.fake_openai.instances import SchemaError
 from consumer.fake_openai.reply import (
     DEFAULT_MODERATION_MODEL,
@@ -146,6 +146,8 @@ class Endpoints:
         refusal, finish = None, "stop"
         if outcome is Outcome.MALFORMED:
             content = malformed(value, self.state.dice.malformed_kind())
+        elif outcome in MALFORMED_KINDS:  # each kind its own knob, named as the kind
+            content = malformed(value, outcome.value)
         elif outcome is Outcome.TRUNCATED:
             content, finish = truncated(render(value)), "length"
         elif outcome is Outcome.REFUSAL:

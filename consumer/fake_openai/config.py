@@ -30,6 +30,13 @@ FAULT_KNOBS: tuple[str, ...] = (
     "p_truncated",
     "p_refusal",
     "p_content_filter",
+    # One malformed kind each (appended, so seeded runs of the knobs above draw as before).
+    "p_invalid_json",
+    "p_schema_violation",
+    "p_fenced",
+    "p_trailing_prose",
+    "p_unknown_keys",
+    "p_out_of_range",
 )
 
 
@@ -73,9 +80,27 @@ class FakeConfig(BaseSettings):
     p_drop: Probability = 0.0
     """Share of requests whose TCP connection is closed with no response at all."""
     p_malformed: Probability = 0.0
-    """Share of chat replies that are invalid JSON or violate the schema (alternating)."""
+    """Share of chat replies that are invalid JSON or violate the schema (alternating); the
+    two kinds also have knobs of their own, ``p_invalid_json`` and ``p_schema_violation``."""
     p_truncated: Probability = 0.0
-    """Share of chat replies cut mid-way with finish_reason "length"."""
+    """Share of chat replies cut mid-way with finish_reason "length" (truncation)."""
+    p_invalid_json: Probability = 0.0
+    """Share of chat replies that do not parse: a trailing comma before the closing brace."""
+    p_schema_violation: Probability = 0.0
+    """Share of chat replies that parse but break the schema: the first property of the wrong
+    type, plus a property the schema does not allow."""
+    p_fenced: Probability = 0.0
+    """Share of chat replies wrapped in a Markdown code fence (```` ```json ````, indented JSON),
+    values untouched."""
+    p_trailing_prose: Probability = 0.0
+    """Share of chat replies followed by a sentence of prose after the JSON, values untouched."""
+    p_unknown_keys: Probability = 0.0
+    """Share of chat replies with a key the schema does not have in every object (``confidence``
+    at the top, ``note`` below), values untouched."""
+    p_out_of_range: Probability = 0.0
+    """Share of chat replies with one score out of [0, 1]: the largest number in [0, 1] written
+    as a percentage (x100) when that is above 1, else made negative (x - 1). Replies without
+    such a number (plain text) are sent as they are."""
     p_refusal: Probability = 0.0
     """Share of chat replies that are a refusal (content null, refusal set)."""
     p_content_filter: Probability = 0.0

@@ -32,6 +32,13 @@ class Outcome(StrEnum):
     UNAUTHORIZED = "401"
     BAD_REQUEST = "400"
     NOT_FOUND = "404"
+    # One malformed kind each; the values are the kinds ``reply.malformed`` makes.
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    FENCED = "fenced"
+    TRAILING_PROSE = "trailing_prose"
+    UNKNOWN_KEYS = "unknown_keys"
+    OUT_OF_RANGE = "out_of_range"
 
 
 _FAULTS: dict[str, Outcome] = {
@@ -44,12 +51,31 @@ _FAULTS: dict[str, Outcome] = {
     "p_truncated": Outcome.TRUNCATED,
     "p_refusal": Outcome.REFUSAL,
     "p_content_filter": Outcome.CONTENT_FILTER,
+    "p_invalid_json": Outcome.INVALID_JSON,
+    "p_schema_violation": Outcome.SCHEMA_VIOLATION,
+    "p_fenced": Outcome.FENCED,
+    "p_trailing_prose": Outcome.TRAILING_PROSE,
+    "p_unknown_keys": Outcome.UNKNOWN_KEYS,
+    "p_out_of_range": Outcome.OUT_OF_RANGE,
 }
 assert tuple(_FAULTS) == FAULT_KNOBS
+
+#: Malformed replies of one kind each (``p_malformed`` alternates the first two).
+MALFORMED_KINDS = frozenset(
+    {
+        Outcome.INVALID_JSON,
+        Outcome.SCHEMA_VIOLATION,
+        Outcome.FENCED,
+        Outcome.TRAILING_PROSE,
+        Outcome.UNKNOWN_KEYS,
+        Outcome.OUT_OF_RANGE,
+    }
+)
 
 #: Faults that only make sense for a chat reply; other endpoints answer normally instead.
 REPLY_FAULTS = frozenset(
     {Outcome.MALFORMED, Outcome.TRUNCATED, Outcome.REFUSAL, Outcome.CONTENT_FILTER}
+    | MALFORMED_KINDS
 )
 
 

@@ -123,20 +123,85 @@ def render(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+#: The prose that ``trailing_prose`` replies add after the JSON.
+TRAILING_PROSE = "\n\nThese scores reflect the content as a whole; no category stands out."
+
+
 def malformed(value: Any, kind: str) -> str:
-    """A broken reply: invalid JSON, or valid JSON that violates the schema."""
+    """A broken reply of ``kind``, from the good ``value``.
+
+    Broken values: ``invalid_json`` (does not parse), ``schema_violation`` (parses, breaks the
+    schema), ``out_of_range`` (one score out of [0, 1]). Only the wrapping wrong, every value
+    as it was: ``fenced`` (in a Markdown code fence), ``trailing_prose`` (a sentence after the
+    JSON), ``unknown_keys`` (a key the schema does not have in every object).
+    """
     text = render(value)
     if kind == "invalid_json":
         # A trailing comma before the closing brace: looks right, does not parse.
         return text[:-1] + ",}" if text.endswith("}") else "{" + text
-    if isinstance(value, dict) and value:
-        bad: dict[str, Any] = dict(value)
-        first = next(iter(bad))
-        # Wrong type for the first property and a property the schema does not allow.
-        bad[first] = 12345 if isinstance(bad[first], str) else "n/a"
-        bad["unexpected_field"] = True
-        return render(bad)
-    return render({"unexpected_field": True} if isinstance(value, list) else ["unexpected"])
+    if kind == "schema_violation":
+        if isinstance(value, dict) and value:
+            bad: dict[str, Any] = dict(value)
+            first = next(iter(bad))
+            # Wrong type for the first property and a property the schema does not allow.
+            bad[first] = 12345 if isinstance(bad[first], str) else "n/a"
+            bad["unexpected_field"] = True
+            return render(bad)
+        return render({"unexpected_field": True} if isinstance(value, list) else ["unexpected"])
+    if kind == "fenced":
+        # As chat models write JSON when nothing enforces the format: indented, in a fence.
+        body = value if isinstance(value, str) else json.dumps(value, indent=2)
+        return f"```json\n{body}\n```"
+    if kind == "trailing_prose":
+        return text + TRAILING_PROSE
+    if kind == "unknown_keys":
+        return render(_with_unknown_keys(value, top=True))
+    if kind == "out_of_range":
+        return render(_out_of_range(value))
+    raise ValueError(f"unknown malformed kind {kind!r}")
+
+
+def _with_unknown_keys(value: Any, *, top: bool) -> Any:
+    """``value`` with one key more in every object: ``confidence`` at the top, ``note`` below
+    (underscores appended while the name is taken)."""
+    if isinstance(value, list):
+        return [_with_unknown_keys(item, top=False) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {key: _with_unknown_keys(inner, top=False) for key, inner in value.items()}
+    name = "confidence" if top else "note"
+    while name in out:
+        name += "_"
+    out[name] = 0.87 if top else "not part of the schema"
+    return out
+
+
+def _out_of_range(value: Any) -> Any:
+    """``value`` with its largest float in [0, 1] (the first of equals) out of that range:
+    x100 when that is above 1 (a percentage), else x - 1 (negative). Unchanged without one."""
+    found: list[tuple[float, list[str | int]]] = []
+
+    def walk(node: Any, path: list[str | int]) -> None:
+        if isinstance(node, dict):
+            for key, inner in node.items():
+                walk(inner, [*path, key])
+        elif isinstance(node, list):
+            for i, inner in enumerate(node):
+                walk(inner, [*path, i])
+        elif isinstance(node, float) and 0.0 <= node <= 1.0:
+            found.append((node, path))
+
+    walk(value, [])
+    if not found:
+        return value
+    score, path = max(found, key=lambda item: item[0])  # max keeps the first of equals
+    bad = score * 100 if score * 100 > 1 else score - 1
+    out = json.loads(json.dumps(value))  # a deep copy of plain JSON
+    node = out
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = bad
+    return out
 
 
 def truncated(text: str) -> str:

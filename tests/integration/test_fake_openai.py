@@ -25,6 +25,7 @@ from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from consumer.fake_openai import FakeAdmin, FakeConfig, running_fake
+from consumer.fake_openai.reply import malformed
 from consumer.tokens import count_tokens
 from tests.fake_server import fake_openai_server, free_port
 
@@ -255,6 +256,44 @@ async def test_malformed_replies_do_not_validate(client: AsyncOpenAI, admin: Fak
         kinds.add(caught.value.errors()[0]["type"])
     assert "json_invalid" in kinds
     assert len(kinds) == 2
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "invalid_json",
+        "schema_violation",
+        "fenced",
+        "trailing_prose",
+        "unknown_keys",
+        "out_of_range",
+    ],
+)
+async def test_each_malformed_kind_has_a_knob_of_its_own(
+    client: AsyncOpenAI, admin: FakeAdmin, kind: str
+) -> None:
+    good = await client.chat.completions.create(
+        model=MODEL, messages=messages("I will stab you"), response_format=REPLY_FORMAT
+    )
+    value = json.loads(good.choices[0].message.content or "")
+    await admin.patch(**{f"p_{kind}": 1.0})
+    completion = await client.chat.completions.create(
+        model=MODEL, messages=messages("I will stab you"), response_format=REPLY_FORMAT
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    text = choice.message.content or ""
+    if kind == "out_of_range":  # valid for this unbounded model, but a score is not in [0, 1]
+        scores = Reply.model_validate_json(text).scores.model_dump().values()
+        assert not all(0.0 <= score <= 1.0 for score in scores)
+    else:
+        with pytest.raises(ValidationError):
+            Reply.model_validate_json(text)
+    # What the server sent is the kind the knob names, made from the good reply.
+    assert text == malformed(value, kind)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == count_tokens(text, MODEL)
+    assert (await admin.stats())["by_outcome"] == {"ok": 1, kind: 1}
 
 
 async def test_content_filter_stops_the_reply(client: AsyncOpenAI, admin: FakeAdmin) -> None:

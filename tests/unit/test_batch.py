@@ -277,6 +277,10 @@ INVALID: dict[str, tuple[httpx2.Response, UsageOutcome | None]] = {
     "index missing": (ok(batch_reply(item(0))), UsageOutcome.INVALID_REPLY),
     "index twice": (ok(batch_reply(item(0), item(0))), UsageOutcome.INVALID_REPLY),
     "not json": (ok("{'items'"), UsageOutcome.INVALID_REPLY),
+    "fenced, a score out of range": (
+        ok("```json\n" + batch_reply(item(0, hate=1.5), item(1)) + "\n```"),
+        UsageOutcome.INVALID_REPLY,
+    ),
     "length": (ok(batch_reply(item(0)), finish="length"), UsageOutcome.LENGTH),
     "refusal": (ok(refusal="I can't"), UsageOutcome.REFUSAL),
     "content filter": (ok("", finish="content_filter"), UsageOutcome.CONTENT_FILTER),
@@ -300,6 +304,27 @@ async def test_unusable_batch_falls_back_to_single_calls(make: Make, case: str) 
         assert [u.outcome for u in result.usage] == [outcome, UsageOutcome.OK]
         assert result.usage[0].batch_size == 2
         assert result.usage[1].batch_id is None
+
+
+async def test_a_batch_reply_only_wrapped_wrong_is_salvaged_with_its_values(make: Make) -> None:
+    items = [{**item(1, violence=0.6), "confidence": 0.4}, item(0, hate=0.9)]
+    text = "Here:\n```json\n" + json.dumps({"items": items}, indent=2) + "\n```\nDone."
+    batcher, provider, metrics = make(ok(text), size=2)
+    results = await classify_all(batcher, [short(0), short(1)])
+    assert provider.requests == 1  # no fallback: salvage costs nothing
+    first, second = (r.verdict for r in results)
+    assert first is not None and second is not None
+    assert first.categories["hate"].score == 0.9 and first.action == "block"
+    assert second.categories["violence"].score == 0.6 and second.action == "review"
+    for result in results:
+        assert [u.outcome for u in result.usage] == [UsageOutcome.SALVAGED]
+        assert result.usage[0].batch_size == 2
+    registry = metrics.registry
+    for fix in ("code_fence", "extra_text", "unknown_keys"):
+        labels = {"model": MODEL, "fix": fix}
+        assert registry.get_sample_value("modstream_reply_salvage_fixes_total", labels) == 1.0
+    labels = {"model": MODEL, "problem": "salvaged"}
+    assert registry.get_sample_value("modstream_model_reply_problems_total", labels) == 1.0
 
 
 async def test_a_transient_failure_retries_the_batch(make: Make) -> None:

@@ -1,7 +1,7 @@
 """classify: the Classifier against a scripted OpenAI endpoint (``httpx2.MockTransport``).
 
 Every test scripts the provider's answers in order and counts the requests it receives, so
-"retried once", "never retried" and "exactly one repair" are exact. ``asyncio.sleep`` is
+"retried once", "never retried" and "exactly two repairs" are exact. ``asyncio.sleep`` is
 replaced by a recorder that only yields, so backoff and ``retry-after`` are checked by the
 delays asked for, not by the wall clock.
 """
@@ -302,6 +302,7 @@ MISSING_HATE = json.dumps(
 )
 
 EXTRA_FIELD = json.dumps({**json.loads(reply_text()), "verdict": "allow"})
+FENCED_OUT_OF_RANGE = "```json\n" + reply_text(hate=1.7) + "\n```"
 
 
 @pytest.mark.parametrize(
@@ -310,11 +311,12 @@ EXTRA_FIELD = json.dumps({**json.loads(reply_text()), "verdict": "allow"})
         ("not json at all", validation_message("not json at all")),
         (MISSING_HATE, ["scores.hate", "Field required"]),
         (reply_text(hate=1.7), ["scores.hate", "less than or equal to 1"]),
-        (EXTRA_FIELD, ["verdict", "Extra inputs"]),
+        (reply_text(hate=-0.2), ["scores.hate", "greater than or equal to 0"]),
+        (FENCED_OUT_OF_RANGE, ["scores.hate", "less than or equal to 1", "code fence"]),
     ],
-    ids=["not-json", "missing-category", "out-of-range", "extra-field"],
+    ids=["not-json", "missing-category", "out-of-range", "negative", "fenced-out-of-range"],
 )
-async def test_invalid_reply_gets_one_repair_showing_the_error(
+async def test_invalid_reply_gets_a_repair_showing_the_error_and_the_schema(
     make: MakeClassifier, bad: str, mentions: list[str]
 ) -> None:
     classifier, provider = make(ok(bad), ok(reply_text(violence=0.6)))
@@ -322,7 +324,7 @@ async def test_invalid_reply_gets_one_repair_showing_the_error(
     assert provider.requests == 2
     assert result.verdict is not None
     assert result.verdict.action == Action.REVIEW
-    assert outcomes(result) == [UsageOutcome.INVALID_REPLY, UsageOutcome.OK]
+    assert outcomes(result) == [UsageOutcome.INVALID_REPLY, UsageOutcome.REPAIRED]
     first, second = (body["messages"] for body in provider.bodies)
     assert second[: len(first)] == first  # the conversation continues
     assert second[len(first)] == {"role": "assistant", "content": bad}
@@ -330,31 +332,145 @@ async def test_invalid_reply_gets_one_repair_showing_the_error(
     assert repair["role"] == "user"
     for text in mentions:
         assert text in repair["content"]
+    # The schema restated, bounds included, every category named.
+    assert '"hate": a number from 0.0 to 1.0' in repair["content"]
+    assert all(f'"{c.field}":' in repair["content"] for c in POLICY.categories)
     assert len(second) == len(first) + 2
 
 
-async def test_still_invalid_after_repair_is_an_invalid_reply_with_the_reply(
-    make: MakeClassifier,
+#: Replies whose values are right and only the wrapping wrong, and what salvage removed.
+WRAPPED = {
+    "fenced": ("```json\n" + reply_text(hate=0.9) + "\n```", {"code_fence"}),
+    "bare fence": ("```\n" + reply_text(hate=0.9) + "```", {"code_fence"}),
+    "trailing prose": (reply_text(hate=0.9) + "\n\nHope this helps!", {"extra_text"}),
+    "leading prose": ("Here is the verdict: " + reply_text(hate=0.9), {"extra_text"}),
+    "a second value": (reply_text(hate=0.9) + reply_text(hate=0.1), {"extra_text"}),
+    "extra field": (
+        json.dumps({**json.loads(reply_text(hate=0.9)), "verdict": "allow"}),
+        {"unknown_keys"},
+    ),
+    "extra score": (
+        json.dumps(
+            {"scores": {**json.loads(reply_text(hate=0.9))["scores"], "spam": 0.99},
+             "rationale": "ordinary text"}
+        ),
+        {"unknown_keys"},
+    ),
+    "all three": (
+        "Sure.\n```json\n"
+        + json.dumps({**json.loads(reply_text(hate=0.9)), "confidence": 0.2}, indent=2)
+        + "\n```\nAnything else?",
+        {"code_fence", "extra_text", "unknown_keys"},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(WRAPPED))
+async def test_wrapping_is_salvaged_locally_with_the_replys_own_values(
+    make: MakeClassifier, case: str
 ) -> None:
-    classifier, provider = make(ok("nope"), ok('{"scores": 1}'))
+    text, fixes = WRAPPED[case]
+    classifier, provider = make(ok(text))
+    result = await classifier.classify(admitted(), SOURCE)
+    assert provider.requests == 1  # no repair call: salvage costs nothing
+    assert result.verdict is not None
+    scores = {name: s.score for name, s in result.verdict.categories.items()}
+    assert scores == {c.name: 0.9 if c.field == "hate" else 0.0 for c in POLICY.categories}
+    assert result.verdict.action == Action.BLOCK
+    assert outcomes(result) == [UsageOutcome.SALVAGED]
+    metrics = classifier.metrics.registry
+    for fix in ("code_fence", "extra_text", "unknown_keys"):
+        labels = {"model": MODEL, "fix": fix}
+        counted = metrics.get_sample_value("modstream_reply_salvage_fixes_total", labels)
+        assert (counted or 0.0) == (1.0 if fix in fixes else 0.0)
+    labels = {"model": MODEL, "rung": "salvaged"}
+    assert metrics.get_sample_value("modstream_reply_ladder_total", labels) == 1.0
+    labels = {"model": MODEL, "problem": "salvaged"}
+    assert metrics.get_sample_value("modstream_model_reply_problems_total", labels) == 1.0
+
+
+async def test_a_second_repair_before_the_dead_letter(make: MakeClassifier) -> None:
+    classifier, provider = make(ok(reply_text(hate=1.7)), ok("nope"), ok(reply_text(violence=0.6)))
+    result = await classifier.classify(admitted(), SOURCE)
+    assert provider.requests == 3
+    assert result.verdict is not None
+    assert result.verdict.action == Action.REVIEW
+    assert outcomes(result) == [
+        UsageOutcome.INVALID_REPLY,
+        UsageOutcome.INVALID_REPLY,
+        UsageOutcome.REPAIRED,
+    ]
+    _, second, third = (body["messages"] for body in provider.bodies)
+    assert third[: len(second)] == second
+    assert third[len(second)] == {"role": "assistant", "content": "nope"}
+    assert "That reply is invalid" in third[len(second) + 1]["content"]
+    metrics = classifier.metrics.registry
+    rungs = {
+        rung: metrics.get_sample_value(
+            "modstream_reply_ladder_total", {"model": MODEL, "rung": rung}
+        )
+        for rung in ("repair_1", "repair_2", "repaired", "gave_up", "salvaged")
+    }
+    assert rungs == {
+        "repair_1": 1.0, "repair_2": 1.0, "repaired": 1.0, "gave_up": None, "salvaged": None,
+    }  # fmt: skip
+
+
+async def test_a_repairs_reply_may_be_salvaged(make: MakeClassifier) -> None:
+    classifier, provider = make(ok("nope"), ok("```json\n" + reply_text(hate=0.9) + "\n```"))
     result = await classifier.classify(admitted(), SOURCE)
     assert provider.requests == 2
+    assert result.verdict is not None
+    assert result.verdict.categories["hate"].score == 0.9
+    assert outcomes(result) == [UsageOutcome.INVALID_REPLY, UsageOutcome.SALVAGED]
+
+
+async def test_still_invalid_after_two_repairs_is_an_invalid_reply_with_the_reply(
+    make: MakeClassifier,
+) -> None:
+    classifier, provider = make(ok("nope"), ok(reply_text(hate=1.7)), ok('{"scores": 1}'))
+    result = await classifier.classify(admitted(), SOURCE)
+    assert provider.requests == 3
     assert result.verdict is None
     assert isinstance(result.failure, InvalidReply)
     assert result.failure.reply == '{"scores": 1}'
-    assert outcomes(result) == [UsageOutcome.INVALID_REPLY, UsageOutcome.INVALID_REPLY]
+    assert "after 2 repairs" in result.failure.message
+    assert outcomes(result) == [UsageOutcome.INVALID_REPLY] * 3
+    labels = {"model": MODEL, "rung": "gave_up"}
+    assert (
+        classifier.metrics.registry.get_sample_value("modstream_reply_ladder_total", labels) == 1.0
+    )
 
 
-async def test_length_is_retried_once_with_double_max_tokens(make: MakeClassifier) -> None:
+async def test_length_is_retried_once_with_double_max_tokens_then_repaired(
+    make: MakeClassifier,
+) -> None:
     cut = '{"scores": {"harassment": 0.1, "hara'
-    classifier, provider = make(ok(cut, finish="length"), ok(cut, finish="length"), max_tokens=64)
+    classifier, provider = make(
+        ok(cut, finish="length"), ok(cut, finish="length"), ok(reply_text()), max_tokens=64
+    )
     result = await classifier.classify(admitted(), SOURCE)
-    assert provider.requests == 2
+    assert provider.requests == 3
     # gpt-4o-mini takes the budget as max_completion_tokens (the parameter table)
-    assert [body["max_completion_tokens"] for body in provider.bodies] == [64, 128]
+    assert [body["max_completion_tokens"] for body in provider.bodies] == [64, 128, 128]
+    assert result.verdict is not None
+    assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.LENGTH, UsageOutcome.REPAIRED]
+    # Cut again with the budget doubled: a repair rung that says so, the budget kept.
+    first, third = provider.bodies[0]["messages"], provider.bodies[2]["messages"]
+    assert third[len(first)] == {"role": "assistant", "content": cut}
+    repair = third[len(first) + 1]["content"]
+    assert "cut off at a completion budget of 128 tokens (twice)" in repair
+
+
+async def test_cut_again_and_again_ends_after_the_last_repair(make: MakeClassifier) -> None:
+    cut = '{"scores": {"harassment": 0.1, "hara'
+    classifier, provider = make(*[ok(cut, finish="length")] * 4, max_tokens=64)
+    result = await classifier.classify(admitted(), SOURCE)
+    assert provider.requests == 4  # the longer budget, then two repairs
     assert isinstance(result.failure, InvalidReply)
     assert result.failure.reply == cut
-    assert outcomes(result) == [UsageOutcome.LENGTH, UsageOutcome.LENGTH]
+    assert "after 2 repairs: cut off at a completion budget of 128 tokens" in result.failure.message
+    assert outcomes(result) == [UsageOutcome.LENGTH] * 4
 
 
 async def test_length_then_complete_reply_is_a_verdict(make: MakeClassifier) -> None:
@@ -596,7 +712,7 @@ async def test_one_usage_event_per_attempt(make: MakeClassifier) -> None:
         UsageOutcome.PROVIDER_UNAVAILABLE,
         UsageOutcome.PROVIDER_UNAVAILABLE,
         UsageOutcome.INVALID_REPLY,
-        UsageOutcome.OK,
+        UsageOutcome.REPAIRED,  # the reply to the repair request
     ]
     tokens = [(u.prompt_tokens, u.completion_tokens, u.cached_tokens) for u in usage]
     assert tokens == [(0, 0, 0), (0, 0, 0), (0, 0, 0), (100, 20, 30), (150, 25, 0)]
@@ -615,10 +731,10 @@ async def test_one_usage_event_per_attempt(make: MakeClassifier) -> None:
 
 
 async def test_usage_of_a_failure_is_kept(make: MakeClassifier) -> None:
-    classifier, _ = make(ok("x", finish="length"), ok("y", finish="length"))
+    classifier, _ = make(*[ok(text, finish="length") for text in "wxyz"])
     result = await classifier.classify(admitted(), SOURCE)
     assert result.failure is not None
-    assert [u.attempt for u in result.usage] == [1, 2]
+    assert [u.attempt for u in result.usage] == [1, 2, 3, 4]
     assert all(u.prompt_tokens == 120 for u in result.usage)
 
 

@@ -536,12 +536,14 @@ async def test_reasoning_cut_twice_is_a_dead_letter_saying_so(build: Build) -> N
     budget = 400 + 1024
     cut = [
         httpx2.Response(200, json=completion_body("", finish="length", usage=reasoning_usage(b, b)))
-        for b in (budget, 2 * budget)
+        # the first budget, the doubled one, then the two repair rungs (budget kept)
+        for b in (budget, 2 * budget, 2 * budget, 2 * budget)
     ]
     classifier, _, _ = build(*cut, model="gpt-5-mini")
     result = await classifier.classify(admitted(), SOURCE)
     assert result.failure is not None
     assert f"{2 * budget} of them on reasoning" in result.failure.message
+    assert "after 2 repairs" in result.failure.message
 
 
 async def test_requests_waiting_for_a_slot_go_out_in_the_new_mode(build: Build) -> None:
