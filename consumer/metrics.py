@@ -33,7 +33,7 @@ modstream_tokens_total                     counter  ``model``, ``kind``: prompt 
 modstream_cost_usd_total                   counter  ``model``: from the pinned price table
 modstream_circuit_state                    gauge    ``state``: 1 for the breaker's current state
 modstream_consumer_lag                     gauge    ``topic``, ``partition``: high watermark minus
-                                                    the commit point, per assigned partition
+                                                    the acknowledged commit, per assigned partition
 modstream_assigned_partitions              gauge    input partitions this member owns
 modstream_commit_duration_seconds          histo    one offset commit, acknowledged
 modstream_commit_failures_total            counter  commits the broker refused (rebalance)

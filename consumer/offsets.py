@@ -137,6 +137,12 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return None if part is None else part.commit_point()
 
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The last commit point Kafka acknowledged for ``tp`` (:meth:`mark_committed`);
+        ``None`` before the first, or if nothing was tracked."""
+        part = self._parts.get(tp)
+        return None if part is None else part.committed
+
     def committable(self) -> dict[TopicPartition, int]:
         """Partitions whose commit point advanced since :meth:`mark_committed`, with that point.
 

@@ -436,17 +436,20 @@ class Pipeline:
             )
 
     async def _observe_lag(self) -> None:
-        """Lag per assigned partition: its high watermark minus its commit point.
+        """Lag per assigned partition: its high watermark minus its acknowledged commit.
 
         The high watermark comes with each fetch response, so a partition is reported from its
-        first fetch on. The commit point is the tracker's, or, for a partition with nothing
-        tracked since assignment, the consumer's position (its committed start).
+        first fetch on. The commit is the last one Kafka acknowledged (what the group's
+        committed offset says, so the metric and ``kafka-consumer-groups`` agree: a lag of 0
+        means committed, not merely done), or, for a partition with nothing tracked since
+        assignment, the consumer's position (its committed start). A partition whose first
+        commit is still to come is not reported until it is (within a commit interval).
         """
         for tp in self.consumer.assignment() - self._revoked:
             try:
                 end = self.consumer.highwater(tp)
-                point = self.tracker.commit_point(tp)
-                if end is not None and point is None:
+                point = self.tracker.committed(tp)
+                if end is not None and point is None and self.tracker.commit_point(tp) is None:
                     point = await self.consumer.position(tp)
             except (AssertionError, IllegalStateError):
                 continue  # revoked meanwhile (aiokafka asserts the assignment)

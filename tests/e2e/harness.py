@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,17 @@ from consumer.report import Summary, summarise
 from consumer.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], *, within: float = 120) -> None:
+    """Poll ``check`` until true; fail naming ``what`` after ``within`` seconds (a bound for a
+    stuck run, not a measurement). Tests wait on conditions, never on a tuned sleep."""
+    try:
+        async with asyncio.timeout(within):
+            while not await check():
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"gave up waiting for {what} after {within:.0f} s") from None
 
 
 @dataclass

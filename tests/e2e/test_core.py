@@ -22,7 +22,7 @@ import pytest
 
 from consumer.app import serve
 from consumer.sample import corpus
-from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset
+from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset, until
 from tests.fake_server import fake_openai_server
 from tests.unit.bad_inputs import MAX_CASE_BYTES, cases
 
@@ -128,8 +128,15 @@ async def test_sigterm_exits_zero_and_restart_finishes(kafka_bootstrap: str) -> 
         await run.produce(clean_values(1500))
         env = {"MODSTREAM_SHUTDOWN_GRACE_S": str(grace), "MODSTREAM_CONCURRENCY": "32"}
         process = run.spawn(**env)
-        await asyncio.sleep(5)
-        assert process.poll() is None
+
+        async def working() -> bool:  # up, signal handlers in place, and partway through
+            assert process.poll() is None, "the consumer exited before the SIGTERM"
+            committed = await run.committed()
+            return sum(max(0, o) for o in committed.values()) >= 100
+
+        # Never a fixed sleep: on a busy machine the start-up alone took longer than one, and
+        # the SIGTERM came before the handler was installed (exit -15).
+        await until("the first commits", working)
         process.send_signal(signal.SIGTERM)
         # A bound, not a measurement: it must be gone once the grace period (plus close) is over.
         _, stderr = await asyncio.to_thread(process.communicate, timeout=grace + 15)

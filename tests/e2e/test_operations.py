@@ -19,7 +19,7 @@ import json
 import signal
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.fake_openai import FakeAdmin
-from tests.e2e.harness import Run, new_run
+from tests.e2e.harness import Run, new_run, until
 from tests.fake_server import fake_openai_server, free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,17 +92,6 @@ class Endpoints:
         async with self.session.get(self.origin + "/metrics") as response:
             assert response.status == 200
             return Scrape.parse(await response.text())
-
-
-async def until(what: str, check: Callable[[], Awaitable[bool]], *, within: float = 120) -> None:
-    """Poll ``check`` until true; fail naming ``what`` after ``within`` seconds (a bound for a
-    stuck run, not a measurement)."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AssertionError(f"gave up waiting for {what} after {within:.0f} s") from None
 
 
 class Stderr:

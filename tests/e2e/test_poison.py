@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from consumer.app import serve
 from consumer.fake_openai import FakeAdmin
-from tests.e2e.harness import new_run
+from tests.e2e.harness import new_run, until
 from tests.e2e.test_core import assert_nothing_lost, clean_values
 from tests.fake_server import fake_openai_server
 
@@ -29,14 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 
 MARKER = "POISON-500"
 POISON_AT = (0, 7)  # indexes in the produced values: partition 0 offset 0, partition 1 offset 1
-
-
-async def until(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def knobs() -> dict[str, object]:

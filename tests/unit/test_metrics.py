@@ -324,7 +324,7 @@ def pipeline(consumer: FakeConsumer, metrics: Metrics) -> Pipeline:
     )
 
 
-async def test_pipeline_lag_is_highwater_minus_commit_point() -> None:
+async def test_pipeline_lag_is_highwater_minus_acknowledged_commit() -> None:
     tracked, idle, unfetched, gone = (TopicPartition("in", p) for p in range(4))
     consumer = FakeConsumer({tracked: 10, idle: 7, unfetched: None, gone: 5}, position=7)
     consumer.revoked.add(gone)
@@ -335,6 +335,14 @@ async def test_pipeline_lag_is_highwater_minus_commit_point() -> None:
     pipe.tracker.done(tracked, 3)
     pipe.tracker.done(tracked, 5)  # 4 is still in flight: the commit point is 4
 
+    await pipe._observe_lag()  # nothing acknowledged yet for the tracked partition
+    assert (
+        metrics.registry.get_sample_value(
+            "modstream_consumer_lag", {"topic": "in", "partition": "0"}
+        )
+        is None
+    )
+    pipe.tracker.mark_committed({tracked: 4})  # what the commit loop does once Kafka acks
     await pipe._observe_lag()
 
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 6
@@ -350,6 +358,9 @@ async def test_pipeline_lag_is_highwater_minus_commit_point() -> None:
     assert value(metrics, "modstream_assigned_partitions") == 4
 
     pipe.tracker.done(tracked, 4)
+    await pipe._observe_lag()  # done, not yet committed: the group still says 4
+    assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 6
+    pipe.tracker.mark_committed({tracked: 6})
     await pipe._observe_lag()
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 4
     await pipe.on_revoked({tracked})
