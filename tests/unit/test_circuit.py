@@ -223,6 +223,7 @@ class _JumpingSelector:
         if timeout is None:
             raise RuntimeError("deadlock: every task waits and no timer is due")
         self._loop.now += max(timeout, 0.0)
+        self._loop.wakeups += 1
         return self._selector.select(0)
 
     def __getattr__(self, name: str) -> Any:
@@ -233,6 +234,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
+        self.wakeups = 0  # times the loop had to wait for a timer
         self._selector = _JumpingSelector(self, self._selector)  # type: ignore[has-type]
 
     def time(self) -> float:
@@ -320,6 +322,26 @@ def test_a_waiting_caller_goes_as_soon_as_the_circuit_closes() -> None:
         breaker.success()  # e.g. a witness call got an answer
         assert await waiter is False
         assert loop.time() == pytest.approx(1.0, abs=1e-3)  # not at the end of the wait
+
+    on_virtual_time(play)
+
+
+def test_callers_waiting_behind_a_running_probe_sleep_instead_of_polling() -> None:
+    """A probe can take a whole request timeout; the messages waiting behind it must not spin
+    on the event loop meanwhile (they wake when it ends, or every reset interval)."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        open_it(breaker)
+        assert await breaker.admit() is True  # the probe, now calling the provider
+        waiting = [asyncio.create_task(breaker.admit()) for _ in range(2)]
+        waiting.append(asyncio.create_task(breaker.admit(defer=True)))
+        wakeups = loop.wakeups
+        await asyncio.sleep(30.0)  # a slow probe call
+        assert loop.wakeups - wakeups < 30
+        assert not any(task.done() for task in waiting)
+        breaker.success()
+        assert await asyncio.gather(*waiting) == [False, False, False]
 
     on_virtual_time(play)
 
