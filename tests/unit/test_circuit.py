@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from consumer.circuit import CircuitBreaker, CircuitState
+from tests.unit.virtual_time import VirtualTimeLoop, on_virtual_time
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -209,44 +209,7 @@ def test_a_success_starts_the_count_of_callers_again() -> None:
 # ---- Probe timing on a virtual clock --------------------------------------------------------
 #
 # The breaker's waits are asyncio timeouts, so its timing is checked on an event loop whose
-# clock only moves when every task is waiting: the loop jumps straight to the next timer. The
-# breaker reads that same clock, so "the probe goes out 5 s after the opening" is exact and
-# takes no real time. A wait that nothing can end is a deadlock and fails the test.
-
-
-class _JumpingSelector:
-    def __init__(self, loop: VirtualTimeLoop, selector: Any) -> None:
-        self._loop = loop
-        self._selector = selector
-
-    def select(self, timeout: float | None = None) -> Any:
-        if timeout is None:
-            raise RuntimeError("deadlock: every task waits and no timer is due")
-        self._loop.now += max(timeout, 0.0)
-        self._loop.wakeups += 1
-        return self._selector.select(0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._selector, name)
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-        self.wakeups = 0  # times the loop had to wait for a timer
-        self._selector = _JumpingSelector(self, self._selector)  # type: ignore[has-type]
-
-    def time(self) -> float:
-        return self.now
-
-
-def on_virtual_time(play: Callable[[VirtualTimeLoop], Awaitable[None]]) -> None:
-    loop = VirtualTimeLoop()
-    try:
-        loop.run_until_complete(play(loop))
-    finally:
-        loop.close()
+# clock jumps to the next timer (tests.unit.virtual_time); the breaker reads that same clock.
 
 
 def service_breaker(clock: Callable[[], float]) -> CircuitBreaker:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import (
     CommitFailedError,
+    IllegalStateError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
@@ -44,6 +46,7 @@ from tests.unit.kafka_fakes import (
     eventually,
     request_bytes,
 )
+from tests.unit.virtual_time import VirtualTimeLoop, on_virtual_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -515,8 +518,11 @@ async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_li
     rig = make(limits={VERDICTS: 500, DLQ: 20_000}, dead_letter_max_bytes=20_000 - 2048)
     key = b"k" * 3000  # the key is sent with the dead letter: it counts against the limit
     rig.consumer.add(P0, 0, json.dumps({"id": "big", "text": text}).encode(), key=key)
-    async with running(rig):
-        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    with capture_logs() as logs:
+        async with running(rig):
+            await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    [logged] = [e for e in logs if e["event"] == "dead letter"]
+    assert logged["stage"] == "publish" and logged["payload_truncated"] is True
     assert rig.producer.sent and not rig.producer.on(VERDICTS, acked=False)  # refused before send
     [record] = rig.producer.on(DLQ)
     dead = record.json()
@@ -847,3 +853,81 @@ async def test_a_batcher_classifies_instead_of_the_classifier_when_configured() 
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
     assert batched.started == [(0, 0), (0, 1)] and rig.classifier.started == []
+
+
+# ---- publish backoff, lag edges, revoked partitions (gaps found by mutation testing) ---------
+
+
+def test_publish_retries_back_off_from_a_fifth_of_a_second_doubling_up_to_5_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full jitter, pinned at its ceiling; on a virtual clock (no real waiting)."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make()
+        rig.consumer.add(P0, 0)
+        rig.producer.fail(VERDICTS, *(KafkaTimeoutError() for _ in range(8)))
+        with capture_logs() as logs:
+            async with running(rig):
+                await eventually(
+                    lambda: rig.pipeline.tracker.commit_point(P0) == 1, timeout=60, what="done"
+                )
+        waits = [e["retry_in_s"] for e in logs if e["event"].startswith("publishing outputs")]
+        assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+        assert rig.verdict_offsets() == [0]
+
+    on_virtual_time(play)
+
+
+def lag_of(rig: Rig, tp: TopicPartition) -> float | None:
+    labels = {"topic": tp.topic, "partition": str(tp.partition)}
+    return rig.metrics.registry.get_sample_value("modstream_consumer_lag", labels)
+
+
+async def test_a_partition_with_nothing_left_to_do_reports_its_lag_from_its_position() -> None:
+    """Nothing tracked since the assignment (a previous run committed everything): the lag is
+    the high watermark minus the consumer's position, 0 here, and is reported as such."""
+    rig = make(commit_interval_s=0.01)
+    rig.consumer.fill(P0, range(5))
+    rig.consumer.seek(P0, 5)  # the group's committed start
+    async with running(rig):
+        await eventually(lambda: lag_of(rig, P0) is not None, what="a lag figure")
+        assert lag_of(rig, P0) == 0
+        assert rig.pipeline.tracker.commit_point(P0) is None
+
+
+@pytest.mark.parametrize(
+    "error", [KafkaTimeoutError(), IllegalStateError("not assigned")], ids=type
+)
+async def test_a_failed_lag_read_skips_that_partition_only(error: Exception) -> None:
+    rig = make(partitions=(P0, P1))
+    for tp in (P0, P1):
+        rig.consumer.fill(tp, range(3))
+        rig.consumer.seek(tp, 3)
+    async with running(rig):
+        await eventually(lambda: len(rig.consumer.polls) >= 2, what="a fetch response")
+        rig.consumer.position_errors.append(error)  # the first partition asked fails
+        await rig.pipeline._observe_lag()  # the commit loop's lag reading, one round
+        assert sorted(lag_of(rig, tp) is None for tp in (P0, P1)) == [False, True]
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) for tp in (P0, P1)] == [0, 0]
+
+
+async def test_revoked_partitions_still_listed_as_assigned_report_no_lag() -> None:
+    """aiokafka keeps revoked partitions in its assignment until the group hands out the next
+    one, and two revokes can come before it: the lag of neither is reported meanwhile."""
+    p2 = TopicPartition(TOPIC, 2)
+    rig = make(partitions=(P0, P1, p2))
+    for tp in (P0, P1, p2):
+        rig.consumer.fill(tp, range(2))
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.stats.verdicts == 6, what="all done")
+        await rig.pipeline.on_revoked({P0})
+        await rig.pipeline.on_revoked({P1})
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [True, True, False]
+        rig.consumer.unassign(P1)  # P1 went to another member, P0 came back
+        await rig.pipeline.on_assigned({P0})
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [False, True, False]
