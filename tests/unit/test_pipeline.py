@@ -931,3 +931,36 @@ async def test_revoked_partitions_still_listed_as_assigned_report_no_lag() -> No
         await rig.pipeline.on_assigned({P0})
         await rig.pipeline._observe_lag()
         assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [False, True, False]
+
+
+def test_a_full_window_polls_once_a_second_and_fetches_at_the_first_completion() -> None:
+    """Full, the fetch loop only keeps the group membership alive (a poll a second, not a busy
+    loop); a completion wakes it at once, and a window with room for one fetches that one."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make(max_in_flight=2)
+        rig.consumer.fill(P0, range(4))
+        first, second = rig.classifier.block(0, 0), rig.classifier.block(0, 1)
+        polled_at: list[float] = []
+
+        def on_poll(_: int) -> None:
+            polled_at.append(loop.time())
+            if len(polled_at) > 1000:
+                raise AssertionError("polling in a busy loop")
+
+        rig.consumer.on_poll.append(on_poll)
+        async with running(rig):
+            await eventually(lambda: len(rig.classifier.started) == 2, what="window full")
+            full_at = loop.time()
+            await asyncio.sleep(10.0)
+            polls = [t for t in polled_at if full_at <= t < full_at + 10.0]
+            assert 9 <= len(polls) <= 11
+            released_at = loop.time()
+            first.set()
+            await eventually(lambda: len(rig.classifier.started) == 3, what="2 fetched")
+            assert loop.time() - released_at < 0.1
+            assert await rig.consumer.position(P0) == 3  # room for one: one fetched
+            second.set()
+            await eventually(lambda: len(rig.verdict_offsets()) == 4, what="everything")
+
+    on_virtual_time(play)
