@@ -30,7 +30,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
-from consumer.circuit import CircuitState
+from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import BrokerRejected, InvalidReply, ProducerFencedError, RebalanceFailed
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
@@ -962,5 +962,31 @@ def test_a_full_window_polls_once_a_second_and_fetches_at_the_first_completion()
             assert await rig.consumer.position(P0) == 3  # room for one: one fetched
             second.set()
             await eventually(lambda: len(rig.verdict_offsets()) == 4, what="everything")
+
+    on_virtual_time(play)
+
+
+def test_an_open_circuit_resumes_intake_for_a_probe_once_its_wait_is_over() -> None:
+    """Nothing in flight to probe with: intake itself resumes when the probe is due (within
+    the fetch loop's second), and says so; the circuit is still open, so not "answers again"."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make()
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        rig.classifier.breaker = breaker
+        for _ in range(3):
+            breaker.failure()
+        opened_at = loop.time()
+        rig.consumer.fill(P0, range(2))
+        with capture_logs() as logs:
+            async with running(rig):
+                await eventually(lambda: rig.classifier.started != [], timeout=30, what="fetch")
+                assert 5.0 <= loop.time() - opened_at <= 6.1
+                await eventually(lambda: len(rig.verdict_offsets()) == 2, what="done")
+        intake = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("intake")]
+        assert intake == [
+            ("intake paused: the model provider is down (circuit open)", "warning"),
+            ("intake resumed for a probe: the next message tests the provider", "info"),
+        ]
 
     on_virtual_time(play)
