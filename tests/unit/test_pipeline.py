@@ -476,6 +476,7 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
         [warning] = [e for e in logs if e["log_level"] == "warning"]
         assert "offsets went backwards" in warning["event"]
         assert warning["offset"] == 3 and warning["tracked_up_to"] == 5
+        assert warning["topic"] == TOPIC and warning["partition"] == 0
         assert rig.metric("modstream_partition_resets_total") == 1
         assert rig.pipeline.tracker.commit_point(P0) == 5
         old_gate.set()  # the old, uncancellable work completes late
@@ -990,3 +991,27 @@ def test_an_open_circuit_resumes_intake_for_a_probe_once_its_wait_is_over() -> N
         ]
 
     on_virtual_time(play)
+
+
+async def test_the_run_summary_and_the_counters_count_every_input_once() -> None:
+    """What ``modstream consume`` logs when it stops (``stopped``: fetched, verdicts, dead
+    letters, commits) and the matching Prometheus counters."""
+    rig = make(partitions=(P0, P1))
+    rig.consumer.fill(P0, range(3))
+    rig.consumer.add(P1, 0, b"\xff not json")
+    rig.consumer.add(P1, 1)
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 3, P1: 2}, what="all")
+        await rig.pipeline.commit()
+        rig.consumer.add(P0, 3)
+        await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 4}, what="3 done")
+        await rig.pipeline.commit()
+    stats = rig.pipeline.stats
+    assert (stats.fetched, stats.verdicts, stats.dead_letters) == (6, 5, 1)
+    assert stats.usage_events == 5  # one model call per classified input, none for the other
+    assert stats.commits == len(rig.consumer.ok_commits()) == 2  # nothing left for the last
+    assert rig.metric("modstream_messages_fetched_total") == 6
+    assert rig.metric("modstream_messages_processed_total", outcome="verdict") == 5
+    assert rig.metric("modstream_messages_processed_total", outcome="dead_letter") == 1
+    assert rig.metric("modstream_commit_duration_seconds_count") == 2
+    assert rig.metric("modstream_messages_in_flight") == 0
