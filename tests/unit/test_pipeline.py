@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import (
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -996,6 +998,7 @@ def test_an_open_circuit_resumes_intake_for_a_probe_once_its_wait_is_over() -> N
 async def test_the_run_summary_and_the_counters_count_every_input_once() -> None:
     """What ``modstream consume`` logs when it stops (``stopped``: fetched, verdicts, dead
     letters, commits) and the matching Prometheus counters."""
+    started = time.perf_counter()
     rig = make(partitions=(P0, P1))
     rig.consumer.fill(P0, range(3))
     rig.consumer.add(P1, 0, b"\xff not json")
@@ -1014,4 +1017,20 @@ async def test_the_run_summary_and_the_counters_count_every_input_once() -> None
     assert rig.metric("modstream_messages_processed_total", outcome="verdict") == 5
     assert rig.metric("modstream_messages_processed_total", outcome="dead_letter") == 1
     assert rig.metric("modstream_commit_duration_seconds_count") == 2
+    # Each commit's duration is a part of the test's own duration.
+    assert 0 <= rig.metric("modstream_commit_duration_seconds_sum") <= time.perf_counter() - started
     assert rig.metric("modstream_messages_in_flight") == 0
+
+
+async def test_an_offset_commit_the_group_may_not_make_stops_the_service_saying_so() -> None:
+    rig = make(commit_interval_s=0.01)
+    rig.consumer.fill(P0, range(2))
+    rig.consumer.commit_errors.append(GroupAuthorizationFailedError())
+    async with running(rig) as task:
+        async with asyncio.timeout(5):
+            await asyncio.wait([task])
+    error = fatal_of(task.exception())  # type: ignore[arg-type]
+    assert isinstance(error, BrokerRejected)
+    assert "Kafka refused an offset commit: GroupAuthorizationFailedError" in error.message
+    assert len(rig.consumer.commits) == 1  # fatal: no final commit afterwards
+    assert rig.pipeline.stats.commits == 0
