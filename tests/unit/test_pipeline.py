@@ -1034,3 +1034,16 @@ async def test_an_offset_commit_the_group_may_not_make_stops_the_service_saying_
     assert "Kafka refused an offset commit: GroupAuthorizationFailedError" in error.message
     assert len(rig.consumer.commits) == 1  # fatal: no final commit afterwards
     assert rig.pipeline.stats.commits == 0
+
+
+async def test_an_input_over_the_token_limit_becomes_a_dead_letter_of_stage_admit() -> None:
+    rig = make()
+    rig.consumer.add(P0, 0, request_bytes(0, "word " * 40_000))  # 32,000 tokens at most
+    rig.consumer.add(P0, 1)
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
+    [dead] = [r.json() for r in rig.producer.on(DLQ)]
+    assert dead["stage"] == "admit" and dead["source"]["offset"] == 0
+    assert dead["attempts"] == 0 and rig.classifier.started == [(0, 1)]
+    assert dead["error_class"] == "AdmissionError"
+    assert rig.metric("modstream_dead_letters_total", stage="admit", reason="admission") == 1
