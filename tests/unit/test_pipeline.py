@@ -1047,3 +1047,34 @@ async def test_an_input_over_the_token_limit_becomes_a_dead_letter_of_stage_admi
     assert dead["attempts"] == 0 and rig.classifier.started == [(0, 1)]
     assert dead["error_class"] == "AdmissionError"
     assert rig.metric("modstream_dead_letters_total", stage="admit", reason="admission") == 1
+
+
+async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignored() -> None:
+    rig = make()
+    rig.consumer.fill(P0, range(10))
+    gates = [asyncio.Event() for _ in range(3)]
+    # Offset 5, three times: the first two runs cannot be cancelled and complete late.
+    rig.classifier.on(
+        0,
+        5,
+        Behaviour(gate=gates[0], uncancellable=True),
+        Behaviour(gate=gates[1], uncancellable=True),
+        Behaviour(gate=gates[2]),
+    )
+    async with running(rig) as task:
+        await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
+        for run in (2, 3):
+            rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
+            await eventually(lambda n=run: rig.classifier.calls[(0, 5)] == n, what="5 redone")
+            await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
+        assert rig.metric("modstream_partition_resets_total") == 2
+        for late in gates[:2]:
+            verdicts = rig.pipeline.stats.verdicts
+            late.set()
+            await eventually(lambda n=verdicts: rig.pipeline.stats.verdicts == n + 1, what="late")
+            assert rig.pipeline.tracker.in_flight(P0) == 1  # the third run of 5 still counts
+            assert rig.pipeline.tracker.commit_point(P0) == 5
+        gates[2].set()
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 10, what="new done")
+        assert not task.done()
+    assert rig.consumer.committed(P0) == 10
