@@ -142,6 +142,17 @@ async def running(rig: Rig) -> AsyncIterator[asyncio.Task[None]]:
                 await asyncio.wait([task])
 
 
+@asynccontextmanager
+async def released_at_exit(*gates: asyncio.Event) -> AsyncIterator[None]:
+    """Open ``gates`` on leaving: uncancellable work must end with the test, even a failing one
+    (else stopping the pipeline waits for it and the failure becomes a hang)."""
+    try:
+        yield
+    finally:
+        for gate in gates:
+            gate.set()
+
+
 def fatal_of(exc: BaseException) -> BaseException:
     """The error ``run`` stopped with (the task group wraps it)."""
     while isinstance(exc, BaseExceptionGroup):
@@ -467,7 +478,7 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
     old_gate, new_gate = asyncio.Event(), asyncio.Event()
     # The first run of offset 5 cannot be cancelled; its redelivery blocks too, separately.
     rig.classifier.on(0, 5, Behaviour(gate=old_gate, uncancellable=True), Behaviour(gate=new_gate))
-    async with running(rig) as task:
+    async with running(rig) as task, released_at_exit(old_gate, new_gate):
         await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         await rig.pipeline.commit()
         assert rig.consumer.ok_commits() == [{P0: 5}]
@@ -1061,7 +1072,7 @@ async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignore
         Behaviour(gate=gates[1], uncancellable=True),
         Behaviour(gate=gates[2]),
     )
-    async with running(rig) as task:
+    async with running(rig) as task, released_at_exit(*gates):
         await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         for run in (2, 3):
             rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
