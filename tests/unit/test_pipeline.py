@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka.errors import (
     CommitFailedError,
     GroupAuthorizationFailedError,
@@ -487,7 +488,10 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
             await eventually(lambda: rig.classifier.calls[(0, 5)] == 2, what="5 redone")
             await eventually(lambda: rig.pipeline.stats.verdicts == 15, what="3,4,6..9 redone")
         [warning] = [e for e in logs if e["log_level"] == "warning"]
-        assert "offsets went backwards" in warning["event"]
+        assert warning["event"] == (
+            "offsets went backwards (seek, offset reset or re-assignment): restarting the "
+            "partition's tracking; its unfinished work is redone"
+        )
         assert warning["offset"] == 3 and warning["tracked_up_to"] == 5
         assert warning["topic"] == TOPIC and warning["partition"] == 0
         assert rig.metric("modstream_partition_resets_total") == 1
@@ -520,6 +524,8 @@ async def test_a_verdict_kafka_refuses_for_good_becomes_a_publish_dead_letter(at
     assert "MessageSizeTooLargeError" in dead["error_message"]
     assert dead["source"]["offset"] == 1
     assert dead["attempts"] == 1  # the one model call its verdict took
+    # That call is still recorded: its usage event goes out with the dead letter.
+    assert 1 in {r.json()["source"]["offset"] for r in rig.producer.on(USAGE)}
     assert base64.b64decode(dead["payload_b64"]) == rig.consumer._records[P0][1].value
     assert sorted(rig.verdict_offsets()) == [0, 2]
     assert rig.consumer.committed(P0) == 3
@@ -546,6 +552,7 @@ async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_li
     original = rig.consumer._records[P0][0].value
     assert original.startswith(base64.b64decode(dead["payload_b64"]))
     assert dead["payload_length"] == len(original)
+    assert [r.json()["source"]["offset"] for r in rig.producer.on(USAGE)] == [0]
     assert rig.consumer.committed(P0) == 1
 
 
@@ -1089,3 +1096,43 @@ async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignore
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 10, what="new done")
         assert not task.done()
     assert rig.consumer.committed(P0) == 10
+
+
+async def test_unordered_by_default_one_key_does_not_wait_for_another_message_of_it() -> None:
+    rig = make()  # MODSTREAM_ORDERING=unordered
+    rig.consumer.fill(P0, range(3), key=b"same")
+    head = rig.classifier.block(0, 0)
+    async with running(rig):
+        await eventually(lambda: sorted(rig.verdict_offsets()) == [1, 2], what="1, 2 done")
+        head.set()
+        await eventually(lambda: len(rig.verdict_offsets()) == 3, what="everything")
+        await eventually(lambda: rig.classifier.running == set(), what="all returned")
+        await eventually(
+            lambda: not any(rig.pipeline._tasks.values()), what="finished work not kept"
+        )
+    assert rig.verdict_offsets() == [1, 2, 0]
+    assert rig.pipeline._tails == {}
+
+
+async def test_lines_logged_while_a_message_is_processed_carry_its_coordinates() -> None:
+    """README: such lines carry ``partition``, ``offset`` and ``event_id`` (the verdict's);
+    the text itself goes only into the DEBUG ``classifying`` line."""
+    rig = make(partitions=(P0, P1))
+    rig.consumer.add(P1, 7, request_bytes(7, "hello there"))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with running(rig):
+            await eventually(lambda: rig.verdict_offsets(P1) == [7], what="verdict")
+    [verdict] = [r.json() for r in rig.producer.on(VERDICTS)]
+    [line] = [e for e in logs if e["event"] == "classifying"]
+    assert line["log_level"] == "debug"
+    assert (line["partition"], line["offset"]) == (1, 7)
+    assert line["event_id"] == verdict["event_id"]
+    assert line["content"] == "hello there" and line["tokens"] == 2
+
+
+async def test_a_plain_text_input_is_classified_as_text_when_so_configured() -> None:
+    rig = make(input_format="text")
+    rig.consumer.add(P0, 0, b"just some words, not JSON")
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    assert rig.verdict_offsets() == [0] and rig.producer.on(DLQ) == []
