@@ -717,6 +717,7 @@ async def test_a_revoked_partitions_lag_is_not_reported_after_the_revoke() -> No
 
 
 async def test_a_message_in_flight_too_long_is_logged_once() -> None:
+    started = time.monotonic()
     rig = make(commit_interval_s=0.01, stuck_after_s=0.05)
     rig.consumer.fill(P0, range(2))
     gate = rig.classifier.block(0, 0)
@@ -733,6 +734,8 @@ async def test_a_message_in_flight_too_long_is_logged_once() -> None:
     assert len(stuck) == 1
     assert stuck[0]["offset"] == 0 and stuck[0]["partition"] == 0
     assert stuck[0]["log_level"] == "warning" and stuck[0]["in_flight_s"] >= 0.05
+    # No more than the test has run (0.1 s precision).
+    assert stuck[0]["in_flight_s"] <= time.monotonic() - started + 0.05
     assert stuck[0]["topic"] == TOPIC and stuck[0]["stuck_after_s"] == 0.05
 
 
