@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -1139,3 +1140,23 @@ async def test_a_plain_text_input_is_classified_as_text_when_so_configured() -> 
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
     assert rig.verdict_offsets() == [0] and rig.producer.on(DLQ) == []
+
+
+async def test_the_broker_gauge_reads_the_pipelines_own_consumer() -> None:
+    rig = make()
+    conn = SimpleNamespace(up=True, connected=lambda: conn.up)
+    rig.consumer._client = SimpleNamespace(_conns={(0, "default"): conn})  # type: ignore[attr-defined]
+    assert rig.metric("modstream_broker_up") == 1
+    conn.up = False
+    assert rig.metric("modstream_broker_up") == 0
+
+
+async def test_exit_when_idle_counts_from_the_assignment_even_with_nothing_to_fetch() -> None:
+    rig = make()
+    await rig.pipeline.on_assigned({P0})  # an empty partition: nothing will ever come
+    with capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await rig.pipeline.run(rig.stop, exit_when_idle=0.05)  # returns by itself
+    [idle] = [e for e in logs if e["event"] == "idle, stopping"]
+    assert idle["idle_s"] == 0.05
+    assert rig.consumer.polls and rig.pipeline.stats.fetched == 0
