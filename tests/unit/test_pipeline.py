@@ -347,7 +347,11 @@ async def test_revoke_forgets_the_partition_when_the_commit_is_refused() -> None
     async with running(rig) as task:
         await eventually(lambda: len(rig.producer.on(VERDICTS)) == 4, what="all done")
         rig.consumer.commit_errors.append(CommitFailedError("rebalance in progress"))
-        await rig.consumer.rebalance(revoke={P0})
+        with capture_logs() as logs:
+            await rig.consumer.rebalance(revoke={P0})
+        [warning] = [e for e in logs if e["log_level"] == "warning"]
+        assert warning["event"] == "commit failed; uncommitted work will be redelivered"
+        assert "CommitFailedError" in warning["error"]
         assert [c.outcome for c in rig.consumer.commits] == ["error: CommitFailedError"]
         assert P0 not in rig.pipeline.tracker.partitions()
         assert rig.metric("modstream_commit_failures_total") == 1
