@@ -192,7 +192,7 @@ class CircuitBreaker:
             "circuit " + state.value,
             previous=self.state.value,
             consecutive_failures=self._failures,
-            retry_in_s=round(self._reset_s, 1) if state is CircuitState.OPEN else None,
+            retry_in_s=self._reset_s if state is CircuitState.OPEN else None,
         )
         self.state = state
         if self._on_change is not None:

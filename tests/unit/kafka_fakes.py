@@ -103,6 +103,8 @@ class FakeConsumer:
         #: Every getmany call: (max_records, partitions paused at the call, records returned).
         self.polls: list[tuple[int, frozenset[TopicPartition], int]] = []
         self.on_poll: list[Callable[[int], None]] = []  # called with max_records at each poll
+        #: Raised by the next position() calls, in order, whatever the partition.
+        self.position_errors: deque[BaseException] = deque()
 
     # -- test set-up
     def add(
@@ -222,7 +224,9 @@ class FakeConsumer:
             limit -= len(taken)
             result[tp] = taken
             self._positions[tp] = taken[-1].offset + 1
-            self._highwater[tp] = self._records[tp][-1].offset + 1
+        for tp in self._assigned - self._paused:  # every fetch response carries it
+            if self._records.get(tp):
+                self._highwater[tp] = self._records[tp][-1].offset + 1
         self.polls.append((max_records or 500, paused, sum(len(v) for v in result.values())))
         return result
 
@@ -258,6 +262,8 @@ class FakeConsumer:
 
     async def position(self, partition: TopicPartition) -> int:
         self._require_assigned(partition)
+        if self.position_errors:
+            raise self.position_errors.popleft()
         return self._positions.get(partition, 0)
 
     def _require_assigned(self, tp: TopicPartition) -> None:

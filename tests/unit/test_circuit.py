@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from consumer.circuit import CircuitBreaker, CircuitState
+from tests.unit.virtual_time import VirtualTimeLoop, on_virtual_time
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -201,3 +204,232 @@ def test_a_success_starts_the_count_of_callers_again() -> None:
     breaker.failure(c)
     breaker.failure(c)
     assert breaker.is_closed
+
+
+# ---- Probe timing on a virtual clock --------------------------------------------------------
+#
+# The breaker's waits are asyncio timeouts, so its timing is checked on an event loop whose
+# clock jumps to the next timer (tests.unit.virtual_time); the breaker reads that same clock.
+
+
+def service_breaker(clock: Callable[[], float]) -> CircuitBreaker:
+    """The breaker as ``app.py`` builds it, with the settings' documented defaults."""
+    return CircuitBreaker(failure_threshold=10, reset_s=5.0, clock=clock)
+
+
+def open_it(breaker: CircuitBreaker) -> None:
+    for caller in range(breaker.failure_threshold):
+        breaker.failure(caller)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_the_probe_goes_out_when_the_wait_is_over_even_for_a_late_caller() -> None:
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        open_it(breaker)
+        opened_at = loop.time()
+        assert await breaker.admit() is True
+        assert loop.time() - opened_at == pytest.approx(5.0, abs=1e-6)
+        breaker.failure()  # the probe failed: 10 s now
+        reopened_at = loop.time()
+        await asyncio.sleep(9.5)  # a caller that comes in half a second before the probe
+        assert await breaker.admit() is True
+        assert loop.time() - reopened_at == pytest.approx(10.0, abs=1e-6)
+
+    on_virtual_time(play)
+
+
+def test_the_service_breaker_doubles_its_wait_up_to_a_minute() -> None:
+    """Settings: ``circuit_reset_s`` is the first wait before a probe; it doubles up to 60 s."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = service_breaker(loop.time)
+        open_it(breaker)
+        waits = []
+        for _ in range(7):
+            start = loop.time()
+            assert await breaker.admit() is True
+            waits.append(round(loop.time() - start, 6))
+            breaker.failure()
+        assert waits == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
+        assert breaker.openings == 8
+
+    on_virtual_time(play)
+
+
+def test_only_deferred_callers_probe_the_grace_after_the_probe_fell_due() -> None:
+    """With nothing fresh to probe with, a caller whose probe failed probes again once the
+    grace is over (2 s in the service), early or late as it arrives, never sooner."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = service_breaker(loop.time)
+        open_it(breaker)
+        due = loop.time() + 5.0
+        assert await breaker.admit(defer=True) is True
+        assert loop.time() - due == pytest.approx(2.0, abs=1e-6)
+        breaker.failure()  # 10 s now
+        due = loop.time() + 10.0
+        await asyncio.sleep(10.0 + 1.5)  # arrives half a second before the grace is over
+        assert await breaker.admit(defer=True) is True
+        assert loop.time() - due == pytest.approx(2.0, abs=1e-6)
+
+    on_virtual_time(play)
+
+
+def test_a_waiting_caller_goes_as_soon_as_the_circuit_closes() -> None:
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        open_it(breaker)
+        waiter = asyncio.create_task(breaker.admit())
+        await asyncio.sleep(1.0)
+        breaker.success()  # e.g. a witness call got an answer
+        assert await waiter is False
+        assert loop.time() == pytest.approx(1.0, abs=1e-3)  # not at the end of the wait
+
+    on_virtual_time(play)
+
+
+def test_callers_waiting_behind_a_running_probe_sleep_instead_of_polling() -> None:
+    """A probe can take a whole request timeout; the messages waiting behind it must not spin
+    on the event loop meanwhile (they wake when it ends, or every reset interval)."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        open_it(breaker)
+        assert await breaker.admit() is True  # the probe, now calling the provider
+        waiting = [asyncio.create_task(breaker.admit()) for _ in range(2)]
+        waiting.append(asyncio.create_task(breaker.admit(defer=True)))
+        wakeups = loop.wakeups
+        await asyncio.sleep(30.0)  # a slow probe call
+        assert loop.wakeups - wakeups < 30
+        assert not any(task.done() for task in waiting)
+        breaker.success()
+        assert await asyncio.gather(*waiting) == [False, False, False]
+
+    on_virtual_time(play)
+
+
+# ---- Counting ---------------------------------------------------------------------------
+
+
+def test_the_breaker_built_without_settings_has_the_documented_defaults() -> None:
+    """A Classifier without a breaker makes ``CircuitBreaker()``: it must behave as the
+    README's defaults (10 failures in a row, 5 s first wait)."""
+    clock = Clock()
+    breaker = CircuitBreaker(clock=clock)
+    for caller in range(9):
+        breaker.failure(caller)
+    assert breaker.is_closed
+    breaker.failure(9)
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.retry_in_s() == 5.0
+
+
+def test_exactly_the_threshold_of_failures_opens_the_circuit() -> None:
+    breaker = CircuitBreaker(failure_threshold=4, clock=Clock())
+    for caller in range(3):
+        breaker.failure(caller)
+    assert breaker.is_closed
+    breaker.failure(3)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_after_a_success_it_takes_the_whole_threshold_again() -> None:
+    breaker = CircuitBreaker(failure_threshold=4, clock=Clock())
+    for caller in range(3):
+        breaker.failure(caller)
+    breaker.success()
+    for caller in range(3, 6):
+        breaker.failure(caller)
+    assert breaker.is_closed
+    breaker.failure(6)
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_successes_and_openings_count_every_one() -> None:
+    """The poison rule reads both counters (a success since a message's last failure; an
+    opening during its retries)."""
+    breaker, _ = opened(reset_s=5.0)
+    assert (breaker.successes, breaker.openings) == (0, 1)
+    for _ in range(3):
+        breaker.success()
+    assert (breaker.successes, breaker.openings) == (3, 1)
+    for _ in range(3):
+        breaker.failure()
+    assert breaker.openings == 2
+
+
+def test_retry_in_s_is_zero_unless_open() -> None:
+    breaker, clock = opened(reset_s=5.0)
+    assert breaker.retry_in_s() == pytest.approx(5.0)
+    clock.now += 5
+
+    async def probe() -> None:
+        assert await breaker.admit() is True
+
+    asyncio.run(probe())
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.retry_in_s() == 0.0
+    breaker.success()
+    assert breaker.retry_in_s() == 0.0
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_deferred_caller_yields_to_every_eager_one_even_after_the_grace() -> None:
+    """Two healthy messages and one whose probe failed wait; long past the grace, the
+    healthy ones still probe first, one after the other."""
+    breaker, clock = opened(reset_s=5.0)
+    deferred = asyncio.create_task(breaker.admit(defer=True))  # first in line
+    await settle()
+    first, second = asyncio.create_task(breaker.admit()), asyncio.create_task(breaker.admit())
+    await settle()
+    clock.now += 5 + breaker.defer_grace_s + 1
+    breaker.end_probe()  # wake them on the injected clock
+    await settle()
+    assert first.done() and first.result() is True
+    assert not second.done() and not deferred.done()
+    breaker.end_probe()  # the first probe got a 429: no verdict, let another try
+    await settle()
+    assert second.done() and second.result() is True
+    assert not deferred.done()
+    breaker.success()
+    assert await asyncio.wait_for(deferred, 1) is False
+
+
+def test_every_state_change_is_reported_and_logged() -> None:
+    """``on_change`` feeds the circuit-state gauge; the WARNING lines are what an operator
+    reads during an outage (the e2e outage test looks for them by name)."""
+    seen: list[CircuitState] = []
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=clock, on_change=seen.append)
+
+    async def play() -> None:
+        for _ in range(3):
+            breaker.failure()
+        clock.now += 5
+        assert await breaker.admit()
+        breaker.failure()
+        clock.now += 10
+        assert await breaker.admit()
+        breaker.success()
+
+    with capture_logs() as logs:
+        asyncio.run(play())
+    assert seen == ["open", "half_open", "open", "half_open", "closed"]
+    lines = [
+        (e["event"], e["log_level"], e["previous"], e["retry_in_s"])
+        for e in logs
+        if e["event"].startswith("circuit ")
+    ]
+    assert lines == [
+        ("circuit open", "warning", "closed", 5.0),
+        ("circuit half_open", "warning", "open", None),
+        ("circuit open", "warning", "half_open", 10.0),
+        ("circuit half_open", "warning", "open", None),
+        ("circuit closed", "warning", "half_open", None),
+    ]
+    assert [e["consecutive_failures"] for e in logs if e["event"] == "circuit open"] == [3, 4]

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka.errors import (
     CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
@@ -28,7 +34,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
-from consumer.circuit import CircuitState
+from consumer.circuit import CircuitBreaker, CircuitState
 from consumer.errors import BrokerRejected, InvalidReply, ProducerFencedError, RebalanceFailed
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
@@ -44,6 +50,7 @@ from tests.unit.kafka_fakes import (
     eventually,
     request_bytes,
 )
+from tests.unit.virtual_time import VirtualTimeLoop, on_virtual_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,6 +142,17 @@ async def running(rig: Rig) -> AsyncIterator[asyncio.Task[None]]:
         if not task.done():
             async with asyncio.timeout(15):
                 await asyncio.wait([task])
+
+
+@asynccontextmanager
+async def released_at_exit(*gates: asyncio.Event) -> AsyncIterator[None]:
+    """Open ``gates`` on leaving: uncancellable work must end with the test, even a failing one
+    (else stopping the pipeline waits for it and the failure becomes a hang)."""
+    try:
+        yield
+    finally:
+        for gate in gates:
+            gate.set()
 
 
 def fatal_of(exc: BaseException) -> BaseException:
@@ -329,7 +347,11 @@ async def test_revoke_forgets_the_partition_when_the_commit_is_refused() -> None
     async with running(rig) as task:
         await eventually(lambda: len(rig.producer.on(VERDICTS)) == 4, what="all done")
         rig.consumer.commit_errors.append(CommitFailedError("rebalance in progress"))
-        await rig.consumer.rebalance(revoke={P0})
+        with capture_logs() as logs:
+            await rig.consumer.rebalance(revoke={P0})
+        [warning] = [e for e in logs if e["log_level"] == "warning"]
+        assert warning["event"] == "commit failed; uncommitted work will be redelivered"
+        assert "CommitFailedError" in warning["error"]
         assert [c.outcome for c in rig.consumer.commits] == ["error: CommitFailedError"]
         assert P0 not in rig.pipeline.tracker.partitions()
         assert rig.metric("modstream_commit_failures_total") == 1
@@ -462,7 +484,7 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
     old_gate, new_gate = asyncio.Event(), asyncio.Event()
     # The first run of offset 5 cannot be cancelled; its redelivery blocks too, separately.
     rig.classifier.on(0, 5, Behaviour(gate=old_gate, uncancellable=True), Behaviour(gate=new_gate))
-    async with running(rig) as task:
+    async with running(rig) as task, released_at_exit(old_gate, new_gate):
         await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         await rig.pipeline.commit()
         assert rig.consumer.ok_commits() == [{P0: 5}]
@@ -471,8 +493,12 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
             await eventually(lambda: rig.classifier.calls[(0, 5)] == 2, what="5 redone")
             await eventually(lambda: rig.pipeline.stats.verdicts == 15, what="3,4,6..9 redone")
         [warning] = [e for e in logs if e["log_level"] == "warning"]
-        assert "offsets went backwards" in warning["event"]
+        assert warning["event"] == (
+            "offsets went backwards (seek, offset reset or re-assignment): restarting the "
+            "partition's tracking; its unfinished work is redone"
+        )
         assert warning["offset"] == 3 and warning["tracked_up_to"] == 5
+        assert warning["topic"] == TOPIC and warning["partition"] == 0
         assert rig.metric("modstream_partition_resets_total") == 1
         assert rig.pipeline.tracker.commit_point(P0) == 5
         old_gate.set()  # the old, uncancellable work completes late
@@ -503,6 +529,8 @@ async def test_a_verdict_kafka_refuses_for_good_becomes_a_publish_dead_letter(at
     assert "MessageSizeTooLargeError" in dead["error_message"]
     assert dead["source"]["offset"] == 1
     assert dead["attempts"] == 1  # the one model call its verdict took
+    # That call is still recorded: its usage event goes out with the dead letter.
+    assert 1 in {r.json()["source"]["offset"] for r in rig.producer.on(USAGE)}
     assert base64.b64decode(dead["payload_b64"]) == rig.consumer._records[P0][1].value
     assert sorted(rig.verdict_offsets()) == [0, 2]
     assert rig.consumer.committed(P0) == 3
@@ -515,8 +543,11 @@ async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_li
     rig = make(limits={VERDICTS: 500, DLQ: 20_000}, dead_letter_max_bytes=20_000 - 2048)
     key = b"k" * 3000  # the key is sent with the dead letter: it counts against the limit
     rig.consumer.add(P0, 0, json.dumps({"id": "big", "text": text}).encode(), key=key)
-    async with running(rig):
-        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    with capture_logs() as logs:
+        async with running(rig):
+            await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    [logged] = [e for e in logs if e["event"] == "dead letter"]
+    assert logged["stage"] == "publish" and logged["payload_truncated"] is True
     assert rig.producer.sent and not rig.producer.on(VERDICTS, acked=False)  # refused before send
     [record] = rig.producer.on(DLQ)
     dead = record.json()
@@ -526,6 +557,7 @@ async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_li
     original = rig.consumer._records[P0][0].value
     assert original.startswith(base64.b64decode(dead["payload_b64"]))
     assert dead["payload_length"] == len(original)
+    assert [r.json()["source"]["offset"] for r in rig.producer.on(USAGE)] == [0]
     assert rig.consumer.committed(P0) == 1
 
 
@@ -690,6 +722,7 @@ async def test_a_revoked_partitions_lag_is_not_reported_after_the_revoke() -> No
 
 
 async def test_a_message_in_flight_too_long_is_logged_once() -> None:
+    started = time.monotonic()
     rig = make(commit_interval_s=0.01, stuck_after_s=0.05)
     rig.consumer.fill(P0, range(2))
     gate = rig.classifier.block(0, 0)
@@ -706,6 +739,8 @@ async def test_a_message_in_flight_too_long_is_logged_once() -> None:
     assert len(stuck) == 1
     assert stuck[0]["offset"] == 0 and stuck[0]["partition"] == 0
     assert stuck[0]["log_level"] == "warning" and stuck[0]["in_flight_s"] >= 0.05
+    # No more than the test has run (0.1 s precision).
+    assert stuck[0]["in_flight_s"] <= time.monotonic() - started + 0.05
     assert stuck[0]["topic"] == TOPIC and stuck[0]["stuck_after_s"] == 0.05
 
 
@@ -847,3 +882,285 @@ async def test_a_batcher_classifies_instead_of_the_classifier_when_configured() 
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
     assert batched.started == [(0, 0), (0, 1)] and rig.classifier.started == []
+
+
+# ---- publish backoff, lag edges, revoked partitions (gaps found by mutation testing) ---------
+
+
+def test_publish_retries_back_off_from_a_fifth_of_a_second_doubling_up_to_5_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full jitter, pinned at its ceiling; on a virtual clock (no real waiting)."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make()
+        rig.consumer.add(P0, 0)
+        rig.producer.fail(VERDICTS, *(KafkaTimeoutError() for _ in range(8)))
+        with capture_logs() as logs:
+            async with running(rig):
+                await eventually(
+                    lambda: rig.pipeline.tracker.commit_point(P0) == 1, timeout=60, what="done"
+                )
+        waits = [e["retry_in_s"] for e in logs if e["event"].startswith("publishing outputs")]
+        assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+        assert rig.verdict_offsets() == [0]
+
+    on_virtual_time(play)
+
+
+def lag_of(rig: Rig, tp: TopicPartition) -> float | None:
+    labels = {"topic": tp.topic, "partition": str(tp.partition)}
+    return rig.metrics.registry.get_sample_value("modstream_consumer_lag", labels)
+
+
+async def test_a_partition_with_nothing_left_to_do_reports_its_lag_from_its_position() -> None:
+    """Nothing tracked since the assignment (a previous run committed everything): the lag is
+    the high watermark minus the consumer's position, 0 here, and is reported as such."""
+    rig = make(commit_interval_s=0.01)
+    rig.consumer.fill(P0, range(5))
+    rig.consumer.seek(P0, 5)  # the group's committed start
+    async with running(rig):
+        await eventually(lambda: lag_of(rig, P0) is not None, what="a lag figure")
+        assert lag_of(rig, P0) == 0
+        assert rig.pipeline.tracker.commit_point(P0) is None
+
+
+@pytest.mark.parametrize(
+    "error", [KafkaTimeoutError(), IllegalStateError("not assigned")], ids=type
+)
+async def test_a_failed_lag_read_skips_that_partition_only(error: Exception) -> None:
+    rig = make(partitions=(P0, P1))
+    for tp in (P0, P1):
+        rig.consumer.fill(tp, range(3))
+        rig.consumer.seek(tp, 3)
+    async with running(rig):
+        await eventually(lambda: len(rig.consumer.polls) >= 2, what="a fetch response")
+        rig.consumer.position_errors.append(error)  # the first partition asked fails
+        await rig.pipeline._observe_lag()  # the commit loop's lag reading, one round
+        assert sorted(lag_of(rig, tp) is None for tp in (P0, P1)) == [False, True]
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) for tp in (P0, P1)] == [0, 0]
+
+
+async def test_revoked_partitions_still_listed_as_assigned_report_no_lag() -> None:
+    """aiokafka keeps revoked partitions in its assignment until the group hands out the next
+    one, and two revokes can come before it: the lag of neither is reported meanwhile."""
+    p2 = TopicPartition(TOPIC, 2)
+    rig = make(partitions=(P0, P1, p2))
+    for tp in (P0, P1, p2):
+        rig.consumer.fill(tp, range(2))
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.stats.verdicts == 6, what="all done")
+        await rig.pipeline.on_revoked({P0})
+        await rig.pipeline.on_revoked({P1})
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [True, True, False]
+        rig.consumer.unassign(P1)  # P1 went to another member, P0 came back
+        await rig.pipeline.on_assigned({P0})
+        await rig.pipeline._observe_lag()
+        assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [False, True, False]
+
+
+def test_a_full_window_polls_once_a_second_and_fetches_at_the_first_completion() -> None:
+    """Full, the fetch loop only keeps the group membership alive (a poll a second, not a busy
+    loop); a completion wakes it at once, and a window with room for one fetches that one."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make(max_in_flight=2)
+        rig.consumer.fill(P0, range(4))
+        first, second = rig.classifier.block(0, 0), rig.classifier.block(0, 1)
+        polled_at: list[float] = []
+
+        def on_poll(_: int) -> None:
+            polled_at.append(loop.time())
+            if len(polled_at) > 1000:
+                raise AssertionError("polling in a busy loop")
+
+        rig.consumer.on_poll.append(on_poll)
+        async with running(rig):
+            await eventually(lambda: len(rig.classifier.started) == 2, what="window full")
+            full_at = loop.time()
+            await asyncio.sleep(10.0)
+            polls = [t for t in polled_at if full_at <= t < full_at + 10.0]
+            assert 9 <= len(polls) <= 11
+            released_at = loop.time()
+            first.set()
+            await eventually(lambda: len(rig.classifier.started) == 3, what="2 fetched")
+            assert loop.time() - released_at < 0.1
+            assert await rig.consumer.position(P0) == 3  # room for one: one fetched
+            second.set()
+            await eventually(lambda: len(rig.verdict_offsets()) == 4, what="everything")
+
+    on_virtual_time(play)
+
+
+def test_an_open_circuit_resumes_intake_for_a_probe_once_its_wait_is_over() -> None:
+    """Nothing in flight to probe with: intake itself resumes when the probe is due (within
+    the fetch loop's second), and says so; the circuit is still open, so not "answers again"."""
+
+    async def play(loop: VirtualTimeLoop) -> None:
+        rig = make()
+        breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
+        rig.classifier.breaker = breaker
+        for _ in range(3):
+            breaker.failure()
+        opened_at = loop.time()
+        rig.consumer.fill(P0, range(2))
+        with capture_logs() as logs:
+            async with running(rig):
+                await eventually(lambda: rig.classifier.started != [], timeout=30, what="fetch")
+                assert 5.0 <= loop.time() - opened_at <= 6.1
+                await eventually(lambda: len(rig.verdict_offsets()) == 2, what="done")
+        intake = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("intake")]
+        assert intake == [
+            ("intake paused: the model provider is down (circuit open)", "warning"),
+            ("intake resumed for a probe: the next message tests the provider", "info"),
+        ]
+
+    on_virtual_time(play)
+
+
+async def test_the_run_summary_and_the_counters_count_every_input_once() -> None:
+    """What ``modstream consume`` logs when it stops (``stopped``: fetched, verdicts, dead
+    letters, commits) and the matching Prometheus counters."""
+    started = time.perf_counter()
+    rig = make(partitions=(P0, P1))
+    rig.consumer.fill(P0, range(3))
+    rig.consumer.add(P1, 0, b"\xff not json")
+    rig.consumer.add(P1, 1)
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 3, P1: 2}, what="all")
+        await rig.pipeline.commit()
+        rig.consumer.add(P0, 3)
+        await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 4}, what="3 done")
+        await rig.pipeline.commit()
+    stats = rig.pipeline.stats
+    assert (stats.fetched, stats.verdicts, stats.dead_letters) == (6, 5, 1)
+    assert stats.usage_events == 5  # one model call per classified input, none for the other
+    assert stats.commits == len(rig.consumer.ok_commits()) == 2  # nothing left for the last
+    assert rig.metric("modstream_messages_fetched_total") == 6
+    assert rig.metric("modstream_messages_processed_total", outcome="verdict") == 5
+    assert rig.metric("modstream_messages_processed_total", outcome="dead_letter") == 1
+    assert rig.metric("modstream_commit_duration_seconds_count") == 2
+    # Each commit's duration is a part of the test's own duration.
+    assert 0 <= rig.metric("modstream_commit_duration_seconds_sum") <= time.perf_counter() - started
+    assert rig.metric("modstream_messages_in_flight") == 0
+
+
+async def test_an_offset_commit_the_group_may_not_make_stops_the_service_saying_so() -> None:
+    rig = make(commit_interval_s=0.01)
+    rig.consumer.fill(P0, range(2))
+    rig.consumer.commit_errors.append(GroupAuthorizationFailedError())
+    async with running(rig) as task:
+        async with asyncio.timeout(5):
+            await asyncio.wait([task])
+    error = fatal_of(task.exception())  # type: ignore[arg-type]
+    assert isinstance(error, BrokerRejected)
+    assert "Kafka refused an offset commit: GroupAuthorizationFailedError" in error.message
+    assert len(rig.consumer.commits) == 1  # fatal: no final commit afterwards
+    assert rig.pipeline.stats.commits == 0
+
+
+async def test_an_input_over_the_token_limit_becomes_a_dead_letter_of_stage_admit() -> None:
+    rig = make()
+    rig.consumer.add(P0, 0, request_bytes(0, "word " * 40_000))  # 32,000 tokens at most
+    rig.consumer.add(P0, 1)
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
+    [dead] = [r.json() for r in rig.producer.on(DLQ)]
+    assert dead["stage"] == "admit" and dead["source"]["offset"] == 0
+    assert dead["attempts"] == 0 and rig.classifier.started == [(0, 1)]
+    assert dead["error_class"] == "AdmissionError"
+    assert rig.metric("modstream_dead_letters_total", stage="admit", reason="admission") == 1
+
+
+async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignored() -> None:
+    rig = make()
+    rig.consumer.fill(P0, range(10))
+    gates = [asyncio.Event() for _ in range(3)]
+    # Offset 5, three times: the first two runs cannot be cancelled and complete late.
+    rig.classifier.on(
+        0,
+        5,
+        Behaviour(gate=gates[0], uncancellable=True),
+        Behaviour(gate=gates[1], uncancellable=True),
+        Behaviour(gate=gates[2]),
+    )
+    async with running(rig) as task, released_at_exit(*gates):
+        await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
+        for run in (2, 3):
+            rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
+            await eventually(lambda n=run: rig.classifier.calls[(0, 5)] == n, what="5 redone")
+            await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
+        assert rig.metric("modstream_partition_resets_total") == 2
+        for late in gates[:2]:
+            verdicts = rig.pipeline.stats.verdicts
+            late.set()
+            await eventually(lambda n=verdicts: rig.pipeline.stats.verdicts == n + 1, what="late")
+            assert rig.pipeline.tracker.in_flight(P0) == 1  # the third run of 5 still counts
+            assert rig.pipeline.tracker.commit_point(P0) == 5
+        gates[2].set()
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 10, what="new done")
+        assert not task.done()
+    assert rig.consumer.committed(P0) == 10
+
+
+async def test_unordered_by_default_one_key_does_not_wait_for_another_message_of_it() -> None:
+    rig = make()  # MODSTREAM_ORDERING=unordered
+    rig.consumer.fill(P0, range(3), key=b"same")
+    head = rig.classifier.block(0, 0)
+    async with running(rig):
+        await eventually(lambda: sorted(rig.verdict_offsets()) == [1, 2], what="1, 2 done")
+        head.set()
+        await eventually(lambda: len(rig.verdict_offsets()) == 3, what="everything")
+        await eventually(lambda: rig.classifier.running == set(), what="all returned")
+        await eventually(
+            lambda: not any(rig.pipeline._tasks.values()), what="finished work not kept"
+        )
+    assert rig.verdict_offsets() == [1, 2, 0]
+    assert rig.pipeline._tails == {}
+
+
+async def test_lines_logged_while_a_message_is_processed_carry_its_coordinates() -> None:
+    """README: such lines carry ``partition``, ``offset`` and ``event_id`` (the verdict's);
+    the text itself goes only into the DEBUG ``classifying`` line."""
+    rig = make(partitions=(P0, P1))
+    rig.consumer.add(P1, 7, request_bytes(7, "hello there"))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with running(rig):
+            await eventually(lambda: rig.verdict_offsets(P1) == [7], what="verdict")
+    [verdict] = [r.json() for r in rig.producer.on(VERDICTS)]
+    [line] = [e for e in logs if e["event"] == "classifying"]
+    assert line["log_level"] == "debug"
+    assert (line["partition"], line["offset"]) == (1, 7)
+    assert line["event_id"] == verdict["event_id"]
+    assert line["content"] == "hello there" and line["tokens"] == 2
+
+
+async def test_a_plain_text_input_is_classified_as_text_when_so_configured() -> None:
+    rig = make(input_format="text")
+    rig.consumer.add(P0, 0, b"just some words, not JSON")
+    async with running(rig):
+        await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 1, what="done")
+    assert rig.verdict_offsets() == [0] and rig.producer.on(DLQ) == []
+
+
+async def test_the_broker_gauge_reads_the_pipelines_own_consumer() -> None:
+    rig = make()
+    conn = SimpleNamespace(up=True, connected=lambda: conn.up)
+    rig.consumer._client = SimpleNamespace(_conns={(0, "default"): conn})  # type: ignore[attr-defined]
+    assert rig.metric("modstream_broker_up") == 1
+    conn.up = False
+    assert rig.metric("modstream_broker_up") == 0
+
+
+async def test_exit_when_idle_counts_from_the_assignment_even_with_nothing_to_fetch() -> None:
+    rig = make()
+    await rig.pipeline.on_assigned({P0})  # an empty partition: nothing will ever come
+    with capture_logs() as logs:
+        async with asyncio.timeout(5):
+            await rig.pipeline.run(rig.stop, exit_when_idle=0.05)  # returns by itself
+    [idle] = [e for e in logs if e["event"] == "idle, stopping"]
+    assert idle["idle_s"] == 0.05
+    assert rig.consumer.polls and rig.pipeline.stats.fetched == 0
