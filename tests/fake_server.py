@@ -25,7 +25,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "MODSTREAM_FAKE_"
@@ -58,6 +59,45 @@ def _ready(origin: str) -> bool:
 
 
 @contextlib.contextmanager
+def served(
+    name: str,
+    command: list[str],
+    ready: Callable[[], bool],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    startup_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` as a server subprocess until the block ends, yielding the process: ready
+    once ``ready()`` is true (polled, never a tuned sleep); a start-up failure raises with its
+    output; on exit SIGTERM, then SIGKILL after ``stop_timeout``."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not ready():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output.seek(0)
+                    log = output.read().decode(errors="replace")
+                    code = process.poll()
+                    state = f"exited with {code}" if code is not None else "timed out"
+                    raise RuntimeError(f"{name} {state} before it answered:\n{log}")
+                time.sleep(0.05)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(stop_timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@contextlib.contextmanager
 def fake_openai_server(
     *,
     port: int | None = None,
@@ -72,27 +112,12 @@ def fake_openai_server(
     env |= knob_env(knobs)
     command = [sys.executable, "-m", "consumer", "fake-openai", "--host", host, "--port", str(port)]
     origin = f"http://{host}:{port}"
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while not _ready(origin):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    log = output.read().decode(errors="replace")
-                    state = (
-                        f"exited with {process.returncode}"
-                        if process.poll() is not None
-                        else "timed out"
-                    )
-                    raise RuntimeError(f"fake-openai {state} before it answered:\n{log}")
-                time.sleep(0.05)
-            yield origin + "/v1"
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    with served(
+        "fake-openai",
+        command,
+        lambda: _ready(origin),
+        env=env,
+        startup_timeout=startup_timeout,
+        stop_timeout=stop_timeout,
+    ):
+        yield origin + "/v1"

@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import functools
 import os
 import platform
 import re
@@ -21,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer.sample import corpus
-from tests.fake_server import _ready, free_port, knob_env
+from tests.fake_server import _ready, free_port, knob_env, served
 from tests.kafka_script import run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -331,26 +331,9 @@ def fake_server(**knobs: Any) -> Iterator[Fake]:
     env["MODSTREAM_LOG_FORMAT"] = "json"
     command = [sys.executable, "-m", "consumer", "fake-openai", "--port", str(port)]
     origin = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            command, cwd=CODE["dir"], env=code_env(env), stdout=output, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not _ready(origin):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    raise RuntimeError("fake-openai did not start:\n" + output.read().decode())
-                time.sleep(0.05)
-            yield Fake(origin + "/v1", process.pid)
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    ready = functools.partial(_ready, origin)
+    with served("fake-openai", command, ready, env=code_env(env), cwd=CODE["dir"]) as process:
+        yield Fake(origin + "/v1", process.pid)
 
 
 # --------------------------------------------------------------------------- the broker

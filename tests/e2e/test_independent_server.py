@@ -38,11 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -58,7 +54,7 @@ from consumer.app import serve
 from schemas import UsageOutcome
 from tests.e2e.harness import new_run
 from tests.e2e.test_core import assert_nothing_lost, clean_values
-from tests.fake_server import free_port
+from tests.fake_server import free_port, served
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -111,27 +107,8 @@ def llmock_process(*args: str, startup_timeout: float = 60.0) -> Iterator[str]:
     origin = f"http://{host}:{port}"
     command = [sys.executable, "-m", "llmock.cli", "serve", "--host", host, "--port", str(port)]
     command += ["--log-level", "warning", *args]
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while not _ready(origin):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    log = output.read().decode(errors="replace")
-                    code = process.poll()
-                    state = f"exited with {code}" if code is not None else "timed out"
-                    raise RuntimeError(f"llmock {state} before it answered:\n{log}")
-                time.sleep(0.05)
-            yield origin
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    with served("llmock", command, lambda: _ready(origin), startup_timeout=startup_timeout):
+        yield origin
 
 
 @pytest.fixture
