@@ -52,13 +52,16 @@ async def test_three_sigkills_no_duplicates_no_loss(kafka_bootstrap: str) -> Non
         assert not duplicates, f"{len(duplicates)} inputs have more than one verdict"
         assert await run.committed() == await run.end_offsets()
 
-        # Every answered call is recorded, at least once, by id: only the calls answered in
-        # the instant between the reply and the usage event's acknowledgement can be missing,
-        # at most one per concurrent call for each of the 3 kills.
+        # Every answered call is recorded, at least once, by id. A kill can cost one id per
+        # message held in the window (max_in_flight, not concurrency): a call answered but not
+        # yet acknowledged is lost, and a message whose usage went out but whose verdict's
+        # transaction did not is redone with the same deterministic usage id. With 3 x 64 the
+        # soak once saw 5000 ids for 5193 answers: 193 redone, over 64 per kill.
         async with FakeAdmin(url) as admin:
             answered = (await admin.stats())["by_outcome"].get("ok", 0)
         recorded = {u.event_id for u in summary.usage}
-        assert len(recorded) >= answered - 3 * 64, (len(recorded), answered)
+        window = int(env["MODSTREAM_MAX_IN_FLIGHT"])
+        assert len(recorded) >= answered - 3 * window, (len(recorded), answered)
         assert len(recorded) >= len(want)
 
 
