@@ -78,13 +78,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
 import openai
 import structlog
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
-from openai.types.shared_params import ResponseFormatJSONSchema
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -94,6 +92,7 @@ from tenacity import (
 )
 
 from consumer.admit import Admitted
+from consumer.chat_client import ChatSender, Completion, SdkChat, Statics
 from consumer.circuit import CircuitBreaker
 from consumer.cost import PriceTable
 from consumer.errors import (
@@ -121,6 +120,7 @@ from consumer.provider import (
 )
 from consumer.request_params import (
     ReplyFormat,
+    ReplyMode,
     RequestParams,
     ResponseFormats,
     choose,
@@ -169,6 +169,9 @@ FAILED_OUTCOMES = frozenset(
         UsageOutcome.AUTH,
     }
 )
+
+#: Request shapes whose static part is kept serialized (see ``Classifier.statics``).
+_STATICS_KEPT = 64
 
 #: Distinct 400 signatures remembered at once (the oldest is forgotten first).
 _SIGNATURES_KEPT = 64
@@ -256,11 +259,16 @@ class Classifier:
         usage_failures_kept: int = 3,
         params: RequestParams | None = None,
         formats: ResponseFormats | None = None,
+        sender: ChatSender | None = None,
     ) -> None:
         """``params`` (what each request carries) default to the table's choice for ``model``
         at the client's base URL with ``max_tokens`` and ``temperature``; ``formats`` to
-        ``auto``."""
+        ``auto``; ``sender`` (how a chat request is sent, :mod:`consumer.chat_client`) to the
+        SDK's own path over ``client``."""
         self.client = client
+        self.sender = sender or SdkChat(client)
+        #: Pre-serialized static parts per request shape (see :meth:`statics`).
+        self._statics: dict[tuple[str, ReplyMode, int], Statics] = {}
         self.model = model
         self.params = params or choose(
             model,
@@ -453,6 +461,10 @@ class Classifier:
         """
         watch = PoisonWatch(self.breaker, self.poison_attempts)
         watch.record = witnessed
+        try:  # the retry machinery is built only once a call has failed
+            return await self._checked(send, watch)
+        except TransientError as exc:
+            failed: TransientError | None = exc
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
             wait=self._wait,
@@ -462,17 +474,26 @@ class Classifier:
         )
         async for attempt in retrying:
             with attempt:
-                try:
-                    return await self._attempt(send, watch)
-                except ProviderUnavailable as exc:
-                    poison = watch.failed(exc)
-                    if poison is not None:
-                        log.warning("treating the message as poison", error=poison.message)
-                        raise poison from exc
-                    if watch.needs_witness():
-                        await self._witness(watch.record)
-                    raise
+                if failed is not None:
+                    # The first attempt, replayed: tenacity waits and logs as if it had made it.
+                    first, failed = failed, None
+                    raise first
+                return await self._checked(send, watch)
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _checked(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
+        """One attempt of :meth:`with_retries`: a failure counted towards poison (and a
+        witness call made when only one can tell poison from an outage)."""
+        try:
+            return await self._attempt(send, watch)
+        except ProviderUnavailable as exc:
+            poison = watch.failed(exc)
+            if poison is not None:
+                log.warning("treating the message as poison", error=poison.message)
+                raise poison from exc
+            if watch.needs_witness():
+                await self._witness(watch.record)
+            raise
 
     async def _witness(self, record: Recorder | None) -> None:
         """Ask the provider one tiny, harmless question, to tell poison from an outage.
@@ -499,7 +520,7 @@ class Classifier:
             except ModstreamError as exc:  # the breaker has counted it; nothing else to do
                 log.debug("witness call failed", kind=exc.kind)
 
-    async def _witness_call(self, record: Recorder | None) -> ChatCompletion:
+    async def _witness_call(self, record: Recorder | None) -> Completion:
         """The witness request (see :meth:`_witness`); its usage goes to ``record``, or to the
         metrics only without one."""
         messages = self.builder.messages(_WITNESS_TEXT, None)
@@ -581,30 +602,18 @@ class Classifier:
         await self.limiter.concurrency.on_success()
         return completion
 
-    async def send_chat(self, request: ChatRequest, record: Call | Recorder) -> ChatCompletion:
+    async def send_chat(self, request: ChatRequest, record: Call | Recorder) -> Completion:
         """One chat completion; its usage goes to ``record`` (a call's list, or a recorder)."""
         if isinstance(record, Call):
             record = self.recorder(record)
         async with self.limiter.slot(request.estimate) as permit:
             mode = self.formats.mode  # after the wait for a slot: a downgrade meanwhile counts
-            messages, response_format = request.reply_format.shaped(request.messages, mode)
-            # Pre-built per Classifier: the budget's name, temperature, reasoning_effort, seed.
-            options = self.params.kwargs(request.max_tokens)
-            if response_format is not None:  # text mode sends none at all
-                options["response_format"] = cast("ResponseFormatJSONSchema", response_format)
+            messages = request.reply_format.messages(request.messages, mode)
+            statics = self.statics(request, mode)
             started = time.perf_counter()
             try:
-                raw = await self.client.chat.completions.with_raw_response.create(
-                    model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", messages),
-                    **options,
-                )
-                self.limiter.observe_headers(raw.headers)
-                completion = raw.parse()
-                if not isinstance(completion, ChatCompletion) or any(
-                    c.message is None for c in completion.choices or ()
-                ):  # e.g. an HTML page, which the SDK hands back as a str
-                    raise ValueError("the 200 reply is not a chat completion")
+                completion, headers = await self.sender.create(messages, statics)
+                self.limiter.observe_headers(headers)
             except (openai.OpenAIError, ValueError) as exc:
                 # ValueError: a 200 whose body is not a chat completion (a broken proxy).
                 permit.settle(0)
@@ -618,14 +627,15 @@ class Classifier:
         usage = completion.usage
         if (
             usage is not None
-            and isinstance(usage.prompt_tokens, int)
-            and isinstance(usage.completion_tokens, int)
+            and usage.prompt_tokens is not None
+            and usage.completion_tokens is not None
         ):
-            cached = getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0
-            reasoning = getattr(usage.completion_tokens_details, "reasoning_tokens", None)
-            reasoning = reasoning if isinstance(reasoning, int) and reasoning > 0 else 0
+            details = usage.prompt_tokens_details
+            cached = (details.cached_tokens if details else None) or 0
+            spent = usage.completion_tokens_details
+            reasoning = (spent.reasoning_tokens if spent else None) or 0
             counts = Tokens(
-                usage.prompt_tokens, usage.completion_tokens, cached, reasoning=reasoning
+                usage.prompt_tokens, usage.completion_tokens, cached, reasoning=max(reasoning, 0)
             )
         else:  # vLLM/Ollama may omit usage: count locally and say so
             text = "".join(m["content"] for m in messages)  # as sent, schema note and all
@@ -639,6 +649,23 @@ class Classifier:
             self.metrics.reply_problem(self.model, _NO_CHOICES.value)
             raise ProviderUnavailable("the model returned no choices")
         return completion
+
+    def statics(self, request: ChatRequest, mode: ReplyMode) -> Statics:
+        """The static part of ``request`` in ``mode``: built once per shape (reply schema,
+        mode, completion budget), so a message costs only the serialization of its own
+        messages."""
+        key = (request.reply_format.instructions, mode, request.max_tokens)
+        statics = self._statics.get(key)
+        if statics is None:
+            if len(self._statics) >= _STATICS_KEPT:  # budgets vary only with a batch's size
+                self._statics.clear()
+            # The budget's name, temperature, reasoning_effort, seed: from the family table.
+            kwargs: dict[str, Any] = {"model": self.model, **self.params.kwargs(request.max_tokens)}
+            response_format = request.reply_format.response_format(mode)
+            if response_format is not None:  # text mode sends none at all
+                kwargs["response_format"] = response_format
+            statics = self._statics[key] = Statics.of(kwargs)
+        return statics
 
     def recorder(self, call: Call) -> Recorder:
         """Records each chat call's usage in ``call`` (and the metrics)."""

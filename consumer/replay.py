@@ -36,6 +36,7 @@ from rich.text import Text
 
 from consumer.admit import Admitted, Admitter
 from consumer.cache import CachedDecision, VerdictCache, cache_key
+from consumer.chat_client import sender
 from consumer.classify import Classifier
 from consumer.decode import decode
 from consumer.errors import ConfigError, PermanentError
@@ -393,12 +394,12 @@ async def run_replay(
     producer = None if request.dry_run else AIOKafkaProducer(**options, acks="all", linger_ms=5)
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     try:
-        async with client, consumer:
+        async with client, consumer, sender(settings.chat_client, client) as chat:
             if producer is not None:
                 await producer.start()
             consumer.assign(partitions)
             bounds = await resolve_range(consumer, request)
-            classifier, admitter = model_stages(settings, client)
+            classifier, admitter = model_stages(settings, client, chat=chat)
             replayer = Replayer(
                 settings,
                 request,

@@ -436,15 +436,24 @@ class ReplyFormat:
         self, messages: list[dict[str, str]], mode: ReplyMode
     ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
         """``messages`` and the ``response_format`` to send in ``mode`` (None: send none)."""
+        return self.messages(messages, mode), self.response_format(mode)
+
+    def messages(self, messages: list[dict[str, str]], mode: ReplyMode) -> list[dict[str, str]]:
+        """``messages`` as sent in ``mode``: the schema stated in the system message, unless
+        the ``json_schema`` response_format carries it."""
         if mode is ReplyMode.JSON_SCHEMA:
-            return messages, dict(self.json_schema)
+            return messages
         first = messages[0] if messages else None
         if first is not None and first.get("role") == "system":
             system = {"role": "system", "content": first["content"] + self.instructions}
-            shaped = [system, *messages[1:]]
-        else:
-            shaped = [{"role": "system", "content": self.instructions.lstrip()}, *messages]
-        return shaped, ({"type": "json_object"} if mode is ReplyMode.JSON_OBJECT else None)
+            return [system, *messages[1:]]
+        return [{"role": "system", "content": self.instructions.lstrip()}, *messages]
+
+    def response_format(self, mode: ReplyMode) -> dict[str, Any] | None:
+        """The ``response_format`` sent in ``mode`` (None: text mode sends none)."""
+        if mode is ReplyMode.JSON_SCHEMA:
+            return dict(self.json_schema)
+        return {"type": "json_object"} if mode is ReplyMode.JSON_OBJECT else None
 
 
 def rejects_response_format(error: BaseException) -> bool:

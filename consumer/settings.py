@@ -180,6 +180,15 @@ class Settings(BaseSettings):
         description="YAML or JSON prices (USD per 1M tokens) for models genai-prices does "
         "not know, e.g. self-hosted ones; they win over genai-prices.",
     )
+    chat_client: Literal["lean", "sdk"] = Field(
+        default="lean",
+        description="How chat requests are sent: lean (pre-serialized orjson over one aiohttp "
+        "session, about a fifth of the SDK's CPU) or sdk (the openai SDK's own call path).",
+    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto",
+        description="auto: uvloop when installed (pip install 'modstream[fast]'), else asyncio.",
+    )
     connect_timeout_s: PositiveFloat = 5.0
     request_timeout_s: PositiveFloat = 30.0
     rpm: PositiveInt | None = Field(default=None, description="Client-side requests/minute.")

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 
 from consumer.admit import Admitted
 from consumer.batch import BATCH_NOTE, Batcher, BatchFormat, BatchReplyError, split_tokens
+from consumer.chat_client import SdkChat
 from consumer.classify import Classified, Classifier, Tokens
 from consumer.cost import PriceTable
 from consumer.errors import ConfigError, ProviderAuthError
@@ -358,8 +359,8 @@ async def test_a_cancelled_waiter_leaves_the_rest_of_its_batch(make: Make) -> No
 
     batcher, _, _ = make(size=2)
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(slow_ok))
-    batcher.classifier.client = AsyncOpenAI(
-        base_url="http://test/v1", api_key="k", max_retries=0, http_client=http
+    batcher.classifier.sender = SdkChat(
+        AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
     )
     first = asyncio.create_task(batcher.classify(short(0), source(0)))
     second = asyncio.create_task(batcher.classify(short(1), source(1)))
@@ -388,8 +389,8 @@ async def test_all_waiters_cancelled_stops_the_call(make: Make) -> None:
 
     batcher, _, _ = make(size=2)
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(hang))
-    batcher.classifier.client = AsyncOpenAI(
-        base_url="http://test/v1", api_key="k", max_retries=0, http_client=http
+    batcher.classifier.sender = SdkChat(
+        AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
     )
     tasks = [asyncio.create_task(batcher.classify(short(i), source(i))) for i in range(2)]
     await started.wait()

@@ -1,9 +1,11 @@
-"""classify: the Classifier against a scripted OpenAI endpoint (``httpx2.MockTransport``).
+"""classify: the Classifier against a scripted OpenAI endpoint.
 
-Every test scripts the provider's answers in order and counts the requests it receives, so
-"retried once", "never retried" and "exactly two repairs" are exact. ``asyncio.sleep`` is
-replaced by a recorder that only yields, so backoff and ``retry-after`` are checked by the
-delays asked for, not by the wall clock.
+Each test runs twice, once per chat sender (:mod:`consumer.chat_client`): ``sdk`` through
+``httpx2.MockTransport``, ``lean`` over real HTTP to a local server answering from the same
+script (:mod:`tests.unit.scripted_http`). Every test scripts the provider's answers in order
+and counts the requests it receives, so "retried once", "never retried" and "exactly two
+repairs" are exact. ``asyncio.sleep`` is replaced by a recorder that only yields, so backoff
+and ``retry-after`` are checked by the delays asked for, not by the wall clock.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from openai import AsyncOpenAI
 from pydantic import ValidationError
 
 from consumer.admit import Admitted
+from consumer.chat_client import LeanChat
 from consumer.classify import Classified, Classifier, retry_after_seconds, translate
 from consumer.cost import PriceTable
 from consumer.errors import (
@@ -41,6 +44,7 @@ from consumer.limit import Limiter
 from consumer.policy import Policy, PromptBuilder, load_policy, load_prompt
 from consumer.tokens import count_tokens
 from schemas import Action, ModerationRequest, Source, UsageEvent, UsageOutcome
+from tests.unit.scripted_http import ScriptedServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,9 +170,16 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
 MakeClassifier = Callable[..., tuple[Classifier, Provider]]
 
 
-@pytest_asyncio.fixture
-async def make(sleeps: list[float]) -> AsyncIterator[MakeClassifier]:
+@pytest_asyncio.fixture(params=["sdk", "lean"])
+async def make(
+    request: pytest.FixtureRequest, sleeps: list[float]
+) -> AsyncIterator[MakeClassifier]:
+    lean = request.param == "lean"
     clients: list[httpx2.AsyncClient] = []
+    senders: list[LeanChat] = []
+    server = ScriptedServer()
+    if lean:
+        await server.start()
 
     def build(
         *script: Answer,
@@ -178,11 +189,18 @@ async def make(sleeps: list[float]) -> AsyncIterator[MakeClassifier]:
         limiter: Limiter | None = None,
     ) -> tuple[Classifier, Provider]:
         provider = Provider(list(script))
-        http = httpx2.AsyncClient(transport=httpx2.MockTransport(provider))
-        clients.append(http)
-        client = AsyncOpenAI(
-            base_url="http://test/v1", api_key="k", max_retries=0, http_client=http
-        )
+        if lean:
+            # A read timeout ends a scripted "timeout": long enough for a loaded machine.
+            client = AsyncOpenAI(
+                base_url=server.base_url(provider), api_key="k", max_retries=0, timeout=2.0
+            )
+            senders.append(LeanChat(client))
+        else:
+            http = httpx2.AsyncClient(transport=httpx2.MockTransport(provider))
+            clients.append(http)
+            client = AsyncOpenAI(
+                base_url="http://test/v1", api_key="k", max_retries=0, http_client=http
+            )
         classifier = Classifier(
             client,
             model=model,
@@ -192,12 +210,17 @@ async def make(sleeps: list[float]) -> AsyncIterator[MakeClassifier]:
             limiter=limiter or Limiter(4),
             prices=PriceTable(),
             max_backoff_s=0.01,
+            sender=senders[-1] if lean else None,
         )
         return classifier, provider
 
     yield build
     for http in clients:
         await http.aclose()
+    for sender in senders:
+        await sender.aclose()
+    await server.stop()
+    assert not server.escaped, f"the provider's script ran out: {server.escaped}"
 
 
 def admitted(text: str = "have a nice day", context: str | None = None) -> Admitted:
