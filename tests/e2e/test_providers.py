@@ -8,6 +8,8 @@
 - ``auto`` against a server that rejects ``json_schema``: one step down to ``json_object``,
   and still every message gets its verdict (the rejected first calls are usage, not dead
   letters).
+
+Each runs on both chat senders (``MODSTREAM_CHAT_CLIENT``): the lean default and the SDK's.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ pytestmark = pytest.mark.timeout(300)
 COUNT = 60
 
 
-async def moderate(run: Run, **overrides: Any) -> None:
+@pytest.fixture(params=["lean", "sdk"])
+def chat_client(request: pytest.FixtureRequest) -> str:
+    """The chat sender of the test's consumer."""
+    return str(request.param)
+
+
+async def moderate(run: Run, chat_client: str, **overrides: Any) -> None:
     await run.create_topics()
     await run.produce(clean_values(COUNT))
-    settings = run.settings(concurrency=8, max_in_flight=64, **overrides)
+    settings = run.settings(concurrency=8, max_in_flight=64, chat_client=chat_client, **overrides)
     await serve(settings, exit_when_idle=2)
     await assert_nothing_lost(run)
 
@@ -42,10 +50,10 @@ async def chat_bodies(url: str) -> list[dict[str, Any]]:
     return [r["body"] for r in logged if r["path"].endswith("/chat/completions")]
 
 
-async def test_gpt_5_mini_moderates_with_reasoning(kafka_bootstrap: str) -> None:
+async def test_gpt_5_mini_moderates_with_reasoning(kafka_bootstrap: str, chat_client: str) -> None:
     with fake_openai_server(latency_ms=2, seed=3, reasoning_rules=True) as url:
         run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, model="gpt-5-mini")
+        await moderate(run, chat_client, model="gpt-5-mini")
         summary = await run.outputs()
         bodies = await chat_bodies(url)
 
@@ -66,10 +74,12 @@ async def test_gpt_5_mini_moderates_with_reasoning(kafka_bootstrap: str) -> None
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object", "text"])
-async def test_each_response_format_gives_valid_verdicts(kafka_bootstrap: str, mode: str) -> None:
+async def test_each_response_format_gives_valid_verdicts(
+    kafka_bootstrap: str, mode: str, chat_client: str
+) -> None:
     with fake_openai_server(latency_ms=2, seed=4) as url:
         run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, response_format=mode)
+        await moderate(run, chat_client, response_format=mode)
         summary = await run.outputs()
         bodies = await chat_bodies(url)
 
@@ -84,11 +94,11 @@ async def test_each_response_format_gives_valid_verdicts(kafka_bootstrap: str, m
 
 
 async def test_auto_steps_down_from_a_server_that_rejects_json_schema(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, chat_client: str
 ) -> None:
     with fake_openai_server(latency_ms=2, seed=5, reject_json_schema=True) as url:
         run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, response_format="auto")
+        await moderate(run, chat_client, response_format="auto")
         summary = await run.outputs()
         bodies = await chat_bodies(url)
 

@@ -21,7 +21,7 @@ Handler = Callable[[httpx2.Request], httpx2.Response | Awaitable[httpx2.Response
 
 
 class ScriptedServer:
-    """One aiohttp server; each base URL ``/<n>/v1`` answers from the handler ``n``."""
+    """One aiohttp server; each base URL ``/<n>/...`` answers from the handler ``n``."""
 
     def __init__(self) -> None:
         self.handlers: list[Handler] = []
@@ -38,7 +38,7 @@ class ScriptedServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{n}/v1/{path:.*}", self._answer)
+        app.router.add_route("*", "/{n}/{path:.*}", self._answer)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
