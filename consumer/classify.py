@@ -126,6 +126,7 @@ from consumer.request_params import (
     choose,
     server_kind,
 )
+from consumer.retry import retried
 from consumer.salvage import MAX_REPAIRS, Reading, read, repair_request
 from consumer.tier import decided_rationale, moderation_scores, send_moderation
 from consumer.tokens import count_tokens
@@ -175,6 +176,10 @@ _STATICS_KEPT = 64
 
 #: Distinct 400 signatures remembered at once (the oldest is forgotten first).
 _SIGNATURES_KEPT = 64
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, TransientError)
 
 
 class Tokens(NamedTuple):
@@ -461,25 +466,17 @@ class Classifier:
         """
         watch = PoisonWatch(self.breaker, self.poison_attempts)
         watch.record = witnessed
-        try:  # the retry machinery is built only once a call has failed
-            return await self._checked(send, watch)
-        except TransientError as exc:
-            failed: TransientError | None = exc
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, TransientError)),
-            wait=self._wait,
-            stop=stop_never,
-            reraise=True,
-            before_sleep=self._before_sleep,
+        return await retried(
+            functools.partial(self._checked, send, watch),
+            lambda: AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                wait=self._wait,
+                stop=stop_never,
+                reraise=True,
+                before_sleep=self._before_sleep,
+            ),
+            _transient,
         )
-        async for attempt in retrying:
-            with attempt:
-                if failed is not None:
-                    # The first attempt, replayed: tenacity waits and logs as if it had made it.
-                    first, failed = failed, None
-                    raise first
-                return await self._checked(send, watch)
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     async def _checked(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
         """One attempt of :meth:`with_retries`: a failure counted towards poison (and a

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from consumer.errors import (
 from consumer.metrics import Metrics, kafka_connected
 from consumer.offsets import OffsetTracker
 from consumer.publish import Outbox, OutRecord, Publisher, Stage, dead_letter
+from consumer.retry import retried
 from consumer.settings import Ordering, Settings
 from consumer.source import Envelope, KafkaSource
 from schemas import DeadLetter, UsageEvent, Verdict, make_event_id
@@ -386,16 +388,17 @@ class Pipeline:
         """Send until acknowledged, retrying what is retriable with a WARNING each time."""
         if not records:
             return
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, ModstreamError) and e.retriable),
-            wait=wait_random_exponential(multiplier=0.2, max=5),
-            stop=stop_never,
-            reraise=True,
-            before_sleep=self._publish_retry,
+        await retried(
+            functools.partial(self.publisher.publish, records),
+            lambda: AsyncRetrying(
+                retry=retry_if_exception(_retriable),
+                wait=wait_random_exponential(multiplier=0.2, max=5),
+                stop=stop_never,
+                reraise=True,
+                before_sleep=self._publish_retry,
+            ),
+            _retriable,
         )
-        async for attempt in retrying:
-            with attempt:
-                await self.publisher.publish(records)
 
     def _publish_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -569,6 +572,10 @@ class Pipeline:
         self._assigned_once = True
         self._last_activity = time.monotonic()
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+def _retriable(error: BaseException) -> bool:
+    return isinstance(error, ModstreamError) and error.retriable
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
