@@ -55,14 +55,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from consumer.circuit import CircuitState
 from consumer.errors import ModstreamError
-from schemas import UsageEvent
+from schemas import UsageEvent, UsageOutcome
 
 #: Seconds; a model call takes from tens of milliseconds to the request timeout.
 MODEL_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -72,11 +72,24 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 Outcome = Literal["verdict", "dead_letter"]
 
 
+class _ModelSeries(NamedTuple):
+    """The labelled series one model call touches: looked up once per (model, outcome), not
+    per call (``labels()`` costs more than the increment)."""
+
+    calls: Any
+    latency: Any
+    prompt: Any
+    completion: Any
+    cached: Any
+    cost: Any
+
+
 class Metrics:
     """modstream's metrics in a private registry; one method per thing that happens."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._model_series: dict[tuple[str, UsageOutcome], _ModelSeries] = {}
         r = self.registry
         self._fetched = Counter(
             "modstream_messages_fetched", "Messages taken from the input topic.", registry=r
@@ -245,18 +258,26 @@ class Metrics:
 
     def model_call(self, usage: UsageEvent) -> None:
         """One HTTP call to the model, as its usage event records it."""
-        model = usage.model
-        self._model_calls.labels(model, usage.outcome.value).inc()
-        self._model_latency.labels(model).observe(usage.latency_ms / 1000)
-        for kind, tokens in (
-            ("prompt", usage.prompt_tokens),
-            ("completion", usage.completion_tokens),
-            ("cached", usage.cached_tokens),
-        ):
-            if tokens:
-                self._tokens.labels(model, kind).inc(tokens)
+        series = self._model_series.get((usage.model, usage.outcome))
+        if series is None:
+            series = self._model_series[(usage.model, usage.outcome)] = _ModelSeries(
+                self._model_calls.labels(usage.model, usage.outcome.value),
+                self._model_latency.labels(usage.model),
+                self._tokens.labels(usage.model, "prompt"),
+                self._tokens.labels(usage.model, "completion"),
+                self._tokens.labels(usage.model, "cached"),
+                self._cost.labels(usage.model),
+            )
+        series.calls.inc()
+        series.latency.observe(usage.latency_ms / 1000)
+        if usage.prompt_tokens:
+            series.prompt.inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            series.completion.inc(usage.completion_tokens)
+        if usage.cached_tokens:
+            series.cached.inc(usage.cached_tokens)
         if usage.cost_usd:
-            self._cost.labels(model).inc(usage.cost_usd)
+            series.cost.inc(usage.cost_usd)
 
     def reply_problem(self, model: str, problem: str) -> None:
         """A call answered 200 but its reply was unusable as it was (refusal, cut, invalid)."""

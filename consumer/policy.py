@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from consumer.errors import ConfigError
 from schemas import Action, CategoryScore
@@ -41,7 +49,16 @@ class Category(BaseModel):
     def field(self) -> str:
         """The category's name as a JSON property in the model's reply (``self-harm/intent``
         becomes ``self_harm_intent``): strict schemas want plain identifiers."""
-        return re.sub(r"[^0-9a-zA-Z]+", "_", self.name).strip("_").lower()
+        return _field(self.name)
+
+
+_CATEGORY_SCORES = TypeAdapter(dict[str, CategoryScore])
+
+
+@functools.lru_cache(maxsize=1024)
+def _field(name: str) -> str:
+    # Cached: asked per category per reply, and a regex each time showed in the profile.
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
 
 
 class FirstTier(BaseModel):
@@ -97,14 +114,16 @@ class Policy(BaseModel):
 
     def decide(self, scores: dict[str, float]) -> tuple[bool, Action, dict[str, CategoryScore]]:
         """Flagged, action and per-category results for scores keyed by category name."""
-        results: dict[str, CategoryScore] = {}
+        raw: dict[str, dict[str, Any]] = {}
         action = Action.ALLOW
         for cat in self.categories:
             score = scores[cat.name]
             hit = score >= cat.threshold
-            results[cat.name] = CategoryScore(score=score, flagged=hit)
+            raw[cat.name] = {"score": score, "flagged": hit}
             if hit and _SEVERITY[cat.action] > _SEVERITY[action]:
                 action = cat.action
+        # One validation for all categories: a model per category costs several times more.
+        results = _CATEGORY_SCORES.validate_python(raw)
         flagged = any(r.flagged for r in results.values())
         return flagged, action, results
 
@@ -155,8 +174,15 @@ class Policy(BaseModel):
 
     def scores_from_reply(self, reply: BaseModel) -> dict[str, float]:
         """Category name -> score, from a validated ``reply_model`` instance."""
-        raw = reply.model_dump(by_alias=True)["scores"]
-        return {c.name: float(raw[c.field]) for c in self.categories}
+        # reply_model's fields are made at run time: mypy cannot see ``scores``.
+        scores = reply.scores  # type: ignore[attr-defined]
+        return {name: float(getattr(scores, attr)) for name, attr in self._score_attributes}
+
+    @functools.cached_property
+    def _score_attributes(self) -> tuple[tuple[str, str], ...]:
+        """(category name, attribute of the reply's ``scores``), as :attr:`reply_model` names
+        them."""
+        return tuple((c.name, f"c{i}") for i, c in enumerate(self.categories))
 
 
 class Prompt(BaseModel):

@@ -26,8 +26,14 @@ import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
+from consumer.admit import Admitted
+from consumer.chat_client import ChatSender, LeanChat, SdkChat
+from consumer.classify import Classifier
 from consumer.cost import PriceTable
+from consumer.limit import Limiter
 from consumer.policy import PromptBuilder, load_policy, load_prompt
+from consumer.tokens import count_tokens
+from schemas import ModerationRequest, Source
 from tests.benchmarks.infra import fake_server
 
 Call = Callable[[], Awaitable[Any]]
@@ -95,14 +101,41 @@ async def run(base_url: str, calls: int, concurrency: int) -> list[tuple[str, fl
         async with session.post(base_url + "/chat/completions", data=body) as response:
             return json.loads(await response.read())
 
+    def classify(sender: ChatSender) -> Call:
+        # The whole classify stage (request, reply validation, usage, verdict), one message.
+        classifier = Classifier(
+            aio_client,
+            model="gpt-4o-mini",
+            max_tokens=400,
+            temperature=0.0,
+            builder=builder,
+            limiter=Limiter(concurrency),
+            prices=PriceTable(),
+            sender=sender,
+        )
+        text = "Does anyone know a good recipe for banana bread?"
+        request = ModerationRequest(id="c-1", text=text)
+        admitted = Admitted(request, text, None, False, count_tokens(text, "gpt-4o-mini"))
+        offsets = iter(range(10**9))
+
+        async def call() -> Any:
+            return await classifier.classify(
+                admitted, Source(topic="t", partition=0, offset=next(offsets))
+            )
+
+        return call
+
+    lean = LeanChat(aio_client)
     variants: list[tuple[str, Call]] = [
+        ("modstream classify, MODSTREAM_CHAT_CLIENT=sdk", classify(SdkChat(aio_client))),
+        ("modstream classify, MODSTREAM_CHAT_CLIENT=lean", classify(lean)),
         ("SDK create + parse, httpx2 transport (modstream today)", sdk_create(httpx_client)),
         ("SDK create + parse, aiohttp transport (DefaultAioHttpClient)", sdk_create(aio_client)),
         ("SDK post of pre-built params (no transform), httpx2", sdk_post(httpx_client)),
         ("SDK post of pre-built params (no transform), aiohttp", sdk_post(aio_client)),
         ("raw aiohttp POST + json.loads (floor)", raw_aiohttp),
     ]
-    async with httpx_client, aio_client, session:
+    async with httpx_client, aio_client, session, lean:
         for name, call in variants:
             cpu_us, rate = await _measure(call, calls, concurrency)
             print(f"{cpu_us:8.0f} us CPU/call  {rate:7.0f} calls/s  {name}", flush=True)
