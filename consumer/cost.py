@@ -21,10 +21,11 @@ unless a prices file (``MODSTREAM_PRICES_FILE``, :func:`load_prices`) names them
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import structlog
 import yaml
@@ -77,6 +78,30 @@ def load_prices(path: Path) -> PriceFile:
         raise ConfigError(f"{where}: {problems}") from exc
 
 
+#: Token counts up to which a linear price is used as rates (a message's prompt and reply stay
+#: far below; tiers, where a provider has them, start higher or fail the linearity check).
+LINEAR_UP_TO = 100_000
+
+
+class Rates(NamedTuple):
+    """USD per token of each kind: a linear price, read off genai-prices once per model."""
+
+    prompt: float
+    cached: float
+    completion: float
+    #: What a reasoning token costs on top of being a completion token (0 for OpenAI).
+    reasoning: float
+
+    def cost(self, prompt: int, completion: int, cached: int, reasoning: int) -> float:
+        """USD of one call (``cached`` within ``prompt``, ``reasoning`` within ``completion``)."""
+        return (
+            (prompt - cached) * self.prompt
+            + cached * self.cached
+            + completion * self.completion
+            + reasoning * self.reasoning
+        )
+
+
 class PriceTable:
     """Looks up prices for one provider; unknown models cost ``None`` (not zero)."""
 
@@ -90,9 +115,6 @@ class PriceTable:
         """Where ``model``'s prices come from, for the usage event."""
         return self._override_source if model in self.overrides else self.source
 
-    # calc_price walks the price data on every call (~70 us); a message stream repeats the same
-    # token counts over and over, so the exact answers are cached.
-    @functools.lru_cache(maxsize=8192)  # noqa: B019  (one table per process, bounded)
     def cost(
         self,
         model: str,
@@ -104,6 +126,7 @@ class PriceTable:
         """USD for one call; ``prompt_tokens`` includes the ``cached_tokens`` read from cache,
         ``completion_tokens`` the ``reasoning_tokens`` (as OpenAI reports them)."""
         cached = min(cached_tokens, prompt_tokens)
+        reasoning = min(reasoning_tokens, completion_tokens)
         if (price := self.overrides.get(model)) is not None:
             cached_rate = price.input if price.cached_input is None else price.cached_input
             total = (
@@ -112,16 +135,51 @@ class PriceTable:
                 + completion_tokens * price.output
             )
             return total / 1_000_000
+        rates = self.rates(model)
+        if rates is not None and max(prompt_tokens, completion_tokens) <= LINEAR_UP_TO:
+            return rates.cost(prompt_tokens, completion_tokens, cached, reasoning)
+        return self._calculated(model, prompt_tokens, completion_tokens, cached, reasoning)
+
+    # calc_price walks the price data on every call (70-200 us): asked only for models whose
+    # price is not linear (tiers), or beyond LINEAR_UP_TO, and the exact answers are cached.
+    @functools.lru_cache(maxsize=8192)  # noqa: B019  (one table per process, bounded)
+    def _calculated(
+        self, model: str, prompt: int, completion: int, cached: int, reasoning: int
+    ) -> float | None:
         if not self.known(model):
             return None
         usage = Usage(
-            input_tokens=prompt_tokens,
-            output_tokens=completion_tokens,
+            input_tokens=prompt,
+            output_tokens=completion,
             cache_read_tokens=cached,
-            output_reasoning_tokens=min(reasoning_tokens, completion_tokens),
+            output_reasoning_tokens=reasoning,
         )
-        price_calc = calc_price(usage, model, provider_id=self.provider_id)
-        return float(price_calc.total_price)
+        return float(calc_price(usage, model, provider_id=self.provider_id).total_price)
+
+    @functools.cache  # noqa: B019  (one table per process; the cache is bounded by model names)
+    def rates(self, model: str) -> Rates | None:
+        """``model``'s price per token of each kind, when genai-prices prices it linearly up
+        to :data:`LINEAR_UP_TO` tokens (checked against calc_price at several points, a mixed
+        one included); None for an unknown model or a tiered price."""
+        if model in self.overrides or not self.known(model):
+            return None
+        n = LINEAR_UP_TO
+
+        def calc(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> float:
+            value = self._calculated(model, prompt, completion, cached, reasoning)
+            return 0.0 if value is None else value
+
+        rates = Rates(
+            prompt=calc(n, 0) / n,
+            cached=calc(n, 0, cached=n) / n,
+            completion=calc(0, n) / n,
+            reasoning=(calc(0, n, reasoning=n) - calc(0, n)) / n,
+        )
+        checks = [(1000, 0, 0, 0), (0, 1000, 0, 0), (n // 2, n // 3, n // 4, n // 5), (7, 3, 2, 1)]
+        for point in checks:
+            if not math.isclose(rates.cost(*point), calc(*point), rel_tol=1e-9, abs_tol=1e-15):
+                return None
+        return rates
 
     @functools.cache  # noqa: B019  (one table per process; the cache is bounded by model names)
     def known(self, model: str) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from genai_prices import Usage, calc_price
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.cost import PRICE_SOURCE, PriceTable
+from consumer.cost import PRICE_SOURCE, PriceFile, PriceTable
 
 # OpenAI's published gpt-4o-mini prices, USD per million tokens, written out by hand so the
 # test does not read them back from the library it checks.
@@ -73,3 +74,38 @@ def test_unknown_model_costs_none(prices: PriceTable, model: str) -> None:
 def test_price_source_names_the_pinned_package(prices: PriceTable) -> None:
     assert prices.source == PRICE_SOURCE
     assert PRICE_SOURCE.startswith("genai-prices==")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-5-mini", "gpt-4.1", "o3"])
+@given(
+    prompt=st.integers(0, 200_000),
+    completion=st.integers(0, 200_000),
+    data=st.data(),
+)
+def test_linear_rates_agree_with_genai_prices(
+    model: str, prompt: int, completion: int, data: st.DataObject
+) -> None:
+    """The per-token rates read off genai-prices once give what calc_price gives, at any
+    count (above LINEAR_UP_TO calc_price itself is asked)."""
+    cached = data.draw(st.integers(0, prompt))
+    reasoning = data.draw(st.integers(0, completion))
+    table = PriceTable()
+    assert table.rates(model) is not None
+    usage = Usage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        cache_read_tokens=cached,
+        output_reasoning_tokens=reasoning,
+    )
+    exact = float(calc_price(usage, model, provider_id="openai").total_price)
+    assert table.cost(model, prompt, completion, cached, reasoning) == pytest.approx(
+        exact, rel=1e-9, abs=1e-15
+    )
+
+
+def test_no_rates_for_an_unknown_or_overridden_model() -> None:
+    assert PriceTable().rates("my-finetune") is None
+    file = PriceFile(version="v", models={"gpt-4o-mini": {"input": 1.0, "output": 2.0}})
+    overridden = PriceTable(overrides=file)
+    assert overridden.rates("gpt-4o-mini") is None
+    assert overridden.cost("gpt-4o-mini", 1_000_000, 0) == pytest.approx(1.0)
