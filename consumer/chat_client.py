@@ -207,7 +207,7 @@ class LeanChat:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
             skip_auto_headers=("User-Agent",),  # the SDK's user agent is in the template
-            json_serialize=lambda value: orjson.dumps(value).decode(),
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the SDK's httpx client honours them
         )
 
     async def __aexit__(
