@@ -32,7 +32,8 @@ async def batching(bench: Bench) -> dict[str, Any]:
     topic = "batch.in"
     await bench.backlog(topic, count)
     runs = []
-    with fake_server(latency_ms=LATENCY_MS, latency_dist="exponential") as fake:
+    # The full fake: the check below needs its token statistics.
+    with fake_server(latency_ms=LATENCY_MS, latency_dist="exponential", benchmark=False) as fake:
         async with FakeAdmin(fake.url) as admin:
             for size in SIZES:
                 await admin.reset()

@@ -160,6 +160,38 @@ def proc_cpu_rss(pid: int) -> tuple[float, int, int] | None:
     return cpu, int(rss.group(1)) if rss else 0, int(hwm.group(1)) if hwm else 0
 
 
+def tree_cpu_rss(pid: int) -> tuple[float, int, int] | None:
+    """``proc_cpu_rss`` of a process and all its live descendants added up, plus the CPU of
+    the children it has already reaped (a ``--workers`` supervisor and its workers, including
+    the ones it restarted). The high-water mark is the sum of each process's own."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    own = proc_cpu_rss(pid)
+    if own is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    except OSError:
+        reaped = 0.0
+    cpu, rss, hwm = own[0] + reaped, own[1], own[2]
+    for child in tree[1:]:
+        if (got := proc_cpu_rss(child)) is not None:
+            cpu, rss, hwm = cpu + got[0], rss + got[1], hwm + got[2]
+    return cpu, rss, hwm
+
+
 @dataclass
 class Series:
     """(wall time, CPU seconds, RSS kB, peak RSS kB so far) samples of one process."""
@@ -196,8 +228,11 @@ class Series:
 class Sampler:
     """Samples CPU and RSS of named processes until stopped."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+    def __init__(
+        self, pids: dict[str, int], interval: float = 0.1, trees: frozenset[str] = frozenset()
+    ) -> None:
         self.pids = pids
+        self.trees = trees  # names sampled with their descendants (``tree_cpu_rss``)
         self.interval = interval
         self.series: dict[str, Series] = {name: Series() for name in pids}
         self._task: asyncio.Task[None] | None = None
@@ -205,7 +240,7 @@ class Sampler:
     def sample(self) -> None:
         now = time.time()
         for name, pid in self.pids.items():
-            got = proc_cpu_rss(pid)
+            got = tree_cpu_rss(pid) if name in self.trees else proc_cpu_rss(pid)
             if got is not None:
                 self.series[name].samples.append((now, *got))
 
@@ -261,11 +296,13 @@ async def run_process(
     watch: dict[str, int] | None = None,
     stop_when: Callable[[], Awaitable[bool]] | None = None,
     timeout: float = 900.0,
+    tree: bool = False,
 ) -> ProcRun:
     """Run ``command`` to its exit, sampling it and the ``watch`` processes; return its exact
     CPU time (rusage) and peak RSS (VmHWM, sampled every 100 ms until it exits).
     ``stop_when`` is polled twice a second: once it returns true the process gets SIGTERM (a
-    graceful stop); past ``timeout`` seconds it gets SIGKILL."""
+    graceful stop); past ``timeout`` seconds it gets SIGKILL. ``tree``: sample the process
+    with its descendants (a supervisor and its workers); CPU and RSS are then the tree's."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = RUN_DIR / f"{name}.log"
     with log.open("wb") as out:
@@ -274,7 +311,7 @@ async def run_process(
             command, cwd=CODE["dir"], env=code_env(env), stdout=out, stderr=subprocess.STDOUT
         )
     pid = process.pid
-    sampler = Sampler({"self": pid, **(watch or {})})
+    sampler = Sampler({"self": pid, **(watch or {})}, trees=frozenset({"self"} if tree else ()))
     sampler.start()
     # wait4 reaps the child and returns its own rusage (CPU, ru_maxrss); Popen must not poll.
     waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, pid, 0))
@@ -301,6 +338,8 @@ async def run_process(
         returncode=process.returncode,
         started=started,
         ended=ended,
+        # wait4's rusage is the child's own plus that of the children it reaped (Linux
+        # fills it as RUSAGE_BOTH), so a supervisor's total includes its workers'.
         cpu_s=usage.ru_utime + usage.ru_stime,
         # Not usage.ru_maxrss: the kernel folds the parent's RSS at fork/exec time into the
         # child's ru_maxrss, so a harness holding 500 MB would report a 500 MB consumer.
@@ -324,7 +363,11 @@ class Fake:
 
 @contextlib.contextmanager
 def fake_server(**knobs: Any) -> Iterator[Fake]:
-    """``tests.fake_server.fake_openai_server``, but exposing the process id."""
+    """``tests.fake_server.fake_openai_server``, but exposing the process id. Benchmark mode
+    (``MODSTREAM_FAKE_BENCHMARK``: orjson, cached reply plans, no per-request logging) unless
+    the knobs say ``benchmark=False``: a section that needs the fake's faults, rate limits or
+    token statistics asks for the full fake."""
+    knobs.setdefault("benchmark", True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MODSTREAM_FAKE_")}
     env |= knob_env(knobs)

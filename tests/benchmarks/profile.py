@@ -18,6 +18,10 @@ from pyinstrument.session import Session
 #: Functions whose inclusive time is worth naming (outermost call only, no double counting).
 #: (label, function name, a substring of its file path)
 CALL_OUTS: tuple[tuple[str, str, str], ...] = (
+    ("classify: one model call (sender.create, either path)", "create", "consumer/chat_client"),
+    ("chat_client: parse the reply (Completion)", "parse", "consumer/chat_client"),
+    ("chat_client: request body (orjson)", "body", "consumer/chat_client"),
+    ("aiohttp client: request and response", "_request", "aiohttp/client"),
     ("openai: one chat.completions call (whole SDK path)", "wrapped", "openai/_legacy_response"),
     ("openai: request params transform", "async_maybe_transform", "openai/_utils/_transform"),
     ("openai: build httpx request", "_build_request", "openai/_base_client"),

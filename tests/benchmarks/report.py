@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks import batching, ordering
+from tests.benchmarks import batching, ordering, speed
 
 TARGETS = {
     "latency": 0.95,
@@ -117,6 +117,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     rows += batching.summary_rows(results)
     rows += ordering.summary_rows(results)
+    rows += speed.summary_rows(results)
     return rows
 
 
@@ -209,6 +210,7 @@ def markdown(
         out += _tpm(tpm)
     out += batching.markdown(results)
     out += ordering.markdown(results)
+    out += speed.markdown(results)
     if run["failures"]:
         out += ["## Problems during the run", ""]
         out += ["```", *[f.strip() for f in run["failures"]], "```", ""]
@@ -223,7 +225,9 @@ def _method() -> list[str]:
         "",
         "- A dedicated Apache Kafka broker (`deploy/kafka/kafka.sh`, port 39192, data in "
         "`.run/kafka-bench`, wiped first) and the fake OpenAI server "
-        "(`python -m consumer fake-openai`) over real HTTP.",
+        "(`python -m consumer fake-openai`) over real HTTP, in its benchmark mode "
+        "(`MODSTREAM_FAKE_BENCHMARK=true`: cached reply plans, orjson, its own lean HTTP "
+        "server) except in sections 5 and 6, which need its rate limits and token counts.",
         "- modstream runs as its own process, `python -m consumer consume --exit-when-idle 3`, "
         "configured by `MODSTREAM_*` variables, so its CPU and RSS are its own. Input: small "
         "JSON requests (~110 bytes, `consumer.sample.corpus`, no poison), 6 partitions.",
@@ -250,22 +254,25 @@ def _latency(lat: dict[str, Any], seq: dict[str, Any] | None) -> list[str]:
         "for a fixed time after its first verdict on a backlog that cannot run dry at C/L.",
         "",
         "| C | C/L msg/s | achieved msg/s | ratio | verdicts in window | window s | "
-        "modstream CPU us/msg | cores modstream needs at C/L | fake CPU us/msg | cores busy |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "modstream CPU us/msg | cores modstream needs at C/L | fake CPU us/msg | "
+        "broker CPU us/msg | cores busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in lat["points"]:
         need = p["cpu_us"].get("self", math.nan) * p["ideal"] / 1e6
         out.append(
             f"| {p['concurrency']} | {p['ideal']:.0f} | {p['rate']:.1f} | {p['ratio']:.3f} | "
             f"{p['in_window']:,} | {p['window_s']:.1f} | {_f(p['cpu_us'].get('self'), 0)} | "
-            f"{_f(need, 2)} | {_f(p['cpu_us'].get('fake'), 0)} | {_cores(p['cores'])} |"
+            f"{_f(need, 2)} | {_f(p['cpu_us'].get('fake'), 0)} | "
+            f"{_f(p['cpu_us'].get('broker'), 0)} | {_cores(p['cores'])} |"
         )
     out += [
         "",
-        "'Cores modstream needs at C/L' is its measured CPU per message times C/L. modstream "
-        "is one asyncio event loop, so it can use at most one core: where that figure is "
-        "above 1 (or above what the other processes leave free), C/L is out of reach at "
-        "today's CPU cost per message, whatever the concurrency.",
+        "'Cores modstream needs at C/L' is its measured CPU per message times C/L. One "
+        "modstream process is one event loop, so it can use at most one core: where that "
+        "figure is above 1 (or above what the other processes leave free), C/L is out of "
+        "reach for one process at that CPU cost per message, whatever the concurrency "
+        "(`--workers N` spreads it over N processes, section 8).",
         "",
     ]
     if seq:
@@ -329,40 +336,7 @@ def _overhead(ovh: dict[str, Any]) -> list[str]:
         "the pass-through.",
         "",
     ]
-    prof = ovh.get("profile", {})
-    if "busy_s" in prof:
-        out += [
-            "### Where modstream's time goes (pyinstrument)",
-            "",
-            "`python -m pyinstrument -r pyisession -o .run/bench/profile.pyisession -m consumer "
-            f"consume --exit-when-idle 3` on the same backlog, stopped after "
-            f"{prof['duration_s']:.0f} s: {prof['cpu_time_s']:.1f} s CPU, "
-            f"{prof['startup_s']:.1f} s start-up (imports, tiktoken BPE load), "
-            f"{prof['idle_s']:.1f} s idle in `epoll`, {prof['busy_s']:.1f} s busy in steady "
-            f"state ({prof['rate_under_profiler']:.0f} msg/s under the profiler). Shares are "
-            "of the steady-state busy time; samples are wall-clock, so time the process "
-            f"waited for a core is spread over the code. Full tree: `{prof['text_path']}`.",
-            "",
-            "Inclusive time of named calls (outermost call only):",
-            "",
-            "| call | share |",
-            "|---|---|",
-        ]
-        out += [f"| {k} | {v:.1%} |" for k, v in prof["call_outs"] if v >= 0.002]
-        out += ["", "Self time by library:", "", "| library | share |", "|---|---|"]
-        out += [f"| {k} | {v:.1%} |" for k, v in prof["top_libraries"]]
-        out += ["", "Self time by function:", "", "| function | share |", "|---|---|"]
-        out += [f"| `{k}` | {v:.1%} |" for k, v in prof["top_functions"]]
-        out += [
-            "",
-            "<details><summary>Call tree (head)</summary>",
-            "",
-            "```",
-            prof["tree_head"],
-            "```",
-            "</details>",
-            "",
-        ]
+    out += ["Where modstream's CPU goes, on both call paths: section 8.", ""]
     return out
 
 

@@ -24,7 +24,6 @@ from consumer.fake_openai.admin import FakeAdmin
 from tests.benchmarks.batching import batching
 from tests.benchmarks.infra import (
     MACHINE,
-    RUN_DIR,
     Broker,
     Fake,
     OutputWatch,
@@ -41,7 +40,7 @@ from tests.benchmarks.infra import (
     steady_window,
 )
 from tests.benchmarks.ordering import ordering
-from tests.benchmarks.profile import analyse
+from tests.benchmarks.speed import speed
 
 CONSUME = [sys.executable, "-m", "consumer", "consume", "--exit-when-idle", "3"]
 BASELINES = [sys.executable, "-m", "tests.benchmarks.baselines"]
@@ -131,7 +130,8 @@ class Bench:
     ) -> Measured:
         """Run ``modstream consume`` as a process: to the end of the backlog (idle 3 s), or
         ``run_for`` seconds after its first verdict, or until ``stop_at`` (monotonic clock);
-        then SIGTERM."""
+        then SIGTERM. With ``workers`` > 1 among the settings, CPU and RSS are the process
+        tree's (the supervisor and its workers)."""
         await create_topics(self.broker.bootstrap, output_topics(name))
         env = modstream_env(self.broker.bootstrap, fake.url, name, input_topic, **settings)
         command = CONSUME
@@ -155,7 +155,13 @@ class Bench:
                 return after_first is not None and await after_first()
 
             run = await run_process(
-                name, command, env, watch=self.watch(fake), stop_when=stop, timeout=timeout
+                name,
+                command,
+                env,
+                watch=self.watch(fake),
+                stop_when=stop,
+                timeout=timeout,
+                tree=int(str(settings.get("workers", 1))) > 1,
             )
         if run.returncode != 0:
             self.failures.append(f"{name}: exit {run.returncode}\n{run.tail()}")
@@ -315,7 +321,7 @@ async def sequential(bench: Bench) -> dict[str, Any]:
 
 
 async def overhead(bench: Bench) -> dict[str, Any]:
-    """3. Instant model: modstream against a raw pass-through, CPU per message, a profile."""
+    """3. Instant model: modstream against a raw pass-through (profiles: ``speed``)."""
     opts = bench.options
     n = opts.overhead_backlog
     topic = "ovh.in"
@@ -328,32 +334,6 @@ async def overhead(bench: Bench) -> dict[str, Any]:
         )
         raw = await bench.baseline("passthrough", "ovh-passthrough", topic, None)
         bench.say(f"pass-through: {raw.rate:.0f} msg/s ({raw.outputs:,} records)")
-        session = RUN_DIR / "profile.pyisession"
-        session.unlink(missing_ok=True)
-        prof_run = await bench.modstream(
-            "ovh-profiled", topic, fake, run_for=opts.profile_s, profile=session
-        )
-    profile: dict[str, Any] = {"rate_under_profiler": prof_run.rate}
-    if session.exists():
-        p = analyse(session)
-        text_path = RUN_DIR / "profile.txt"
-        text_path.write_text(p.text)
-        profile |= {
-            "duration_s": p.duration,
-            "cpu_time_s": p.cpu_time,
-            "idle_s": p.idle,
-            "startup_s": p.startup,
-            "busy_s": p.busy,
-            "top_functions": [(k, v / p.busy) for k, v in p.top_functions(15)],
-            "top_libraries": [(k, v / p.busy) for k, v in p.top_libraries(12)],
-            "call_outs": sorted(
-                ((k, v / p.busy) for k, v in p.call_outs.items()), key=lambda kv: -kv[1]
-            ),
-            "text_path": str(text_path.relative_to(RUN_DIR.parents[1])),
-            "tree_head": "\n".join(p.text.splitlines()[:70]),
-        }
-    else:
-        bench.failures.append("pyinstrument wrote no session")
     return {
         "backlog": n,
         "nproc": os.cpu_count(),
@@ -361,7 +341,6 @@ async def overhead(bench: Bench) -> dict[str, Any]:
         "modstream": ours.public(),
         "passthrough": raw.public(),
         "ratio": ours.rate / raw.rate if raw.rate else math.nan,
-        "profile": profile,
     }
 
 
@@ -462,7 +441,9 @@ async def tpm(bench: Bench) -> dict[str, Any]:
     opts = bench.options
     limit = opts.tpm
     name = "tpm"
-    with fake_server(latency_ms=opts.latency_ms, latency_dist="exponential", tpm=limit) as fake:
+    with fake_server(
+        latency_ms=opts.latency_ms, latency_dist="exponential", tpm=limit, benchmark=False
+    ) as fake:
         await bench.backlog(f"{name}.in", opts.tpm_backlog)
         m = await bench.modstream(
             name,
@@ -528,6 +509,7 @@ SECTIONS = {
     "latency": latency,
     "sequential": sequential,
     "overhead": overhead,
+    "speed": speed,  # tests/benchmarks/speed.py
     "tpm": tpm,
     "batching": batching,  # tests/benchmarks/batching.py
     "ordering": ordering,  # tests/benchmarks/ordering.py
