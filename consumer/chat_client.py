@@ -37,10 +37,12 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self, cast
 
 import aiohttp
+import aiohttp.helpers
 import httpx2
 import openai
 import orjson
 import pydantic
+import yarl
 from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions
 from openai.types.chat import ChatCompletionMessageParam
@@ -172,6 +174,8 @@ class LeanChat:
         self.headers: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._request = httpx2.Request("POST", "http://unopened")  # replaced on opening
+        self.proxy: yarl.URL | None = None
+        self.proxy_auth: aiohttp.BasicAuth | None = None
         self._opening = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -202,12 +206,14 @@ class LeanChat:
             connect, read = timeout.connect, timeout.read
         else:
             connect = read = timeout
+        # HTTPS_PROXY / NO_PROXY, as the SDK's httpx client honours them, read once here:
+        # aiohttp's trust_env would look them (and ~/.netrc) up in a thread on every request.
+        self.proxy, self.proxy_auth = _env_proxy(self.url)
         return aiohttp.ClientSession(
             # No cap here: the limiter bounds the requests in flight.
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
             skip_auto_headers=("User-Agent",),  # the SDK's user agent is in the template
-            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the SDK's httpx client honours them
         )
 
     async def __aexit__(
@@ -229,7 +235,13 @@ class LeanChat:
         session = self._session or await self._opened()
         body = statics.body(messages)
         try:
-            async with session.post(self.url, data=body, headers=self.headers) as reply:
+            async with session.post(
+                self.url,
+                data=body,
+                headers=self.headers,
+                proxy=self.proxy,
+                proxy_auth=self.proxy_auth,
+            ) as reply:
                 content = await reply.read()
                 status, headers = reply.status, reply.headers
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
@@ -246,6 +258,14 @@ class LeanChat:
         kept = [(k, v) for k, v in headers.items() if k.lower() not in _BODY_HEADERS]
         response = httpx2.Response(status, headers=kept, content=content, request=self._request)
         return self.client._make_status_error_from_response(response)
+
+
+def _env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``...)."""
+    try:
+        return aiohttp.helpers.get_env_proxy_for_url(yarl.URL(url))
+    except LookupError:  # none, or NO_PROXY covers the host
+        return None, None
 
 
 def sender(

@@ -289,3 +289,27 @@ def test_uvloop_asked_for_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loop_factory("auto") is None
     with pytest.raises(ConfigError, match="modstream\\[fast\\]"):
         loop_factory("uvloop")
+
+
+async def test_the_lean_sender_honours_the_proxy_variables(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY, as the SDK's httpx client reads them (once, at opening)."""
+    seen = Seen(httpx2.Response(200, json=REPLY))
+    path = server.base_url(seen).split(f":{server.port}", 1)[1]  # "/<n>/v1"
+    nowhere = f"http://127.0.0.1:1{path}"  # port 1: nothing listens there
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    proxied = AsyncOpenAI(api_key="sk-test", max_retries=0, base_url=nowhere)
+    async with LeanChat(proxied) as chat:
+        reply, _ = await chat.create(MESSAGES, STATICS)
+    assert reply.usage is not None and reply.usage.prompt_tokens == 12
+    assert seen.requests[0].url.port == 1  # the proxy was asked for the original URL
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = AsyncOpenAI(api_key="sk-test", max_retries=0, base_url=nowhere)
+    async with LeanChat(direct) as chat:
+        with pytest.raises(openai.APIConnectionError):
+            await chat.create(MESSAGES, STATICS)
+    assert len(seen.requests) == 1
