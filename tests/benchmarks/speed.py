@@ -4,8 +4,8 @@ Every run reads one backlog, each in its own consumer group, against the fake in
 with latency 0, so the model is never the bound and modstream's CPU is: single calls on the
 openai SDK's path (``MODSTREAM_CHAT_CLIENT=sdk``) and on the lean one (the default), the lean
 path at ``MODSTREAM_BATCH_SIZE`` 8 and 32, and ``--workers 2`` against one worker (its CPU and
-RSS are the process tree's: the supervisor and both workers). Then two pyinstrument profiles,
-SDK path and lean path, on the same backlog, so the top costs can be read side by side.
+RSS are the process tree's: the supervisor and both workers). Then pyinstrument profiles of the
+SDK path, the lean path and the lean path at batch size 8 on the same backlog, side by side.
 
 The profiles run on the stdlib event loop (``MODSTREAM_EVENT_LOOP=asyncio``): pyinstrument tells
 idle time by the ``epoll.poll`` frame, which uvloop's C loop does not show.
@@ -32,6 +32,12 @@ RUNS: tuple[tuple[str, str, dict[str, object]], ...] = (
     ("batch32", "lean path, batch size 32", {"batch_size": 32}),
     ("workers2", "lean path, --workers 2", {"workers": 2}),
 )
+#: (key, column title, settings) of the profiled runs
+PROFILES: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("sdk", "SDK path", {"chat_client": "sdk"}),
+    ("lean", "lean path", {}),
+    ("batch8", "lean, batch 8", {"batch_size": 8}),
+)
 TARGETS = {"single_us": 400.0, "batch8_us": 200.0, "workers": 1.8, "fake_us": 100.0}
 
 
@@ -53,7 +59,7 @@ async def speed(bench: Bench) -> dict[str, Any]:
                 f"(fake {m.cpu_us.get('fake', math.nan):,.0f}, "
                 f"broker {m.cpu_us.get('broker', math.nan):,.0f})"
             )
-        for key, settings in (("sdk", {"chat_client": "sdk"}), ("lean", {})):
+        for key, _, settings in PROFILES:
             profiles[key] = await _profile(bench, fake, topic, key, settings)
     one, two = (runs.get(key, {}).get("rate", math.nan) for key in ("lean", "workers2"))
     return {
@@ -201,20 +207,22 @@ def markdown(results: dict[str, Any]) -> list[str]:
 
 
 def _profiles(profiles: dict[str, Any]) -> list[str]:
-    sdk, lean = profiles.get("sdk") or {}, profiles.get("lean") or {}
-    if not sdk or not lean:
+    shown = [(title, profiles[key]) for key, title, _ in PROFILES if profiles.get(key)]
+    if not shown:
         return []
+    titles = " | ".join(title for title, _ in shown)
+    rule = "|---" * (len(shown) + 1) + "|"
     out = [
-        "### Where the time goes: SDK path against the lean path (pyinstrument)",
+        "### Where the time goes: SDK path, lean path, lean at batch 8 (pyinstrument)",
         "",
-        "`python -m pyinstrument -r pyisession -o .run/bench/profile-<path>.pyisession -m "
+        "`python -m pyinstrument -r pyisession -o .run/bench/profile-<run>.pyisession -m "
         "consumer consume --exit-when-idle 3` on the same backlog, stdlib event loop. Shares "
         "are of the steady-state busy time (start-up and `epoll` idle left out); us/msg is "
         "that share of the busy time spread over the run's verdicts, so it includes the "
         "profiler's own overhead and reads higher than the CPU figures above.",
         "",
-        "| | SDK path | lean path |",
-        "|---|---|---|",
+        f"| | {titles} |",
+        rule,
     ]
     for field, text in (
         ("verdicts", "verdicts"),
@@ -223,31 +231,31 @@ def _profiles(profiles: dict[str, Any]) -> list[str]:
         ("idle_s", "idle s"),
         ("busy_us_per_msg", "busy us/msg"),
     ):
-        out.append(f"| {text} | {sdk[field]:,.1f} | {lean[field]:,.1f} |")
+        out.append(f"| {text} | " + " | ".join(f"{p[field]:,.1f}" for _, p in shown) + " |")
     out += [
         "",
-        "Inclusive time of named calls (outermost call only), share of busy time and us/msg:",
+        "Inclusive time of named calls (outermost call only): share of busy time (us/msg).",
         "",
-        "| call | SDK path | lean path |",
-        "|---|---|---|",
+        f"| call | {titles} |",
+        rule,
     ]
-    names = list(dict.fromkeys([*sdk["call_outs"], *lean["call_outs"]]))
 
     def cell(p: dict[str, Any], name: str) -> str:
         share = p["call_outs"].get(name)
         return "-" if share is None else f"{share:.1%} ({share * p['busy_us_per_msg']:,.0f})"
 
+    names = list(dict.fromkeys(name for _, p in shown for name in p["call_outs"]))
     for name in names:
-        if max(sdk["call_outs"].get(name, 0), lean["call_outs"].get(name, 0)) >= 0.005:
-            out.append(f"| {name} | {cell(sdk, name)} | {cell(lean, name)} |")
-    for key, p in (("SDK path", sdk), ("lean path", lean)):
-        out += ["", f"Self time by library, {key}:", "", "| library | share |", "|---|---|"]
+        if max(p["call_outs"].get(name, 0) for _, p in shown) >= 0.005:
+            out.append(f"| {name} | " + " | ".join(cell(p, name) for _, p in shown) + " |")
+    for title, p in shown:
+        out += ["", f"Self time by library, {title}:", "", "| library | share |", "|---|---|"]
         out += [f"| {k} | {v:.1%} |" for k, v in p["top_libraries"]]
-        out += ["", f"Self time by function, {key}:", "", "| function | share |", "|---|---|"]
+        out += ["", f"Self time by function, {title}:", "", "| function | share |", "|---|---|"]
         out += [f"| `{k}` | {v:.1%} |" for k, v in p["top_functions"]]
         out += [
             "",
-            f"<details><summary>Call tree (head), {key}; full tree: `{p['text_path']}`</summary>",
+            f"<details><summary>Call tree (head), {title}; full tree: `{p['text_path']}`</summary>",
             "",
             "```",
             p["tree_head"],
