@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -222,10 +222,12 @@ class Supervisor:
         settings: Settings,
         *,
         exit_when_idle: float | None = None,
-        policy: type[RestartPolicy] = RestartPolicy,
+        policy: Callable[[], RestartPolicy] = RestartPolicy,
         stop_timeout_s: float | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "consumer", "consume"),
     ) -> None:
         self.settings = settings
+        self.command = list(command)
         self.exit_when_idle = exit_when_idle
         self.stop_timeout_s = stop_timeout_s or settings.shutdown_grace_s + STOP_MARGIN_S
         self.exit_code = 0
@@ -339,18 +341,20 @@ class Supervisor:
         """Start the worker, wait for its exit (stopping it when the group stops): its exit code
         and how long it ran."""
         read_fd, write_fd = os.pipe() if self.settings.metrics_port else (None, None)
-        args = ["--exit-when-idle", str(self.exit_when_idle)] if self.exit_when_idle else []
+        idle = self.exit_when_idle
+        args = [] if idle is None else ["--exit-when-idle", str(idle)]
         env = child_environ(os.environ, worker_env(self.settings, worker.index, report_fd=write_fd))
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "consumer",
-                "consume",
+                *self.command,
                 *args,
                 env=env,
                 pass_fds=() if write_fd is None else (write_fd,),
             )
+        except BaseException:
+            if read_fd is not None:
+                os.close(read_fd)
+            raise
         finally:
             if write_fd is not None:
                 os.close(write_fd)
