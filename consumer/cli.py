@@ -48,14 +48,15 @@ def consume(
     ] = None,
 ) -> None:
     """Consume the input topic, classify, publish verdicts and usage, commit."""
-    from consumer.app import run_consumer  # noqa: PLC0415  (keeps --help fast)
-    from consumer.workers import WorkerRole, supervise  # noqa: PLC0415
+    from consumer.workers import WorkerRole, supervise  # noqa: PLC0415  (keeps --help fast)
 
     settings = _settings() if workers is None else _settings(workers=workers)
     try:
         role = WorkerRole.from_env()
-        if role is None and settings.workers > 1:
+        if role is None and settings.workers > 1:  # a supervisor: no Kafka or OpenAI clients
             raise typer.Exit(supervise(settings, exit_when_idle=exit_when_idle))
+        from consumer.app import run_consumer  # noqa: PLC0415
+
         run_consumer(settings, exit_when_idle=exit_when_idle, role=role)
     except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
         _fail(exc, exc.exit_code)

@@ -215,6 +215,10 @@ async def test_a_sigkilled_worker_is_restarted_and_nothing_is_lost(kafka_bootstr
         assert sum(n - 1 for n in seen.values()) <= 2 * MAX_IN_FLIGHT
         assert summary.dead_letters == []
         assert len(lines.events("stop requested; stopping the workers")) == 1
+        # One stream, three processes: every line whole (JSON), each worker's lines say which.
+        unreadable = [line for line in lines.raw if not line.startswith("{")]
+        assert not unreadable, unreadable[:5]
+        assert {e.get("worker") for e in lines.events("consuming")} == {0, 1}
 
 
 async def test_exit_when_idle_exits_zero_once_every_worker_has(kafka_bootstrap: str) -> None:
