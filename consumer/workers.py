@@ -362,10 +362,29 @@ class Supervisor:
         worker.pid, worker.state = process.pid, "running"
         log.info("worker started", worker=worker.index, pid=process.pid)
         reader = None if read_fd is None else asyncio.create_task(self._read_port(worker, read_fd))
+        try:
+            code = await self._wait(worker, process)
+        finally:
+            if process.returncode is None:  # cancelled (the supervisor failed): no orphan
+                process.kill()
+            if reader is not None:
+                reader.cancel()
+        worker.pid = worker.port = worker.started_at = None
+        ran_s = time.monotonic() - started
+        log.info(
+            "worker exited", worker=worker.index, pid=process.pid, code=code, ran_s=round(ran_s, 1)
+        )
+        return code, ran_s
+
+    async def _wait(self, worker: _Worker, process: asyncio.subprocess.Process) -> int:
+        """The worker's exit code; when the group stops first, SIGTERM it, SIGKILL it after
+        the stop timeout."""
         exited = asyncio.create_task(process.wait())
         stopping = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        try:
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
         if not exited.done():
             worker.state = "stopping"
             process.send_signal(signal.SIGTERM)
@@ -374,15 +393,7 @@ class Supervisor:
             except TimeoutError:
                 log.warning("worker did not stop in time; killing it", worker=worker.index)
                 process.kill()
-        code = await exited
-        if reader is not None:
-            reader.cancel()
-        worker.pid = worker.port = worker.started_at = None
-        ran_s = time.monotonic() - started
-        log.info(
-            "worker exited", worker=worker.index, pid=process.pid, code=code, ran_s=round(ran_s, 1)
-        )
-        return code, ran_s
+        return await exited
 
     async def _read_port(self, worker: _Worker, read_fd: int) -> None:
         """Read the port the worker reports; EOF (it died first) leaves it unknown."""

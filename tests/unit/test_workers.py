@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -429,3 +430,19 @@ async def test_sigterm_stops_every_worker_and_kills_a_stubborn_one(
     assert await asyncio.wait_for(running, 20) == 0
     assert all(s.state == "exited" for s in group.statuses())
     assert (starts(tmp_path, 0), starts(tmp_path, 1)) == (1, 1), "nothing restarted on stop"
+
+
+def test_the_cli_rejects_workers_below_one_naming_the_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MODSTREAM_")}
+    env["MODSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "consume", "--workers", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "MODSTREAM_WORKERS" in result.stderr
+    assert "Traceback" not in result.stderr
