@@ -10,6 +10,8 @@ broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` ar
 ``request_params`` decides, once, what classify's chat requests carry for the model family and
 the server (the budget's name, temperature, reasoning effort, seed, the response format's
 mode); ``cost`` prices each call (genai-prices, or a prices file).
+``workers`` supervises N consumer processes of one group (``consume --workers N``):
+restarts, signals, the budget split; ``workers_health`` serves their merged metrics and probes.
 ``salvage`` reads the model's reply text for classify and batch: the repair ladder's local
 rungs (pure functions).
 """

@@ -52,6 +52,7 @@ from consumer.publish import RECORD_OVERHEAD_BYTES, Outbox, Publisher, Topics
 from consumer.request_params import ResponseFormats, Server
 from consumer.settings import Delivery, Settings
 from consumer.source import Rebalance
+from consumer.workers import WorkerRole
 
 log = structlog.get_logger(__name__)
 
@@ -350,15 +351,18 @@ async def serve(
     stop: asyncio.Event | None = None,
     exit_when_idle: float | None = None,
     metrics: Metrics | None = None,
+    report_health_port: Callable[[int], None] | None = None,
 ) -> Pipeline:
-    """Run the consumer until ``stop`` is set, a signal arrives, or it has been idle."""
+    """Run the consumer until ``stop`` is set, a signal arrives, or it has been idle.
+
+    ``report_health_port``: a worker of ``--workers N`` (``consumer.workers``) serves its health
+    server on an ephemeral port of 127.0.0.1 and tells its supervisor which, through this.
+    """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     kafka = kafka_options(settings)
-    health = HealthServer(metrics, port=settings.metrics_port, host=settings.metrics_host)
     async with AsyncExitStack() as stack:
-        if settings.metrics_port:  # first in, last out: probes answer through start and stop
-            await stack.enter_async_context(health)
+        health = await _enter_health(stack, settings, metrics, report_health_port)
         client = await stack.enter_async_context(openai_client(settings))
         chat = await stack.enter_async_context(sender(settings.chat_client, client))
         exactly_once = settings.delivery is Delivery.EXACTLY_ONCE
@@ -461,6 +465,25 @@ async def serve(
         return pipeline
 
 
+async def _enter_health(
+    stack: AsyncExitStack,
+    settings: Settings,
+    metrics: Metrics,
+    report_port: Callable[[int], None] | None,
+) -> HealthServer:
+    """The health server, entered first on ``stack`` (last out: probes answer through start
+    and stop) when it serves: on ``MODSTREAM_METRICS_PORT``, or, for a worker, on an ephemeral
+    port of 127.0.0.1 reported through ``report_port``."""
+    if report_port is None:
+        health = HealthServer(metrics, port=settings.metrics_port, host=settings.metrics_host)
+        if settings.metrics_port:
+            await stack.enter_async_context(health)
+        return health
+    health = await stack.enter_async_context(HealthServer(metrics, port=0, host="127.0.0.1"))
+    report_port(health.port)
+    return health
+
+
 def _quiet_kafka_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """aiokafka leaves internal futures failed and unobserved once its producer fails for good
     (fenced): log those at DEBUG, not as ERROR tracebacks after our own clear message."""
@@ -476,12 +499,31 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def run_consumer(settings: Settings, *, exit_when_idle: float | None = None) -> None:
-    """Blocking entry for the CLI."""
+def run_consumer(
+    settings: Settings, *, exit_when_idle: float | None = None, role: WorkerRole | None = None
+) -> None:
+    """Blocking entry for the CLI; ``role``: this process is a worker of a supervisor."""
     configure_logging(settings)
     tune_gc()
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, exit_when_idle=exit_when_idle))
+        if role is None:
+            runner.run(serve(settings, exit_when_idle=exit_when_idle))
+        else:
+            runner.run(_serve_worker(settings, role, exit_when_idle))
+
+
+async def _serve_worker(settings: Settings, role: WorkerRole, exit_when_idle: float | None) -> None:
+    """``serve`` as worker ``role.index``: its lines say so, its health port goes to the
+    supervisor, and it stops by itself when the supervisor is gone."""
+    structlog.contextvars.bind_contextvars(worker=role.index)
+    stop = asyncio.Event()
+    watch = asyncio.create_task(role.watch_parent(stop))
+    try:
+        await serve(
+            settings, stop=stop, exit_when_idle=exit_when_idle, report_health_port=role.report_port
+        )
+    finally:
+        watch.cancel()
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

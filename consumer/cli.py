@@ -38,13 +38,26 @@ def consume(
         float | None,
         typer.Option(help="Exit 0 once nothing arrived and nothing is in flight for SECONDS."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Consumer processes in the group under one supervisor (overrides "
+            "MODSTREAM_WORKERS, default 1).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Consume the input topic, classify, publish verdicts and usage, commit."""
-    from consumer.app import run_consumer  # noqa: PLC0415  (keeps --help fast)
+    from consumer.workers import WorkerRole, supervise  # noqa: PLC0415  (keeps --help fast)
 
-    settings = _settings()
+    settings = _settings() if workers is None else _settings(workers=workers)
     try:
-        run_consumer(settings, exit_when_idle=exit_when_idle)
+        role = WorkerRole.from_env()
+        if role is None and settings.workers > 1:  # a supervisor: no Kafka or OpenAI clients
+            raise typer.Exit(supervise(settings, exit_when_idle=exit_when_idle))
+        from consumer.app import run_consumer  # noqa: PLC0415
+
+        run_consumer(settings, exit_when_idle=exit_when_idle, role=role)
     except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
         _fail(exc, exc.exit_code)
 
@@ -78,9 +91,9 @@ def fake_openai(
     serve(config, host=host, port=port)
 
 
-def _settings() -> Settings:
+def _settings(**overrides: object) -> Settings:
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except ConfigError as exc:
         _fail(exc, 2)
 

@@ -232,7 +232,9 @@ def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.m
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line, newline included (PrintLogger's print() makes two): lines of
+        # several worker processes sharing the stream never interleave (consumer.workers).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Third-party stdlib loggers: warnings and above only, same stream, same processors.

@@ -219,6 +219,11 @@ class Settings(BaseSettings):
     )
 
     # Work window
+    workers: PositiveInt = Field(
+        default=1,
+        description="Consumer processes in the group under one supervisor (consumer.workers), "
+        "sharing the metrics port; RPM and TPM are split across them. 1: no supervisor.",
+    )
     concurrency: PositiveInt = Field(default=32, description="Model calls at once.")
     max_in_flight: PositiveInt = Field(
         default=256, description="Messages between fetch and commit; fetching stops when full."
@@ -304,6 +309,13 @@ class Settings(BaseSettings):
                 "set MODSTREAM_AZURE_ENDPOINT or OPENAI_BASE_URL, not both: the Azure endpoint "
                 "is the base URL of an Azure OpenAI resource"
             )
+        for name, budget in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if budget is not None and budget < self.workers:
+                raise ValueError(
+                    f"{name} ({budget}) is below workers ({self.workers}): the budget is split "
+                    f"across the workers and each needs at least 1; raise MODSTREAM_{name.upper()} "
+                    "or lower MODSTREAM_WORKERS"
+                )
         params = self.request_params  # raises ValueError naming the setting
         if params.completion_budget >= self.context_window:
             raise ValueError(
