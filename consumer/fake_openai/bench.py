@@ -227,7 +227,8 @@ class BenchApi:
         self.counters.by_outcome[fail.outcome.value] += 1
         extra = header_lines(fail.headers)
         if ratelimit:
-            extra = self._fixed_headers + extra if self.unlimited else self._ratelimit_headers()
+            limits = self._fixed_headers if self.unlimited else self._ratelimit_headers()
+            extra = limits + extra
         return Answer(fail.status, fail.body(), extra)
 
     # ---- chat ---------------------------------------------------------------------------------
