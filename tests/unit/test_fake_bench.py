@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +43,7 @@ from consumer.policy import PromptBuilder, load_policy, load_prompt
 from consumer.request_params import ReplyFormat, ResponseFormats
 from consumer.tokens import count_tokens
 from schemas import Action, ModerationRequest, Source, UsageOutcome
+from tests.fake_server import _ready, free_port, served
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -569,3 +574,25 @@ async def test_any_split_of_a_stream_gets_the_same_answers(cuts: list[int]) -> N
     assert closed and split_closed
     assert without_ids(split) == without_ids(whole)
     assert whole.count(b"HTTP/1.1 200 OK") == 4
+
+
+def test_the_cli_serves_benchmark_mode_and_rejects_faults_with_exit_2() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODSTREAM_FAKE_")}
+    command = [sys.executable, "-m", "consumer", "fake-openai", "--benchmark", "--port", str(port)]
+    origin = f"http://127.0.0.1:{port}"
+    with (
+        served("fake-openai", command, lambda: _ready(origin), env=env),
+        urllib.request.urlopen(origin + "/_fake/config", timeout=5) as reply,
+    ):
+        assert json.load(reply)["benchmark"] is True
+    refused = subprocess.run(
+        command,
+        env=env | {"MODSTREAM_FAKE_P_503": "0.2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "MODSTREAM_FAKE_P_503" in refused.stderr
