@@ -77,6 +77,14 @@ def schema(
 def fake_openai(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8400,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    benchmark: Annotated[
+        bool,
+        typer.Option(
+            "--benchmark",
+            help="Benchmark mode (as MODSTREAM_FAKE_BENCHMARK=1): the lean server, cached "
+            "reply plans, estimated usage, no faults, no request log.",
+        ),
+    ] = False,
 ) -> None:
     """Serve an OpenAI-compatible fake (NOT a model) for tests, the demo and benchmarks.
 
@@ -85,10 +93,13 @@ def fake_openai(
     from consumer.fake_openai.server import FakeConfig, serve  # noqa: PLC0415
 
     try:
-        config = FakeConfig.from_env()
+        config = FakeConfig.from_env(benchmark=benchmark or None)
     except ConfigError as exc:
         _fail(exc, 2)
-    serve(config, host=host, port=port)
+    try:
+        serve(config, host=host, port=port)
+    except ConfigError as exc:
+        _fail(exc, 2)
 
 
 def _settings(**overrides: object) -> Settings:

@@ -5,7 +5,8 @@ strict ``json_schema`` replies, or an instance of a schema the system prompt sta
 ``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
 (:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
 faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
-nothing here reaches OpenAI.
+nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
+answers the same API at a fraction of the CPU, without faults or a request log.
 
 Modules, in the order a request meets them::
 
@@ -23,6 +24,8 @@ Modules, in the order a request meets them::
     stats          counters and the request log behind /_fake/stats and /_fake/requests
     admin_routes   the /_fake/* routes
     admin          FakeAdmin, the test-side client of /_fake/*
+    bench          benchmark mode's routes: cached per-shape reply plans, estimated usage
+    lean_http      benchmark mode's HTTP/1.1 server on asyncio Protocols
     server         serve() for the CLI, running_fake() for in-process use
     loadtest       python -m consumer.fake_openai.loadtest: how fast a running fake answers
 """

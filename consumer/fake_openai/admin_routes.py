@@ -11,21 +11,19 @@ PATCH /_fake/config             JSON object of knobs to change; returns the new 
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from consumer.fake_openai.faults import error_body
+from consumer.fake_openai.state import dumps
 
 if TYPE_CHECKING:
     from consumer.fake_openai.state import FakeState
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data).encode(), status=status, content_type="application/json"
-    )
+    return web.Response(body=dumps(data), status=status, content_type="application/json")
 
 
 def _bad(message: str) -> web.Response:

@@ -87,7 +87,7 @@ class Endpoints:
         )
         if config.reject_json_schema and wants_schema:
             raise Fail.json_schema_unsupported()
-        self.check_poison(json.dumps(messages))
+        self.check_poison(messages)
         context = context_for(last_user_text(messages))
         try:  # before any waiting: a bad schema is the caller's error, answered at once
             value = content_value(response_format, context, prompt_schema(messages))
@@ -180,10 +180,11 @@ class Endpoints:
         if self.state.config.strict_models and model not in MODELS:
             raise Fail.model_not_found(model)
 
-    def check_poison(self, text: str) -> None:
-        """500 for content holding the ``fail_when_contains`` marker."""
+    def check_poison(self, content: Any) -> None:
+        """500 for content (messages or moderation inputs) holding the ``fail_when_contains``
+        marker, searched in its JSON text; serialized only when a marker is set."""
         marker = self.state.config.fail_when_contains
-        if marker and marker in text:
+        if marker and marker in json.dumps(content):
             raise Fail.server_error()
 
     async def moderations(self, request: web.Request) -> web.StreamResponse:
@@ -196,7 +197,7 @@ class Endpoints:
             except SchemaError as exc:
                 raise Fail.bad_request(str(exc)) from exc
             self.check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL))
-            self.check_poison(json.dumps(texts))
+            self.check_poison(texts)
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome
             await state.fault(request, outcome)

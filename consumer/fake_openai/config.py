@@ -39,6 +39,9 @@ FAULT_KNOBS: tuple[str, ...] = (
     "p_out_of_range",
 )
 
+#: Knobs benchmark mode refuses (a config error names them): it draws no fault per request.
+BENCHMARK_REFUSED: tuple[str, ...] = (*FAULT_KNOBS, "fail_when_contains")
+
 
 class FakeConfig(BaseSettings):
     """Latency, faults, auth and rate limits of the fake server.
@@ -131,6 +134,16 @@ class FakeConfig(BaseSettings):
     tpm: Annotated[int, Field(gt=0)] | None = None
     """Tokens per minute for chat completions (prompt + max_tokens charged at admission)."""
 
+    benchmark: bool = False
+    """Benchmark mode (``--benchmark``): the lean HTTP server of :mod:`.lean_http` and the
+    cached per-shape reply plans of :mod:`.bench`, under 100 us of CPU per chat request.
+    Replies still fit the requested schema; usage is estimated (see bench.py); latency, rate
+    limits, the API key, the outage switch and the model/parameter rules are honoured; random
+    faults and the poison marker are refused (:data:`BENCHMARK_REFUSED`); no request log."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """Event loop of ``modstream fake-openai``: auto is uvloop in benchmark mode when it is
+    installed, else asyncio."""
+
     cache_min_tokens: Annotated[int, Field(ge=0)] = 1024
     """Smallest repeated first-message prefix that counts as cached, in tokens."""
     request_log_size: Annotated[int, Field(gt=0)] = 1000
@@ -144,9 +157,24 @@ class FakeConfig(BaseSettings):
             raise ValueError(f"fault probabilities add up to {total:.3f}, more than 1")
         return self
 
+    @model_validator(mode="after")
+    def _benchmark_injects_no_faults(self) -> Self:
+        if self.benchmark:
+            refused = [name for name in BENCHMARK_REFUSED if getattr(self, name)]
+            if refused:
+                variables = ", ".join(ENV_PREFIX + name.upper() for name in refused)
+                raise ValueError(
+                    f"benchmark mode injects no faults: unset {', '.join(refused)} ({variables}); "
+                    "it honours latency, rpm/tpm, api_key, outage and the model and parameter "
+                    "rules"
+                )
+        return self
+
     @classmethod
-    def from_env(cls) -> FakeConfig:
-        """Read ``MODSTREAM_FAKE_*``; raise ConfigError naming each bad or unknown variable."""
+    def from_env(cls, *, benchmark: bool | None = None) -> FakeConfig:
+        """Read ``MODSTREAM_FAKE_*``; raise ConfigError naming each bad or unknown variable.
+
+        ``benchmark``: when given, overrides ``MODSTREAM_FAKE_BENCHMARK`` (the CLI flag)."""
         known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
         unknown = sorted(
             key
@@ -158,7 +186,7 @@ class FakeConfig(BaseSettings):
             # turn a fault off, so name it instead.
             raise ConfigError(f"unknown fake-openai variable(s): {', '.join(unknown)}")
         try:
-            return cls()
+            return cls() if benchmark is None else cls(benchmark=benchmark)
         except ValidationError as exc:
             raise ConfigError(describe(exc, env=True)) from exc
 
@@ -167,6 +195,11 @@ class FakeConfig(BaseSettings):
         unknown = sorted(set(changes) - set(type(self).model_fields))
         if unknown:
             raise ValueError(f"unknown knob(s): {', '.join(unknown)}")
+        fixed = sorted(
+            k for k in ("benchmark", "loop") if k in changes and changes[k] != getattr(self, k)
+        )
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: chosen when the server starts, not at run time")
         # Passing every field explicitly keeps environment variables from leaking back in.
         try:
             return type(self)(**(self.model_dump() | changes))

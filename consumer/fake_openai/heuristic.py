@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 #: The OpenAI moderation taxonomy, with its real (slash) names.
 CATEGORIES: tuple[str, ...] = (
@@ -80,12 +81,36 @@ def _alternation(words: Iterable[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
+def _trie(words: Iterable[str]) -> str:
+    """The alternation of ``words`` as a prefix tree ("kill(?:\\ myself)?"): the same matches as
+    :func:`_alternation` (at one position the candidates are prefixes of one another, and the
+    greedy ``?`` tries the longer first), but the engine follows one branch per character
+    instead of trying every word at every position."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + emit(inner) for char, inner in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(tree)
+
+
 _SELF_HARM_WORDS = {w for k, ws in _KEYWORDS.items() if k.startswith("self_harm") for w in ws}
 _ALL_WORDS = {word for words in _KEYWORDS.values() for word in words}
 # Compiled once at import. One scan of the text finds every keyword; each keyword then implies
 # the categories whose own lists match inside it ("i will kill you" is harassment_threatening
 # and, through "kill", violence too), which is what one scan per category would find.
-_ANY = re.compile(rf"\b({_alternation(_ALL_WORDS)}){_SUFFIX}\b", re.IGNORECASE)
+# The lookahead on the first letters lets the engine skip most positions with one class test.
+_FIRST = re.escape("".join(sorted({word[0] for word in _ALL_WORDS})))
+_ANY = re.compile(rf"\b(?=[{_FIRST}])({_trie(_ALL_WORDS)}){_SUFFIX}\b", re.IGNORECASE)
 _IMPLIES: dict[str, frozenset[str]] = {
     word: frozenset(
         key
@@ -154,6 +179,15 @@ class Judgement:
         return max(self.scores, key=self.scores.__getitem__)
 
 
+def _table(base: float, span: float) -> tuple[float, ...]:
+    # The score for each digest byte, computed as judge() always did: round(base + span * j, 3).
+    return tuple(round(base + span * (byte / 255.0), 3) for byte in range(256))
+
+
+#: A keyword hit, a subcategory whose parent hit, anything else: score per digest byte.
+_HIGH, _MID, _LOW = _table(0.90, 0.09), _table(0.10, 0.05), _table(0.01, 0.04)
+
+
 @functools.lru_cache(maxsize=8192)
 def judge(text: str) -> Judgement:
     """Score ``text`` against every category; deterministic for a given text."""
@@ -161,19 +195,33 @@ def judge(text: str) -> Judgement:
     hits: set[str] = set()
     words: list[str] = []
     for match in _ANY.finditer(text):
-        hits |= _IMPLIES[match.group(1).lower()]
+        found = match.group(1)
+        implied = _IMPLIES.get(found.lower())
+        hits |= implied if implied is not None else _implied_by(found)
         words.append(match.group(0).lower())
-    scores: dict[str, float] = {}
+    if not hits:  # most content: every score from the low table
+        scores = {key: _LOW[digest[i]] for i, key in enumerate(KEYS)}
+        return Judgement(scores=scores, matched=tuple(dict.fromkeys(words)))
+    scores = {}
     for i, key in enumerate(KEYS):
-        jitter = digest[i] / 255.0
         if key in hits:
-            score = 0.90 + 0.09 * jitter
+            scores[key] = _HIGH[digest[i]]
         elif key in PARENTS and PARENTS[key] in hits:
-            score = 0.10 + 0.05 * jitter
+            scores[key] = _MID[digest[i]]
         else:
-            score = 0.01 + 0.04 * jitter
-        scores[key] = round(score, 3)
+            scores[key] = _LOW[digest[i]]
     return Judgement(scores=scores, matched=tuple(dict.fromkeys(words)))
+
+
+@functools.lru_cache(maxsize=256)
+def _implied_by(found: str) -> frozenset[str]:
+    """The categories of a keyword matched in an odd case fold, whose ``lower()`` is not the
+    keyword: IGNORECASE matches "\u017ftupid" (long s) and "\u0130diot" (dotted capital I), but
+    their ``lower()`` is not "stupid" nor "idiot". Rare, so a scan of the keywords."""
+    for word in _ALL_WORDS:
+        if re.fullmatch(re.escape(word), found, re.IGNORECASE):
+            return _IMPLIES[word]
+    return frozenset()  # cannot happen: _ANY only matches keywords
 
 
 _BLOCK = re.compile(r"<content\b([^>]*)>(.*?)</content\s*>", re.IGNORECASE | re.DOTALL)

@@ -18,7 +18,7 @@ Values come from the content's :class:`~consumer.fake_openai.heuristic.Judgement
   ``<content index="N">`` block of the user message (one item, index 0, when there is none).
 
 A schema is compiled once into a tree of closures and cached by its JSON text, so a request
-pays one ``json.dumps`` and a walk, not a schema analysis.
+pays one ``orjson.dumps`` and a walk, not a schema analysis.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import functools
 import json
 from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from consumer.fake_openai import values
 from consumer.fake_openai.heuristic import KEYS, judge, resolve_category
@@ -40,7 +42,7 @@ _HARD_DEPTH = 64
 
 
 @functools.lru_cache(maxsize=256)
-def compiled(schema_json: str) -> Gen:
+def compiled(schema_json: str | bytes) -> Gen:
     """The generator for a schema given as JSON text (cached: compile once per schema)."""
     schema = json.loads(schema_json)
     return _Compiler(schema).node(schema, "", None)
@@ -49,7 +51,10 @@ def compiled(schema_json: str) -> Gen:
 def generate(schema: dict[str, Any], context: Context) -> Any:
     """An instance of ``schema`` filled from ``context``."""
     # Not sort_keys: property order is part of the reply (OpenAI answers in schema order).
-    key = json.dumps(schema, separators=(",", ":"))
+    try:
+        key: str | bytes = orjson.dumps(schema)  # compact, key order kept, ~10x json.dumps
+    except (TypeError, orjson.JSONEncodeError):  # what only json writes: NaN, lone surrogates
+        key = json.dumps(schema, separators=(",", ":"))
     try:
         return compiled(key)(context, 0)
     except RecursionError as exc:  # pathological schemas must not kill the server

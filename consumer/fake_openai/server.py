@@ -1,8 +1,9 @@
 """Running the fake: ``serve`` for the CLI (blocking) and ``running_fake`` for in-process use.
 
-Plain asyncio (uvloop is not a dependency), access logging off (it costs more than a reply),
-and handler cancellation on, so a hanging request stops when its client gives up instead of
-holding a task for ``hang_s``.
+Normal mode is the aiohttp app on plain asyncio, access logging off (it costs more than a
+reply), and handler cancellation on, so a hanging request stops when its client gives up
+instead of holding a task for ``hang_s``. Benchmark mode (``benchmark``) is the lean server of
+:mod:`.lean_http`, on uvloop when it is installed (``loop``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from consumer.errors import ConfigError
 from consumer.fake_openai.app import build_app
 from consumer.fake_openai.config import FakeConfig
+from consumer.fake_openai.lean_http import LeanServer
 
 __all__ = ["FakeConfig", "running_fake", "serve"]
 
@@ -27,7 +31,20 @@ log = structlog.get_logger("consumer.fake_openai")
 SHUTDOWN_GRACE_S = 0.25
 
 
-async def _start(config: FakeConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
+class _Lean:
+    """The lean server behind the runner interface ``_start`` returns."""
+
+    def __init__(self, server: LeanServer) -> None:
+        self.server = server
+
+    async def cleanup(self) -> None:
+        await self.server.close()
+
+
+async def _start(config: FakeConfig, host: str, port: int) -> tuple[web.AppRunner | _Lean, int]:
+    if config.benchmark:
+        lean = LeanServer(config)
+        return _Lean(lean), await lean.start(host, port)
     runner = web.AppRunner(
         build_app(config),
         access_log=None,
@@ -69,7 +86,13 @@ async def _serve(config: FakeConfig, host: str, port: int) -> bool:
         return False
     changed = config.model_dump(exclude_defaults=True)
     knobs = {k: v for k, v in config.public().items() if k in changed}
-    log.info("fake-openai listening (NOT a model)", url=f"http://{host}:{bound}/v1", **knobs)
+    log.info(
+        "fake-openai listening (NOT a model)",
+        url=f"http://{host}:{bound}/v1",
+        server="lean (benchmark mode)" if config.benchmark else "aiohttp",
+        event_loop=type(loop).__module__.split(".")[0],
+        **knobs,
+    )
     try:
         await stop.wait()
     finally:
@@ -83,5 +106,31 @@ def serve(config: FakeConfig, *, host: str = "127.0.0.1", port: int = 8400) -> N
 
     When the address cannot be bound, log why and exit with status 1 (no traceback).
     """
-    if not asyncio.run(_serve(config, host, port)):
+    if not _run(_serve(config, host, port), _loop_factory(config)):
         raise SystemExit(1)
+
+
+def _loop_factory(config: FakeConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when ``loop`` asks for it (auto: in benchmark mode, when installed)."""
+    if config.loop == "asyncio" or (config.loop == "auto" and not config.benchmark):
+        return None
+    try:
+        import uvloop  # noqa: PLC0415  (an optional extra: modstream[fast])
+    except ImportError:
+        if config.loop == "uvloop":
+            raise ConfigError(
+                "MODSTREAM_FAKE_LOOP=uvloop but uvloop is not installed: "
+                "pip install 'modstream[fast]'"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run(
+    main: Coroutine[Any, Any, bool], factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> bool:
+    if factory is None:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

@@ -10,6 +10,7 @@ import hmac
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from consumer.fake_openai.config import FakeConfig
@@ -25,13 +26,31 @@ ERRORS = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.UNAVAILA
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON response (stdlib json: no extra dependency for a test server)."""
+    """A JSON response, serialized with orjson (compact; the same JSON as json.dumps)."""
     return web.Response(
-        body=json.dumps(data).encode(),
+        body=dumps(data),
         status=status,
         headers=headers,
         content_type="application/json",
     )
+
+
+def loads(raw: bytes) -> Any:
+    """Parse a request body: orjson, and json for what only json accepts (NaN, lone surrogate
+    escapes), so a body parses exactly when it always did."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def dumps(data: Any) -> bytes:
+    """Serialize a response: orjson, and json for what only json writes (NaN, lone surrogates,
+    integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(data).encode()
 
 
 class FakeState:
@@ -64,7 +83,7 @@ class FakeState:
         """Read, log and count the request; check the key and the outage switch."""
         raw = await request.read()
         try:
-            body: Any = json.loads(raw) if raw else None
+            body: Any = loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
         self.stats.request(request.method, request.path, request.headers, body)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from consumer.fake_openai import heuristic
 from consumer.fake_openai.heuristic import (
     CATEGORIES,
     KEYS,
@@ -119,3 +123,88 @@ def test_find_blocks() -> None:
     )
     assert find_blocks(text) == [(4, "a"), (5, "b\nc"), (2, "d")]
     assert find_blocks("no blocks") == []
+
+
+# ---- odd case folds, and the prefix-tree scan against the plain alternation ----------------
+
+#: Characters IGNORECASE matches to an ASCII letter whose lower() is not that letter, and some
+#: whose lower() is two characters.
+ODD = "\u017f\u0130\u0131\u212a\u212b\u00df\u1e9e\u0345\u03c2\ufb01\ufb00"
+WORDS = sorted({w for ws in heuristic._KEYWORDS.values() for w in ws})
+
+
+def spelled(word: str, swaps: list[bool], upper: list[bool]) -> str:
+    """``word`` with some letters upper-cased and some swapped for an odd case variant."""
+    variants = {"s": "\u017f", "i": "\u0130", "k": "\u212a"}
+    out = []
+    for char, swap, up in zip(
+        word, swaps + [False] * len(word), upper + [False] * len(word), strict=False
+    ):
+        if swap and char in variants:
+            out.append(variants[char])
+        else:
+            out.append(char.upper() if up else char)
+    return "".join(out)
+
+
+TEXTS = st.one_of(
+    st.text(max_size=200),
+    st.lists(
+        st.one_of(
+            st.sampled_from(WORDS),
+            st.builds(
+                spelled,
+                st.sampled_from(WORDS),
+                st.lists(st.booleans(), max_size=20),
+                st.lists(st.booleans(), max_size=20),
+            ),
+            st.text(alphabet=ODD + " .,!aeiouskl", max_size=8),
+            st.sampled_from(["s", "es", "ed", "ing", "er", " ", ", ", "x"]),
+        ),
+        max_size=12,
+    ).map("".join),
+)
+
+
+def reference_judgement(text: str) -> tuple[dict[str, float], tuple[str, ...]]:
+    """judge() as it was written first: the longest-first alternation and the score formula,
+    with the keyword found by a case-insensitive comparison (the old lower() lookup raised
+    KeyError on odd case folds)."""
+    pattern = re.compile(
+        rf"\b({heuristic._alternation(heuristic._ALL_WORDS)}){heuristic._SUFFIX}\b", re.IGNORECASE
+    )
+    digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).digest()
+    hits: set[str] = set()
+    words = []
+    for match in pattern.finditer(text):
+        keyword = next(
+            w for w in WORDS if re.fullmatch(re.escape(w), match.group(1), re.IGNORECASE)
+        )
+        hits |= heuristic._IMPLIES[keyword]
+        words.append(match.group(0).lower())
+    scores = {}
+    for i, key in enumerate(KEYS):
+        jitter = digest[i] / 255.0
+        if key in hits:
+            score = 0.90 + 0.09 * jitter
+        elif key in PARENTS and PARENTS[key] in hits:
+            score = 0.10 + 0.05 * jitter
+        else:
+            score = 0.01 + 0.04 * jitter
+        scores[key] = round(score, 3)
+    return scores, tuple(dict.fromkeys(words))
+
+
+@pytest.mark.parametrize("text", ["\u017ftupid", "\u0130diot", "\u212aill them", "\u017fhoot"])
+def test_odd_case_folds_of_a_keyword_score_it(text: str) -> None:
+    judgement = judge.__wrapped__(text)  # used to raise KeyError: a 500 from the fake
+    assert judgement.flagged
+
+
+@given(TEXTS)
+@example("\u017ftupid \u0130diot")
+@example("stabbing stabbed stabs kill myselfs")
+def test_any_text_is_judged_as_the_plain_alternation_judges_it(text: str) -> None:
+    judgement = judge.__wrapped__(text)
+    assert (judgement.scores, judgement.matched) == reference_judgement(text)
+    assert all(0.0 < s < 1.0 for s in judgement.scores.values())
