@@ -224,6 +224,9 @@ def _prune(value: Any, shape: Shape, path: str, dropped: list[str]) -> Any:
     return value
 
 
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def salvage(text: str, shape: Shape) -> Salvaged | Unsalvageable:
     """The first JSON value in ``text`` that looks like the reply, stripped of its wrapping.
 
@@ -250,10 +253,12 @@ def salvage(text: str, shape: Shape) -> Salvaged | Unsalvageable:
         notes.append("removed a code fence")
         before = opening["prose"] if opening else before
         after = closing["rest"] if closing else after
+    # Only JSON's own whitespace is nothing: str.strip() also drops \x1c-\x1f, U+0085 and
+    # U+2028, which a JSON parser refuses, so such a reply needs the prose removed too.
     ignored = [
-        f"{len(part.strip())} characters {where}"
+        f"{len(part.strip(_JSON_WHITESPACE))} characters {where}"
         for part, where in ((before, "before"), (after, "after"))
-        if part.strip()
+        if part.strip(_JSON_WHITESPACE)
     ]
     if ignored:
         fixes.append(Fix.EXTRA_TEXT)
