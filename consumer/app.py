@@ -544,7 +544,10 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 #: Young-generation threshold: each message allocates a few thousand short-lived objects
 #: (pydantic models, dicts, coroutines), so the default 700 runs a collection every message.
-_GC_GEN0 = 50_000
+#: Not higher: at 50,000 the lean path's RSS grew ~24 KB per message without bound (545 MB
+#: after 15k messages, 5 GB over a 500k backlog, where 5,000 and 20,000 held ~180 MB); the
+#: full collections that free it come too seldom. ``make bench``'s memory section checks it.
+_GC_GEN0 = 5_000
 
 
 def tune_gc() -> None:
