@@ -250,7 +250,9 @@ def _latency(lat: dict[str, Any], seq: dict[str, Any] | None) -> list[str]:
     out = [
         f"## 1. Latency-bound: Little's law (L = {lat['latency_ms']:.0f} ms, exponential)",
         "",
-        "`MODSTREAM_CONCURRENCY=C`, `MODSTREAM_MAX_IN_FLIGHT=max(256, 2C)`; each point runs "
+        "`MODSTREAM_CONCURRENCY=C`, `MODSTREAM_MAX_IN_FLIGHT=max(256, 6C)` (a message stays "
+        "in the window from fetch to commit, about L plus up to the 1 s commit interval, so "
+        "C/L messages a second need about C/L x (L + 1 s) = 6C of window); each point runs "
         "for a fixed time after its first verdict on a backlog that cannot run dry at C/L.",
         "",
         "| C | C/L msg/s | achieved msg/s | ratio | verdicts in window | window s | "

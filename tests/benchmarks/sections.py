@@ -273,7 +273,11 @@ async def latency_point(bench: Bench, fake: Fake, concurrency: int) -> Measured:
         fake,
         run_for=opts.point_s,
         concurrency=concurrency,
-        max_in_flight=max(256, 2 * concurrency),
+        # The window holds a message from fetch to commit: its call (L on average, longer
+        # for the slowest of a partition's run), then up to a commit interval (1 s) until
+        # its offset commits. C/L messages a second for ~L + 1 s need a window of about
+        # C/L x (L + 1 s) = 6C at L = 200 ms; at 2C the window, not the calls, was the bound.
+        max_in_flight=max(256, 6 * concurrency),
     )
     bench.say(
         f"C={concurrency}: {measured.rate:.1f} msg/s = {measured.rate / ideal:.3f} of C/L "
