@@ -6,7 +6,8 @@ offsets. ``pipeline`` wires them, ``app`` owns the clients' lifespan, ``cli`` is
 Errors are one tree (``errors``); third-party errors become ours in one place per side:
 ``provider`` for the model's (openai), ``broker`` for Kafka's (aiokafka). ``circuit`` is the
 provider breaker, ``kafka_pacing`` keeps aiokafka's metadata retries from spinning while the
-broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations.
+broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations
+(``ops_port`` starts the operations port for both kinds of process).
 ``request_params`` decides, once, what classify's chat requests carry for the model family and
 the server (the budget's name, temperature, reasoning effort, seed, the response format's
 mode); ``cost`` prices each call (genai-prices, or a prices file).

@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client.exposition import choose_encoder
 
-from consumer.errors import ConfigError
 from consumer.metrics import Metrics
+from consumer.ops_port import serve_site
 
 log = structlog.get_logger(__name__)
 
@@ -76,19 +76,7 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
 
     async def __aenter__(self) -> Self:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}. "
-                "Choose another MODSTREAM_METRICS_PORT (0 turns the server off)"
-            ) from exc
-        sockets = [s for s in self._runner.addresses if isinstance(s, tuple)]
-        if sockets:
-            self.port = int(sockets[0][1])  # the kernel's pick when port 0 was asked for
+        self.port = await serve_site(self._runner, self.host, self.port)
         log.info("serving /metrics, /healthz, /readyz", host=self.host, port=self.port)
         return self
 

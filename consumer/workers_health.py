@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from consumer.errors import ConfigError
+from consumer.ops_port import serve_site
 
 log = structlog.get_logger(__name__)
 
@@ -132,18 +132,7 @@ class GroupHealth:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}. "
-                "Choose another MODSTREAM_METRICS_PORT (0 turns the server off)"
-            ) from exc
-        sockets = [s for s in self._runner.addresses if isinstance(s, tuple)]
-        if sockets:
-            self.port = int(sockets[0][1])
+        self.port = await serve_site(self._runner, self.host, self.port)
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         log.info("serving /metrics, /healthz, /readyz for all workers", port=self.port)
         return self
