@@ -31,11 +31,13 @@ up to the pipe's atomic size (4 KiB) never interleave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -279,22 +281,21 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         settings = self.settings
+        health: AbstractAsyncContextManager[object] = (
+            GroupHealth(
+                self.statuses,
+                self.registry,
+                port=settings.metrics_port,
+                host=settings.metrics_host,
+                stopping=self._stopping.is_set,
+            )
+            if settings.metrics_port
+            else contextlib.nullcontext()
+        )
         try:
-            if settings.metrics_port:
-                health = GroupHealth(
-                    self.statuses,
-                    self.registry,
-                    port=settings.metrics_port,
-                    host=settings.metrics_host,
-                    stopping=self._stopping.is_set,
-                )
-                async with health, asyncio.TaskGroup() as group:
-                    for worker in self._workers:
-                        group.create_task(self._keep(worker))
-            else:
-                async with asyncio.TaskGroup() as group:
-                    for worker in self._workers:
-                        group.create_task(self._keep(worker))
+            async with health, asyncio.TaskGroup() as group:
+                for worker in self._workers:
+                    group.create_task(self._keep(worker))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
