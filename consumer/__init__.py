@@ -1,20 +1,27 @@
 """modstream: a Kafka content-moderation stream processor.
 
-The flow, one module per stage: source -> decode -> admit -> limit -> classify -> publish ->
-offsets. ``pipeline`` wires them, ``app`` owns the clients' lifespan, ``cli`` is the entry.
+The flow, one way: an input record is fetched (:mod:`consumer.pipeline.source`), decoded into
+a request, admitted within the model's token budget, classified by the model
+(:mod:`consumer.model`), and its verdict and usage event published; its offset is committed
+once everything before it is done (:mod:`consumer.pipeline.offsets`).
 
-Errors are one tree (``errors``); third-party errors become ours in one place per side:
-``provider`` for the model's (openai), ``broker`` for Kafka's (aiokafka). ``circuit`` is the
-provider breaker, ``kafka_pacing`` keeps aiokafka's metadata retries from spinning while the
-broker is away, ``logs`` collapses repeated lines, ``metrics`` and ``health`` are operations
-(``ops_port`` starts the operations port for both kinds of process).
-``request_params`` decides, once, what classify's chat requests carry for the model family and
-the server (the budget's name, temperature, reasoning effort, seed, the response format's
-mode); ``cost`` prices each call (genai-prices, or a prices file).
-``workers`` supervises N consumer processes of one group (``consume --workers N``):
-restarts, signals, the budget split; ``workers_health`` serves their merged metrics and probes.
-``salvage`` reads the model's reply text for classify and batch: the repair ladder's local
-rungs (pure functions).
+What we promise: nothing lost (an offset is committed only after its outputs are
+acknowledged, or, exactly-once, in the same transaction); nothing stuck (a bounded window,
+poison detection, a circuit that always probes); bounded memory; transient errors are retried,
+never dead-lettered; permanent ones become a dead letter with the reason.
+
+Packages::
+
+    pipeline   the stages a record passes through, and the Pipeline that runs them
+    model      the classifier and its parts (tier, batch, limits, breaker, tokens, cost)
+    kafka      the Kafka adapter: client options, start-up diagnosis, error translation, topics
+    ops        metrics, health, logs, the --workers supervisor
+    tools      replay, evaluate, report, sample and the verdict cache
+    testing    the fake OpenAI-compatible server
+
+At the top: ``settings`` (one pydantic-settings model, env prefix ``MODSTREAM_``), ``errors``
+(our exception tree: transient or permanent), ``retry`` (backoff built only on a failure),
+``app`` (the lifespan: every client built once and entered with ``async with``) and ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -48,7 +48,7 @@ def consume(
     ] = None,
 ) -> None:
     """Consume the input topic, classify, publish verdicts and usage, commit."""
-    from consumer.workers import WorkerRole, supervise  # noqa: PLC0415  (keeps --help fast)
+    from consumer.ops.workers import WorkerRole, supervise  # noqa: PLC0415  (keeps --help fast)
 
     settings = _settings() if workers is None else _settings(workers=workers)
     try:
@@ -88,9 +88,9 @@ def fake_openai(
 ) -> None:
     """Serve an OpenAI-compatible fake (NOT a model) for tests, the demo and benchmarks.
 
-    Faults and latency are set by MODSTREAM_FAKE_* variables; see consumer/fake_openai.
+    Faults and latency are set by MODSTREAM_FAKE_* variables; see consumer/testing/fake_openai.
     """
-    from consumer.fake_openai.server import FakeConfig, serve  # noqa: PLC0415
+    from consumer.testing.fake_openai.server import FakeConfig, serve  # noqa: PLC0415
 
     try:
         config = FakeConfig.from_env(benchmark=benchmark or None)
@@ -114,7 +114,7 @@ def topics(
     partitions: Annotated[int, typer.Option(help="Partitions for new topics.")] = 6,
 ) -> None:
     """Create the input, verdict, usage and dead-letter topics that don't exist yet."""
-    from consumer.topics import ensure_topics  # noqa: PLC0415
+    from consumer.kafka.topics import ensure_topics  # noqa: PLC0415
 
     created = asyncio.run(ensure_topics(_settings(), partitions=partitions))
     typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
@@ -126,7 +126,7 @@ def sample(
     seed: Annotated[int, typer.Option(help="Corpus seed.")] = 7,
 ) -> None:
     """Produce a mixed sample corpus (clean, harmful, poison) to the input topic."""
-    from consumer.sample import corpus, produce  # noqa: PLC0415
+    from consumer.tools.sample import corpus, produce  # noqa: PLC0415
 
     records = list(corpus(count, seed=seed))
     sent = asyncio.run(produce(_settings(), records))
@@ -137,7 +137,7 @@ def sample(
 @app.command()
 def report() -> None:
     """Summarise the verdict, usage and dead-letter topics (reads them from the start)."""
-    from consumer.report import render, summarise  # noqa: PLC0415
+    from consumer.tools.report import render, summarise  # noqa: PLC0415
 
     render(asyncio.run(summarise(_settings())))
 
@@ -172,8 +172,8 @@ def replay(
     ] = "modstream.verdict-cache",
 ) -> None:
     """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
-    from consumer.policy import prompt_file  # noqa: PLC0415
-    from consumer.replay import ReplayRequest, run_replay  # noqa: PLC0415
+    from consumer.model.policy import prompt_file  # noqa: PLC0415
+    from consumer.tools.replay import ReplayRequest, run_replay  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if model:
@@ -198,7 +198,7 @@ def replay(
         result = asyncio.run(run_replay(settings, request))
     except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
         _fail(exc, exc.exit_code)
-    from consumer.replay import render_result  # noqa: PLC0415
+    from consumer.tools.replay import render_result  # noqa: PLC0415
 
     render_result(result, request)
 
@@ -213,7 +213,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for report.md and PNGs.")] = Path("eval-report"),
 ) -> None:
     """Score verdict topics against labels or a baseline; write a Markdown report and plots."""
-    from consumer.evaluate import run_eval  # noqa: PLC0415
+    from consumer.tools.evaluate import run_eval  # noqa: PLC0415
 
     try:
         asyncio.run(run_eval(_settings(), verdicts, labels=labels, baseline=baseline, out=out))

@@ -17,7 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError
-from consumer.request_params import EFFORTS, RequestParams, Server, choose, server_kind
+from consumer.model.request_params import EFFORTS, RequestParams, Server, choose, server_kind
 
 
 class InputFormat(StrEnum):
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     )
     model_family: str = Field(
         default="auto",
-        description="Row of the parameter table (consumer/request_params.py) to use instead "
+        description="Row of the parameter table (consumer/model/request_params.py) to use instead "
         "of the one the model name and base URL pick, e.g. gpt-5 for a deployment whose name "
         "does not say.",
     )
@@ -221,7 +221,7 @@ class Settings(BaseSettings):
     # Work window
     workers: PositiveInt = Field(
         default=1,
-        description="Consumer processes in the group under one supervisor (consumer.workers), "
+        description="Consumer processes in the group under one supervisor (consumer.ops.workers), "
         "sharing the metrics port; RPM and TPM are split across them. 1: no supervisor.",
     )
     concurrency: PositiveInt = Field(default=32, description="Model calls at once.")
@@ -340,7 +340,7 @@ class Settings(BaseSettings):
 
     @property
     def request_params(self) -> RequestParams:
-        """What every chat request carries (see :mod:`consumer.request_params`)."""
+        """What every chat request carries (see :mod:`consumer.model.request_params`)."""
         return choose(
             self.model,
             self.server,

@@ -10,7 +10,7 @@ Knobs are ``FakeConfig`` field names; they reach the child as ``MODSTREAM_FAKE_<
 variables, exactly as an operator would set them. The context manager picks a free port,
 starts ``python -m consumer fake-openai --port P``, waits until ``/_fake/health`` answers,
 and on exit sends SIGTERM (then SIGKILL after ``stop_timeout``). Use
-``consumer.fake_openai.FakeAdmin(base_url)`` for stats and runtime knob changes.
+``consumer.testing.fake_openai.FakeAdmin(base_url)`` for stats and runtime knob changes.
 """
 
 from __future__ import annotations

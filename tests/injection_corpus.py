@@ -1,6 +1,6 @@
 """Prompt-injection attempts: content written to fool the judge, in named categories.
 
-Shared by the unit test of the prompt builder (tests/unit/test_prompt_injection.py) and the
+Shared by the unit test of the prompt builder (tests/unit/model/test_prompt_injection.py) and the
 end-to-end test that sends them through the pipeline (tests/e2e/test_hostile.py). Each case is
 what a hostile author controls: the ``text``, and sometimes the ``context`` (the thread it
 replied to) and the ``metadata`` of the request.
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.policy import load_policy
+from consumer.model.policy import load_policy
 
 #: Every category, for the report and the coverage test.
 CATEGORIES = (

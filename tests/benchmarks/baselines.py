@@ -27,7 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from openai import AsyncOpenAI
 
-from consumer.policy import PromptBuilder, load_policy, load_prompt
+from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 
 
 def _consumer(args: argparse.Namespace, **extra: Any) -> AIOKafkaConsumer:

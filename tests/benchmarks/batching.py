@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from consumer.fake_openai.admin import FakeAdmin
+from consumer.testing.fake_openai.admin import FakeAdmin
 from tests.benchmarks.infra import fake_server, read_records
 
 if TYPE_CHECKING:

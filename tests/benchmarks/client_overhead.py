@@ -26,13 +26,13 @@ import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
-from consumer.admit import Admitted
-from consumer.chat_client import ChatSender, LeanChat, SdkChat
-from consumer.classify import Classifier
-from consumer.cost import PriceTable
-from consumer.limit import Limiter
-from consumer.policy import PromptBuilder, load_policy, load_prompt
-from consumer.tokens import count_tokens
+from consumer.model.chat_client import ChatSender, LeanChat, SdkChat
+from consumer.model.classify import Classifier
+from consumer.model.cost import PriceTable
+from consumer.model.limit import Limiter
+from consumer.model.policy import PromptBuilder, load_policy, load_prompt
+from consumer.model.tokens import count_tokens
+from consumer.pipeline.admit import Admitted
 from schemas import ModerationRequest, Source
 from tests.benchmarks.infra import fake_server
 

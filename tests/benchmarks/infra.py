@@ -32,7 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from consumer.sample import corpus
+from consumer.tools.sample import corpus
 from tests.fake_server import _ready, free_port, knob_env, served
 from tests.kafka_script import run_kafka_sh
 

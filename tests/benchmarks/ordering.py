@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
-from consumer.sample import corpus
+from consumer.tools.sample import corpus
 from tests.benchmarks.infra import create_topics, fake_server, read_records
 
 if TYPE_CHECKING:

@@ -230,7 +230,7 @@ def _method() -> list[str]:
         "server) except in sections 5 and 6, which need its rate limits and token counts.",
         "- modstream runs as its own process, `python -m consumer consume --exit-when-idle 3`, "
         "configured by `MODSTREAM_*` variables, so its CPU and RSS are its own. Input: small "
-        "JSON requests (~110 bytes, `consumer.sample.corpus`, no poison), 6 partitions.",
+        "JSON requests (~110 bytes, `consumer.tools.sample.corpus`, no poison), 6 partitions.",
         "- Throughput is read back from the broker: the Kafka timestamps of the verdicts a run "
         "wrote. The steady-state window runs from the 5th to the 95th percentile verdict "
         "(of those written before a timed run was stopped with SIGTERM), which leaves out "

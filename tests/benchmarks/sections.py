@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from consumer.fake_openai.admin import FakeAdmin
+from consumer.testing.fake_openai.admin import FakeAdmin
 from tests.benchmarks.batching import batching
 from tests.benchmarks.infra import (
     MACHINE,

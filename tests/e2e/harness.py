@@ -16,8 +16,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from consumer.report import Summary, summarise
 from consumer.settings import Settings
+from consumer.tools.report import Summary, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 

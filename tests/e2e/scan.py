@@ -6,9 +6,9 @@ import base64
 
 from aiokafka import AIOKafkaConsumer
 
-from consumer.app import kafka_options
+from consumer.kafka.client import kafka_options
+from consumer.kafka.topics import topic_partitions
 from consumer.settings import Settings
-from consumer.topics import topic_partitions
 
 
 async def raw_bytes(settings: Settings, topics: list[str]) -> bytes:

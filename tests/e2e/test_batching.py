@@ -15,9 +15,9 @@ from collections import defaultdict
 import pytest
 
 from consumer.app import serve
-from consumer.fake_openai.admin import FakeAdmin
-from consumer.report import Summary
-from consumer.sample import CLEAN, HARMFUL
+from consumer.testing.fake_openai.admin import FakeAdmin
+from consumer.tools.report import Summary
+from consumer.tools.sample import CLEAN, HARMFUL
 from tests.e2e.harness import Run, new_run
 from tests.e2e.test_core import assert_nothing_lost
 from tests.fake_server import fake_openai_server

@@ -12,12 +12,12 @@ simultaneous open), and then holds the port the restarting broker needs (seen he
 The consumer is a real ``modstream consume`` process with JSON logs on stderr, in both
 delivery modes. While the broker is down (about 15 s, plus the broker's own start-up when it
 comes back) it may write at most ``MAX_LINES`` lines (aiokafka alone writes ~100,000 without
-``consumer.logs.RepeatFilter``) and use a fraction of a core. Afterwards every input offset has
+``consumer.ops.logs.RepeatFilter``) and use a fraction of a core. Afterwards every input offset has
 a verdict for a read_committed reader and the committed offsets reach the end; in exactly-once
 mode, exactly one verdict per offset. The consumer's CPU time while the broker is down is
 printed (see the note at the end of the test: it is not cheap yet).
 
-``consumer.metrics.kafka_connected`` (the ``modstream_broker_up`` gauge) is checked against the
+``consumer.ops.metrics.kafka_connected`` (the ``modstream_broker_up`` gauge) is checked against the
 same outage on an in-process aiokafka consumer: 1 before, 0 while the broker is down, 1 after.
 """
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from consumer.metrics import Metrics, kafka_connected
+from consumer.ops.metrics import Metrics, kafka_connected
 from tests.e2e.harness import Run, expected_offsets, outcomes_per_offset
 from tests.e2e.test_core import clean_values
 from tests.fake_server import fake_openai_server

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from consumer.app import serve
-from consumer.sample import corpus
+from consumer.tools.sample import corpus
 from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset, until
 from tests.fake_server import fake_openai_server
 from tests.unit.bad_inputs import MAX_CASE_BYTES, cases

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from consumer.app import serve
-from consumer.fake_openai import FakeAdmin
-from consumer.policy import PromptBuilder, load_policy, load_prompt
+from consumer.model.policy import PromptBuilder, load_policy, load_prompt
+from consumer.testing.fake_openai import FakeAdmin
 from tests.e2e.harness import new_run
 from tests.e2e.scan import raw_bytes, secret_forms
 from tests.fake_server import fake_openai_server

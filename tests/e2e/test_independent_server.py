@@ -1,7 +1,8 @@
 """modstream against an OpenAI-compatible server it did not write: LLMock (PyPI ``llmock``).
 
-Everything else in tests/e2e talks to our own fake (``consumer/fake_openai``), whose behaviour
-we chose; here the real broker and modstream itself meet LLMock, an independent implementation
+Everything else in tests/e2e talks to our own fake (``consumer/testing/fake_openai``), whose
+behaviour we chose; here the real broker and modstream itself meet LLMock, an independent
+implementation
 started as a subprocess on a free port. LLMock answers ``json_schema`` requests with a value
 generated from the schema (deterministic: every number 1.0, every string ``mock-<name>``),
 reports its own ``usage`` (its estimate, not tiktoken's), and is set up to refuse requests

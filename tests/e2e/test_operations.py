@@ -28,7 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.fake_openai import FakeAdmin
+from consumer.testing.fake_openai import FakeAdmin
 from tests.e2e.harness import Run, new_run, until
 from tests.fake_server import fake_openai_server, free_port
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from consumer.app import serve
-from consumer.fake_openai import FakeAdmin
+from consumer.testing.fake_openai import FakeAdmin
 from schemas import UsageOutcome
 from tests.e2e.harness import Run, new_run
 from tests.e2e.test_core import assert_nothing_lost, clean_values

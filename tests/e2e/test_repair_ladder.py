@@ -18,9 +18,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from consumer.app import serve
-from consumer.fake_openai.reply import content_value, context_for, last_user_text
-from consumer.policy import PromptBuilder, load_policy, load_prompt
-from consumer.sample import CLEAN, HARMFUL
+from consumer.model.policy import PromptBuilder, load_policy, load_prompt
+from consumer.testing.fake_openai.reply import content_value, context_for, last_user_text
+from consumer.tools.sample import CLEAN, HARMFUL
 from schemas import UsageOutcome
 from tests.e2e.harness import new_run
 from tests.e2e.test_core import assert_nothing_lost

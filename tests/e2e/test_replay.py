@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from consumer.app import serve
-from consumer.evaluate import run_eval
-from consumer.fake_openai import FakeAdmin
-from consumer.policy import prompt_file
-from consumer.replay import ReplayRequest, run_replay
-from consumer.sample import corpus
+from consumer.model.policy import prompt_file
+from consumer.testing.fake_openai import FakeAdmin
+from consumer.tools.evaluate import run_eval
+from consumer.tools.replay import ReplayRequest, run_replay
+from consumer.tools.sample import corpus
 from tests.e2e.harness import Run, new_run
 from tests.fake_server import fake_openai_server
 

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from consumer.app import serve
-from consumer.fake_openai.admin import FakeAdmin
-from consumer.fake_openai.heuristic import judge
-from consumer.sample import CLEAN, HARMFUL
+from consumer.testing.fake_openai.admin import FakeAdmin
+from consumer.testing.fake_openai.heuristic import judge
+from consumer.tools.sample import CLEAN, HARMFUL
 from tests.e2e.harness import Run, new_run
 from tests.e2e.test_core import assert_nothing_lost
 from tests.fake_server import fake_openai_server

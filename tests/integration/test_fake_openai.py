@@ -24,9 +24,9 @@ from openai import AsyncOpenAI
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from consumer.fake_openai import FakeAdmin, FakeConfig, running_fake
-from consumer.fake_openai.reply import malformed
-from consumer.tokens import count_tokens
+from consumer.model.tokens import count_tokens
+from consumer.testing.fake_openai import FakeAdmin, FakeConfig, running_fake
+from consumer.testing.fake_openai.reply import malformed
 from tests.fake_server import fake_openai_server, free_port
 
 MODEL = "gpt-4o-mini"

@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from consumer.fake_openai import FakeConfig, running_fake
-from consumer.policy import load_policy
+from consumer.model.policy import load_policy
+from consumer.testing.fake_openai import FakeConfig, running_fake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,7 +133,7 @@ async def test_a_schema_in_the_prompt_is_followed_without_response_format(
 ) -> None:
     import json  # noqa: PLC0415
 
-    from consumer.request_params import ReplyFormat, ReplyMode  # noqa: PLC0415
+    from consumer.model.request_params import ReplyFormat, ReplyMode  # noqa: PLC0415
 
     reply_format = ReplyFormat.of(FORMAT)
     for mode in (ReplyMode.JSON_OBJECT, ReplyMode.TEXT):

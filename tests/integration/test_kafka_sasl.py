@@ -8,7 +8,7 @@ It listens on 39300 (PLAINTEXT, for set-up), 39301 (controller), 39302 (SASL_PLA
 39303 (SSL), data in ``.run/kafka-sasl``; a concurrent session moves to the next slot (+10).
 
 - the right password works with every mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): the
-  clients ``consumer.app.kafka_options`` configures round-trip a record;
+  clients ``consumer.kafka.client.kafka_options`` configures round-trip a record;
 - a wrong password or an unknown user fails fast (seconds) with a ConfigError that names the
   problem, from ``serve`` and from the ``modstream consume`` CLI (exit 2), never echoing it;
 - the whole pipeline runs over SASL, and the password appears nowhere it wrote;
@@ -37,8 +37,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from consumer.app import kafka_options, kafka_start_problem, serve
+from consumer.app import serve
 from consumer.errors import ConfigError
+from consumer.kafka.client import kafka_options, kafka_start_problem
 from consumer.settings import Settings
 from tests.e2e.harness import Run
 from tests.e2e.scan import raw_bytes, secret_forms

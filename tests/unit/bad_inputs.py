@@ -6,7 +6,7 @@ topic and check it comes out as a verdict or a dead letter). Values are for
 
 ``expect`` is the outcome: ``"dead_letter"`` (decode raises, the record goes to the dead-letter
 topic with the reason) or ``"verdict"`` (decode accepts; a verdict follows). Decisions encoded
-here, documented in ``consumer/decode.py``:
+here, documented in ``consumer/pipeline/decode.py``:
 
 * ``id`` must be a JSON string: ``ModerationRequest`` does not coerce numbers (pydantic v2 has
   ``coerce_numbers_to_str`` off), so ``{"id": 42}`` is a dead letter.

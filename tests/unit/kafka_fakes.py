@@ -8,13 +8,14 @@ record of what was asked of it, so tests assert on what crossed the Kafka bounda
   what it returned, paused and unassigned partitions return nothing, an empty poll waits up to
   ``timeout_ms`` for records), ``commit(offsets)`` (aiokafka's validation and its
   ``IllegalStateError`` for an unassigned partition), ``highwater()``, ``position()``, ``seek()``,
-  and a rebalance helper that calls the real :class:`consumer.source.Rebalance` listener while
-  the revoked partitions are still assigned, as aiokafka does.
+  and a rebalance helper that calls the real :class:`consumer.pipeline.source.Rebalance` listener
+  while the revoked partitions are still assigned, as aiokafka does.
 - :class:`FakeProducer`: ``send()`` returns a future resolved on "ack" (errors injectable per
   topic, at send or at ack), ``transaction()`` that raises aiokafka's ``AssertionError`` on a
   second begin while one is open, ``send_offsets_to_transaction`` and ``_txn_manager``.
-- :class:`FakeClassifier`: duck-typed like :class:`consumer.classify.Classifier` as the pipeline
-  uses it, with per-offset behaviour (block on an event, fail, verdict) and a record of calls.
+- :class:`FakeClassifier`: duck-typed like :class:`consumer.model.classify.Classifier` as the
+  pipeline uses it, with per-offset behaviour (block on an event, fail, verdict) and a record of
+  calls.
 
 Records, verdicts and usage events are the real types (aiokafka's ``ConsumerRecord``,
 ``schemas``), so serialization and sizes are real too.
@@ -35,11 +36,11 @@ from aiokafka.errors import IllegalOperation, IllegalStateError, KafkaError, Pro
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from aiokafka.util import commit_structure_validate
 
-from consumer.admit import Admitted, Admitter
-from consumer.circuit import CircuitBreaker
-from consumer.classify import Classified
 from consumer.errors import PermanentError
-from consumer.policy import Policy, load_policy
+from consumer.model.circuit import CircuitBreaker
+from consumer.model.classify import Classified
+from consumer.model.policy import Policy, load_policy
+from consumer.pipeline.admit import Admitted, Admitter
 from consumer.settings import OversizePolicy
 from schemas import Source, UsageEvent, UsageOutcome, Verdict, make_event_id
 
@@ -91,7 +92,7 @@ class FakeConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._highwater: dict[TopicPartition, int] = {}
         self._arrived = asyncio.Event()
-        self.listener: Any = None  # a consumer.source.Rebalance, as subscribe() would take
+        self.listener: Any = None  # a consumer.pipeline.source.Rebalance, as subscribe() would take
         self.commits: list[Commit] = []
         #: Raised by the next commit() calls, in order (after the gate opens).
         self.commit_errors: deque[BaseException] = deque()

@@ -19,12 +19,12 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from consumer.app import kafka_options
 from consumer.errors import ConfigError, DecodeError, InvalidReply
-from consumer.logs import configure_logging
-from consumer.publish import dead_letter
+from consumer.kafka.client import kafka_options
+from consumer.ops.logs import configure_logging
+from consumer.pipeline.publish import dead_letter
+from consumer.pipeline.source import Envelope
 from consumer.settings import LogFormat, Settings, load_settings
-from consumer.source import Envelope
 
 API_KEY = "sk-unit-canary-0f9e8d7c6b5a"
 PASSWORD = "pw-unit-canary-1a2b3c4d5e6f"

@@ -1,0 +1,75 @@
+"""The first tier: one call to the provider's moderations endpoint before the chat model.
+
+The policy's ``first_tier`` section (:class:`~consumer.model.policy.FirstTier`) names the model and
+an uncertain band. :meth:`consumer.model.classify.Classifier.first_tier` sends each admitted text
+here first, through the same retry layer, circuit breaker and limiter as chat calls; the
+endpoint's ``category_scores`` map to the policy's categories by name (the response's slash
+names, ``self-harm/intent``; a category the endpoint does not score is 0.0). When no score lies
+inside the band, the policy decides on these scores and the chat model is never asked.
+
+A moderation call reports no tokens and costs nothing at OpenAI: its usage event says 0 tokens
+and 0.0 USD. Its ``x-ratelimit-*`` headers describe the moderations endpoint's own limits, not
+the chat model's, so they are not fed to the limiter's buckets.
+
+A 404 here (an unknown moderation model) is a misconfiguration, fatal like the chat model's;
+other rejections leave the decision to the chat model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import openai
+from openai import AsyncOpenAI
+from openai.types import Moderation, ModerationCreateResponse
+
+from consumer.model.limit import Limiter
+from consumer.model.policy import FirstTier, Policy
+from consumer.model.provider import failed_outcome, translate
+from schemas import UsageOutcome
+
+#: Records one moderation call's usage: (outcome, perf_counter when it started).
+ModerationRecorder = Callable[[UsageOutcome, float], None]
+
+
+async def send_moderation(
+    client: AsyncOpenAI, limiter: Limiter, model: str, text: str, record: ModerationRecorder
+) -> Moderation:
+    """One moderations call for ``text``; its usage (ok or failed) goes to ``record``."""
+    async with limiter.slot(0) as permit:  # a request and a concurrency slot, no chat tokens
+        permit.settle(0)
+        started = time.perf_counter()
+        try:
+            raw = await client.moderations.with_raw_response.create(model=model, input=text)
+            response = raw.parse()
+            if not isinstance(response, ModerationCreateResponse) or not response.results:
+                raise ValueError("the 200 reply is not a moderation result")
+        except (openai.OpenAIError, ValueError) as exc:
+            # ValueError: a 200 whose body is not a moderation result (a broken proxy).
+            error = translate(exc, model=model, base_url=client.base_url)
+            record(failed_outcome(error), started)
+            raise error from exc
+        record(UsageOutcome.OK, started)
+    return response.results[0]
+
+
+def moderation_scores(result: Moderation, policy: Policy) -> dict[str, float]:
+    """The endpoint's scores for the policy's categories, by name (missing: 0.0)."""
+    # by_alias: the SDK's field names are python-safe (self_harm_intent); the API's are not.
+    raw = result.category_scores.model_dump(by_alias=True)
+    scores = {}
+    for category in policy.categories:
+        value = raw.get(category.name)
+        score = float(value) if isinstance(value, int | float) else 0.0
+        scores[category.name] = min(1.0, max(0.0, score))
+    return scores
+
+
+def decided_rationale(tier: FirstTier) -> str:
+    """The rationale of a verdict the first tier decided."""
+    low, high = tier.uncertain_band
+    return (
+        f"decided by the first tier ({tier.model}): no category score in the uncertain band "
+        f"[{low}, {high})"
+    )

@@ -1,0 +1,11 @@
+"""Operations: what the people who run modstream look at and steer with.
+
+::
+
+    metrics         Prometheus metrics, one method per event
+    health          /metrics, /healthz and /readyz of one consumer process
+    port            the operations port, shared by the consumer and the supervisor
+    logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
+    workers         ``consume --workers N``: N consumer processes under one supervisor
+    workers_health  the supervisor's merged /metrics and probes
+"""

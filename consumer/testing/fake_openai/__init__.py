@@ -1,0 +1,37 @@
+"""modstream's OpenAI-compatible FAKE server. It is NOT a model.
+
+``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
+strict ``json_schema`` replies, or an instance of a schema the system prompt states),
+``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
+(:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
+faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
+nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
+answers the same API at a fraction of the CPU, without faults or a request log.
+
+Modules, in the order a request meets them::
+
+    config         FakeConfig: the knobs (env MODSTREAM_FAKE_*, PATCH /_fake/config)
+    app            the /v1 handlers and build_app()
+    state          FakeState and the shared request steps: auth, outage, faults, admission
+    faults         the fault draw, latency, retry-after headers, OpenAI error bodies
+    ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
+    reasoning      a reasoning model's parameter rules (OpenAI's 400s) and reasoning tokens
+    usage          prompt/completion token counts and the simulated prefix cache
+    reply          reply content per response_format, its malformed kinds, the OpenAI bodies
+    instances      JSON Schema instance generator (moderation-flavoured values)
+    values         its leaf values: numbers, booleans, strings, enums
+    heuristic      keyword scores per moderation category (deterministic per content)
+    stats          counters and the request log behind /_fake/stats and /_fake/requests
+    admin_routes   the /_fake/* routes
+    admin          FakeAdmin, the test-side client of /_fake/*
+    bench          benchmark mode's routes: cached per-shape reply plans, estimated usage
+    lean_http      benchmark mode's HTTP/1.1 server on asyncio Protocols
+    server         serve() for the CLI, running_fake() for in-process use
+    loadtest       python -m consumer.testing.fake_openai.loadtest: how fast a running fake answers
+"""
+
+from consumer.testing.fake_openai.admin import FakeAdmin
+from consumer.testing.fake_openai.config import FakeConfig
+from consumer.testing.fake_openai.server import running_fake, serve
+
+__all__ = ["FakeAdmin", "FakeConfig", "running_fake", "serve"]

@@ -1,0 +1,148 @@
+"""The fake's mutable state and the steps every API request shares.
+
+Everything runs on one event loop, so the state needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from consumer.testing.fake_openai.config import FakeConfig
+from consumer.testing.fake_openai.faults import Dice, Fail, Outcome
+from consumer.testing.fake_openai.ratelimit import RateLimiter
+from consumer.testing.fake_openai.stats import Stats
+from consumer.testing.fake_openai.usage import PrefixCache
+
+#: Outcomes answered with an error status (counted when the error is sent).
+ERRORS = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.UNAVAILABLE})
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response, serialized with orjson (compact; the same JSON as json.dumps)."""
+    return web.Response(
+        body=dumps(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def loads(raw: bytes) -> Any:
+    """Parse a request body: orjson, and json for what only json accepts (NaN, lone surrogate
+    escapes), so a body parses exactly when it always did."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def dumps(data: Any) -> bytes:
+    """Serialize a response: orjson, and json for what only json writes (NaN, lone surrogates,
+    integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(data).encode()
+
+
+class FakeState:
+    """Everything the fake remembers: knobs, dice, buckets, counters and the prefix cache."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.config = config
+        self.dice = Dice(config.seed)
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.stats = Stats(config.request_log_size)
+        self.prefix = PrefixCache()
+
+    def reconfigure(self, config: FakeConfig) -> None:
+        """Switch to new knobs, rebuilding only what they change."""
+        old, self.config = self.config, config
+        if (old.rpm, old.tpm) != (config.rpm, config.tpm):
+            self.limiter = RateLimiter(config.rpm, config.tpm)
+        if old.seed != config.seed:
+            self.dice = Dice(config.seed)
+        self.stats.resize(config.request_log_size)
+
+    def reset(self) -> None:
+        """Zero stats and the log, forget cached prefixes, refill buckets, re-seed the dice."""
+        self.stats.reset()
+        self.prefix.clear()
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self.dice = Dice(self.config.seed)
+
+    async def enter(self, request: web.Request) -> Any:
+        """Read, log and count the request; check the key and the outage switch."""
+        raw = await request.read()
+        try:
+            body: Any = loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        self.stats.request(request.method, request.path, request.headers, body)
+        config = self.config
+        if config.api_key is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), config.api_key.encode()):
+                raise Fail.unauthorized()
+        if config.outage:
+            raise Fail.unavailable("The server is overloaded or not ready yet.")
+        if request.method == "POST" and not isinstance(body, dict):
+            raise Fail.bad_request("The request body must be a JSON object.")
+        return body
+
+    async def fault(self, request: web.Request, outcome: Outcome) -> None:
+        """Wait the latency, then act on transport-level faults (errors, hang, drop).
+
+        Error outcomes are counted when their response is sent (``failed``); the others here,
+        before any waiting, so a test sees a hang while it is hanging.
+        """
+        config = self.config
+        if outcome not in ERRORS:
+            self.stats.outcome(outcome)
+        if outcome is Outcome.RATE_LIMITED:  # a real 429 comes back at once
+            headers = self.dice.retry_after(config.retry_after_s, config.retry_after_mode)
+            raise Fail.rate_limited(
+                "Rate limit reached (injected by the fake).", "requests", headers
+            )
+        delay = self.dice.latency(config)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if outcome is Outcome.SERVER_ERROR:
+            raise Fail.server_error()
+        if outcome is Outcome.UNAVAILABLE:
+            raise Fail.unavailable("The engine is currently overloaded, please try again later.")
+        if outcome is Outcome.HANG:
+            await asyncio.sleep(config.hang_s)
+        if outcome is Outcome.DROP and request.transport is not None:
+            request.transport.close()  # no status line, no headers: the client sees EOF
+
+    def admit(self, charge: int) -> None:
+        """Charge the rate limits or raise a 429 that says when to come back."""
+        wait, which = self.limiter.admit(charge)
+        if wait <= 0:
+            return
+        if wait == float("inf"):  # larger than the whole bucket: waiting will not help
+            message = f"Request too large for {which} per min: requested {charge}."
+            wait = 60.0
+        else:
+            message = f"Rate limit reached for {which} per min. Please try again in {wait:.3f}s."
+        headers = self.dice.retry_after(wait, self.config.retry_after_mode)
+        raise Fail.rate_limited(message, which, headers)
+
+    def failed(self, fail: Fail, headers: dict[str, str] | None = None) -> web.Response:
+        """Count and send an error."""
+        self.stats.outcome(fail.outcome)
+        return web.Response(
+            body=fail.body(),
+            status=fail.status,
+            headers=(headers or {}) | fail.headers,
+            content_type="application/json",
+        )
