@@ -1,7 +1,7 @@
 """Read the output topics back and summarise them: verdicts, dead letters, tokens and cost.
 
-It assigns partitions manually and reads from the beginning to the end offsets it saw at start,
-so it never joins (or moves) a consumer group.
+It reads each topic from the beginning to the end offsets it saw at the start
+(:mod:`consumer.kafka.ranges`), so it never joins (or moves) a consumer group.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from consumer.kafka.client import kafka_options
-from consumer.kafka.topics import topic_partitions
+from consumer.kafka.ranges import read_topics
 from consumer.settings import Settings
 from schemas import DeadLetter, UsageEvent, Verdict
 
@@ -34,32 +33,12 @@ class Summary:
 
 
 async def read_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Every record value of ``topic`` up to its end offsets at call time."""
+    """Every record value of ``topic`` up to its end offsets at call time.
 
-    options = kafka_options(settings)
-    partitions = await topic_partitions(options, topic)
-    values: list[bytes] = []
-    if not partitions:
-        return values
-    # read_committed: exactly-once outputs of aborted transactions are never counted.
-    consumer = AIOKafkaConsumer(
-        **options, enable_auto_commit=False, isolation_level="read_committed"
-    )
-    async with consumer:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                values.extend(r.value for r in records if r.value is not None)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    return values
+    Committed records only: the outputs of aborted exactly-once transactions are never counted.
+    """
+    records = read_topics(kafka_options(settings), [topic])
+    return [r.value async for r in records if r.value is not None]
 
 
 def _parse(values: list[bytes], model: type[T]) -> tuple[list[T], int]:

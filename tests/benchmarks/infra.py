@@ -32,6 +32,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from consumer.kafka.ranges import read_topics
+from consumer.kafka.topics import topic_partitions
 from consumer.tools.sample import corpus
 from tests.fake_server import _ready, free_port, knob_env, served
 from tests.kafka_script import run_kafka_sh
@@ -483,15 +485,9 @@ async def produce_backlog(bootstrap: str, topic: str, count: int, partitions: in
     return time.monotonic() - started
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    async with admin_client(bootstrap) as admin:
-        described = await admin.describe_topics([topic])
-    return [TopicPartition(topic, p["partition"]) for t in described for p in t["partitions"]]
-
-
 async def count_records(bootstrap: str, topic: str) -> int:
     """Records in ``topic`` (sum of end offsets; our topics are never truncated)."""
-    partitions = await topic_partitions(bootstrap, topic)
+    partitions = await topic_partitions({"bootstrap_servers": bootstrap}, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     async with consumer:
         ends = await consumer.end_offsets(partitions)
@@ -502,24 +498,14 @@ async def read_records(
     bootstrap: str, topic: str, *, values: bool = True
 ) -> list[tuple[int, bytes | None]]:
     """Every record's (timestamp ms, value) up to the end offsets seen at call time."""
-    partitions = await topic_partitions(bootstrap, topic)
-    out: list[tuple[int, bytes | None]] = []
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=16 << 20
+    records = read_topics(
+        {"bootstrap_servers": bootstrap},
+        [topic],
+        isolation_level="read_uncommitted",
+        max_records=20_000,
+        fetch_max_bytes=16 << 20,
     )
-    async with consumer:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=20_000)
-            for records in batch.values():
-                out.extend((r.timestamp, r.value if values else None) for r in records)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    return out
+    return [(r.timestamp, r.value if values else None) async for r in records]
 
 
 def steady_window(stamps_ms: list[int], trim: float = 0.05) -> tuple[float, float, int]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from aiokafka import AIOKafkaConsumer
-
 from consumer.kafka.client import kafka_options
-from consumer.kafka.topics import topic_partitions
+from consumer.kafka.ranges import read_topics
 from consumer.settings import Settings
 
 
@@ -17,28 +15,11 @@ async def raw_bytes(settings: Settings, topics: list[str]) -> bytes:
     Base64 payloads (dead letters carry the input that way) are scanned decoded too, so a
     secret cannot hide behind an encoding: callers search the result for the plain secret.
     """
-    options = kafka_options(settings)
     chunks: list[bytes] = []
-    for topic in topics:
-        partitions = await topic_partitions(options, topic)
-        if not partitions:
-            continue
-        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
-        async with consumer:
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            remaining = {tp for tp in partitions if ends[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                for records in batch.values():
-                    for r in records:
-                        chunks.extend([r.key or b"", r.value or b""])
-                        for key, value in r.headers:
-                            chunks.extend([key.encode(), value or b""])
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
+    async for r in read_topics(kafka_options(settings), topics, isolation_level="read_uncommitted"):
+        chunks.extend([r.key or b"", r.value or b""])
+        for key, value in r.headers:
+            chunks.extend([key.encode(), value or b""])
     blob = b"\n".join(chunks)
     return blob + b"\n" + _decoded_base64(blob)
 
