@@ -77,7 +77,7 @@ class ProviderUnavailable(TransientError):
 
 class FormatDowngraded(TransientError):
     """The server rejected the response format, and ``MODSTREAM_RESPONSE_FORMAT=auto`` moved
-    one step down (:class:`consumer.model.request_params.ResponseFormats`): the same request goes
+    one step down (:class:`consumer.model.reply_format.ResponseFormats`): the same request goes
     again in the new mode. Never poison, never a circuit failure: the server answered."""
 
     kind = "format_downgraded"

@@ -22,7 +22,7 @@ and a request the provider rejects, make the batch fall back to one ordinary cal
 usage stays with its messages. Transient errors are retried like any call (same retry layer,
 breaker and limiter); a batch takes one concurrency slot. A batch
 whose call keeps failing with 5xx/timeouts while other calls succeed (``PersistentFailure``, the
-poison rule of :mod:`consumer.model.classify`) falls back to single calls too: each of them then
+poison rule of :mod:`consumer.model.watches`) falls back to single calls too: each of them then
 counts its own failures, so only the message that is poison is dead-lettered. A 404 (or a 400
 repeated for many messages, seen by the single calls) is fatal, as without batching.
 
@@ -30,14 +30,16 @@ Usage: the provider reports one call's tokens. Each message of the batch gets on
 with an even share of them (``tokens // N``, the first ``tokens % N`` messages one more), all
 with the same ``batch_id`` and ``batch_size``: the events of one ``batch_id`` add up exactly to
 the provider's counts, and each message carries its fair part of the cost. Metrics count the
-call once, with its whole tokens.
+call once, with its whole tokens (:meth:`consumer.model.ledger.UsageLedger.batch_recorder`).
+
+A batch uses the Classifier's public parts only: its model calls (``calls``), usage ledger
+(``ledger``) and verdict factory (``verdicts``), and the triage of a reply's choice it shares with
+single calls (:func:`consumer.model.verdicts.triage`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -46,17 +48,20 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from consumer.errors import PermanentError
-from consumer.model.classify import Call, ChatRequest, Classified, Classifier, Tokens
+from consumer.model.chat_call import ChatRequest
+from consumer.model.classify import Classified, Classifier
+from consumer.model.conversation import Call
 from consumer.model.policy import Policy, PromptBuilder, escape
-from consumer.model.request_params import ReplyFormat
+from consumer.model.reply_format import ReplyFormat
 from consumer.model.salvage import Salvaged, Unsalvageable, reply_shape, salvage
 from consumer.model.tokens import count_tokens
+from consumer.model.verdicts import triage
 from consumer.pipeline.admit import Admitted
 from schemas import Source, UsageOutcome
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["BatchFormat", "BatchReplyError", "Batcher", "classify_batch", "split_tokens"]
+__all__ = ["BatchFormat", "BatchReplyError", "Batcher", "classify_batch"]
 
 #: Appended to the system text for batch calls (static, so prefix caches still hit).
 BATCH_NOTE = """
@@ -178,25 +183,6 @@ class BatchFormat:
         ]
 
 
-def split_tokens(tokens: Tokens, count: int) -> list[Tokens]:
-    """``tokens`` in ``count`` even shares that add up exactly (the first ones get the rest)."""
-
-    def shares(total: int) -> list[int]:
-        whole, rest = divmod(total, count)
-        return [whole + (1 if i < rest else 0) for i in range(count)]
-
-    return [
-        Tokens(prompt, completion, cached, tokens.estimated, reasoning)
-        for prompt, completion, cached, reasoning in zip(
-            shares(tokens.prompt),
-            shares(tokens.completion),
-            shares(tokens.cached),
-            shares(tokens.reasoning),
-            strict=True,
-        )
-    ]
-
-
 async def classify_batch(
     classifier: Classifier, form: BatchFormat, calls: Sequence[Call]
 ) -> list[Classified]:
@@ -210,47 +196,25 @@ async def classify_batch(
     estimate = classifier.overhead_tokens + form.note_tokens + content_tokens + 16 * count
     estimate += max_tokens
     request = ChatRequest(messages, max_tokens, form.reply_format, estimate)
-
-    def record(outcome: UsageOutcome, tokens: Tokens, started: float) -> None:
-        batch = (uuid.uuid4().hex, count)
-        events = []
-        for call, share in zip(calls, split_tokens(tokens, count), strict=True):
-            cost = classifier.cost(share)
-            usage = classifier.usage_event(call, outcome, share, started, cost=cost, batch=batch)
-            classifier.record(call, usage, metrics=False)  # a failure may fold into an earlier
-            events.append(usage)
-        whole = {
-            "prompt_tokens": tokens.prompt,
-            "completion_tokens": tokens.completion,
-            "cached_tokens": tokens.cached,
-            "reasoning_tokens": tokens.reasoning,
-            "cost_usd": classifier.cost(tokens),
-        }
-        classifier.metrics.model_call(events[0].model_copy(update=whole))  # one call, whole
-
+    ledger = classifier.ledger
     try:
-        completion = await classifier.with_retries(
-            functools.partial(classifier.send_chat, request, record)
-        )
+        completion = await classifier.calls.chat(request, ledger.batch_recorder(calls))
     except PermanentError as exc:
         return await _singly(classifier, calls, f"rejected: {exc.message}", None)
-    choice = completion.choices[0]
-    if choice.message.refusal or choice.finish_reason == "content_filter":
-        refused = UsageOutcome.REFUSAL if choice.message.refusal else UsageOutcome.CONTENT_FILTER
-        return await _singly(classifier, calls, "refused or filtered", refused)
-    if choice.finish_reason == "length":
+    seen = triage(completion.choices[0])
+    if seen.declined is not None:
+        return await _singly(classifier, calls, "refused or filtered", seen.declined[0])
+    if seen.cut:
         return await _singly(classifier, calls, "cut at max_tokens", UsageOutcome.LENGTH)
     try:
-        results, salvaged = form.read(choice.message.content or "", count)
+        results, salvaged = form.read(seen.content, count)
     except BatchReplyError as exc:
         return await _singly(classifier, calls, str(exc), UsageOutcome.INVALID_REPLY)
     if salvaged is not None:  # the reply's own values, only unwrapped: the usage says so
-        for call in calls:
-            classifier.mark_last(call, UsageOutcome.SALVAGED)
-        classifier.metrics.reply_problem(classifier.model, UsageOutcome.SALVAGED.value)
+        ledger.reply_problem(calls, UsageOutcome.SALVAGED)
         classifier.metrics.reply_salvaged(classifier.model, salvaged.fixes)
     return [
-        Classified(classifier.chat_verdict(call, scores, rationale), None, call.usage)
+        Classified(classifier.verdicts.chat(call, scores, rationale), None, call.usage)
         for call, (scores, rationale) in zip(calls, results, strict=True)
     ]
 
@@ -260,9 +224,7 @@ async def _singly(
 ) -> list[Classified]:
     """The fallback: one ordinary call per message; the batch's usage stays with them."""
     if outcome is not None:  # the batch call answered 200, but its reply is not usable
-        for call in calls:
-            classifier.mark_last(call, outcome)
-        classifier.metrics.reply_problem(classifier.model, outcome.value)
+        classifier.ledger.reply_problem(calls, outcome)
     log.info("batch falls back to single calls", size=len(calls), reason=why[:200])
     return list(await asyncio.gather(*(classifier.chat(call) for call in calls)))
 

@@ -15,7 +15,8 @@ from consumer.model.cost import PriceTable, load_prices
 from consumer.model.limit import Limiter
 from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 from consumer.model.provider import public_url
-from consumer.model.request_params import ResponseFormats, Server
+from consumer.model.reply_format import ResponseFormats
+from consumer.model.request_params import Server
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.admit import Admitter
 from consumer.settings import Settings
@@ -90,8 +91,6 @@ def model_stages(
     classifier = Classifier(
         client,
         model=settings.model,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
         params=params,
         formats=ResponseFormats(settings.response_format, where=public_url(client.base_url)),
         builder=builder,

@@ -47,7 +47,7 @@ from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions
 from openai.types.chat import ChatCompletionMessageParam
 
-__all__ = ["ChatSender", "Completion", "LeanChat", "SdkChat", "Statics", "sender"]
+__all__ = ["ChatSender", "Choice", "Completion", "LeanChat", "SdkChat", "Statics", "sender"]
 
 #: Headers of the SDK's template that aiohttp sets for itself, per request or connection.
 _TRANSPORT_HEADERS = frozenset({"host", "content-length", "connection", "accept-encoding"})
@@ -60,7 +60,9 @@ class _Message(pydantic.BaseModel):
     refusal: str | None = None
 
 
-class _Choice(pydantic.BaseModel):
+class Choice(pydantic.BaseModel):
+    """One choice of a chat completion: the reply message and why it ended."""
+
     message: _Message
     finish_reason: str | None = None
 
@@ -86,7 +88,7 @@ class Completion(pydantic.BaseModel):
     Validating these from the raw bytes costs a few microseconds, a full ``ChatCompletion``
     through the SDK's parser over a hundred."""
 
-    choices: list[_Choice] = []
+    choices: list[Choice] = []
     usage: _Usage | None = None
 
     @classmethod

@@ -20,11 +20,11 @@ messages (one, or several taking turns) cannot keep the circuit open by taking e
 while healthy messages wait behind them. In a real outage with nothing new to fetch, the
 deferred callers probe after that grace.
 
-Poison versus outage (see :meth:`consumer.model.classify.Classifier.with_retries`): the breaker
-counts every success (``successes``) and every opening (``openings``). A message's transient failure
-counts towards ``poison_attempts`` only when the breaker is still closed after it and has seen a
-success since that message's previous failure (other messages get through meanwhile); an opening
-during its retries resets the message's count. In an outage nothing succeeds, so nothing counts.
+Poison versus outage (see :mod:`consumer.model.watches`): the breaker counts every success
+(``successes``) and every opening (``openings``). A message's transient failure counts towards
+``poison_attempts`` only when the breaker is still closed after it and has seen a success since
+that message's previous failure (other messages get through meanwhile); an opening during its
+retries resets the message's count. In an outage nothing succeeds, so nothing counts.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class CircuitBreaker:
         self._probing = False
         self._eager = 0  # callers waiting in admit() that did not just fail a probe
         self._changed = asyncio.Event()
-        #: Calls that got an answer, ever (read by the poison rule in classify).
+        #: Calls that got an answer, ever (read by the poison rule, consumer.model.watches).
         self.successes = 0
         #: Times the circuit opened, ever (an opening resets a message's poison count).
         self.openings = 0

@@ -11,21 +11,12 @@ settings may override any column (``MODSTREAM_MODEL_FAMILY``, ``MODSTREAM_TOKEN_
 one row and the settings into :class:`RequestParams`: the keyword arguments every chat request
 of a Classifier carries, built once.
 
-The response format is decided here too. ``MODSTREAM_RESPONSE_FORMAT`` is ``json_schema``
-(strict structured output), ``json_object`` (JSON mode, the schema written into the system
-prompt), ``text`` (no ``response_format`` at all; the schema in the prompt, the reply parsed as
-JSON) or ``auto``: :class:`ResponseFormats` starts at ``json_schema`` and, when the server
-rejects the format with a 400 (or 422) before it ever accepted it, moves one step down the
-ladder for good, logged at WARNING; classify then raises
-:class:`~consumer.errors.FormatDowngraded`, a transient error, so the rejected request is sent
-again in the new mode (no dead letter, no poison count). The mode is read when a request goes
-out, so requests queued for a limiter slot meanwhile go out in the new mode.
-:class:`ReplyFormat` holds one reply schema in each mode's shape.
+The reply's format (``MODSTREAM_RESPONSE_FORMAT`` and its ladder) is
+:mod:`consumer.model.reply_format`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,24 +24,15 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import openai
-import structlog
-
-log = structlog.get_logger(__name__)
-
 __all__ = [
     "EFFORTS",
     "FAMILIES",
     "Family",
-    "ReplyFormat",
-    "ReplyMode",
     "RequestParams",
-    "ResponseFormats",
     "Server",
     "TokenParam",
     "choose",
     "family_for",
-    "rejects_response_format",
     "server_kind",
 ]
 
@@ -118,89 +100,58 @@ class Family:
 _ALL = frozenset(Server)
 _HOSTED = frozenset({Server.OPENAI, Server.AZURE})
 _MCT = TokenParam.MAX_COMPLETION_TOKENS
+_LMH = ("low", "medium", "high")
+
+
+def _openai(
+    name: str,
+    pattern: str,
+    efforts: tuple[str, ...],
+    note: str,
+    *,
+    reasoning: bool = True,
+    sampling: bool = False,
+) -> Family:
+    """A row for one of OpenAI's model lines, wherever it is served: ``max_completion_tokens``;
+    ``sampling``: it takes ``temperature`` and ``seed`` (the reasoning models reject them)."""
+    return Family(name, pattern, _ALL, reasoning, _MCT, sampling, sampling, efforts, note)
+
+
+def _any_other(name: str, servers: frozenset[Server], token_param: TokenParam, note: str) -> Family:
+    """A catch-all row for the models of ``servers`` no earlier row names."""
+    return Family(name, r"", servers, False, token_param, True, True, None, note)
+
 
 #: The parameter table: the first row whose pattern matches the model name (lower case, any
 #: ``provider/`` prefix dropped) on that kind of server decides. OpenAI's model names decide
 #: wherever they are served (a proxy or gateway passes the body on to OpenAI), other names by
 #: the server. ``seed`` is not sent to reasoning models: OpenAI does not document it for them.
 FAMILIES: Final[tuple[Family, ...]] = (
-    Family(
+    _openai(
         "o1-early",
         r"^o1-(mini|preview)\b",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=(),
-        note="o1-mini, o1-preview: reasoning, but no reasoning_effort",
+        (),
+        "o1-mini, o1-preview: reasoning, but no reasoning_effort",
     ),
-    Family(
-        "o-series",
-        r"^o\d",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=("low", "medium", "high"),
-        note="o1, o3, o3-mini, o4-mini",
+    _openai("o-series", r"^o\d", _LMH, "o1, o3, o3-mini, o4-mini"),
+    _openai(
+        "gpt-5-pro", r"^gpt-5(\.\d+)?-pro\b", ("high",), "gpt-5-pro, gpt-5.x-pro: high effort only"
     ),
-    Family(
-        "gpt-5-pro",
-        r"^gpt-5(\.\d+)?-pro\b",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=("high",),
-        note="gpt-5-pro, gpt-5.x-pro: high effort only",
-    ),
-    Family(
+    _openai(
         "gpt-5-chat",
         r"^gpt-5(\.\d+)?-chat\b",
-        _ALL,
+        (),
+        "gpt-5-chat-latest, gpt-5.1-chat-latest",
         reasoning=False,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=(),
-        note="gpt-5-chat-latest, gpt-5.1-chat-latest",
     ),
-    Family(
-        "gpt-5",
-        r"^gpt-5($|-)",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=("minimal", "low", "medium", "high"),
-        note="gpt-5, gpt-5-mini, gpt-5-nano",
-    ),
-    Family(
+    _openai("gpt-5", r"^gpt-5($|-)", ("minimal", *_LMH), "gpt-5, gpt-5-mini, gpt-5-nano"),
+    _openai(
         "gpt-5.1",
         r"^gpt-5\.1($|-)",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=("none", "low", "medium", "high"),
-        note="gpt-5.1 (and its -mini etc.): 'none' is the lowest, 'minimal' is rejected",
+        ("none", *_LMH),
+        "gpt-5.1 (and its -mini etc.): 'none' is the lowest, 'minimal' is rejected",
     ),
-    Family(
-        "gpt-5.x",
-        r"^gpt-5\.\d",
-        _ALL,
-        reasoning=True,
-        token_param=_MCT,
-        temperature=False,
-        seed=False,
-        efforts=("none", "low", "medium", "high", "xhigh"),
-        note="gpt-5.2 and later",
-    ),
+    _openai("gpt-5.x", r"^gpt-5\.\d", ("none", *_LMH, "xhigh"), "gpt-5.2 and later"),
     Family(
         "gpt-oss",
         r"^gpt-oss\b",
@@ -209,41 +160,23 @@ FAMILIES: Final[tuple[Family, ...]] = (
         token_param=None,
         temperature=True,
         seed=True,
-        efforts=("low", "medium", "high"),
+        efforts=_LMH,
         note="open-weight reasoning models, usually on vLLM or Ollama",
     ),
-    Family(
+    _openai(
         "openai-chat",
         r"^(gpt-4|gpt-3\.5|chatgpt-)",
-        _ALL,
+        (),
+        "gpt-4o, gpt-4o-mini, gpt-4.1, gpt-4.1-mini, gpt-4-turbo",
         reasoning=False,
-        token_param=_MCT,
-        temperature=True,
-        seed=True,
-        efforts=(),
-        note="gpt-4o, gpt-4o-mini, gpt-4.1, gpt-4.1-mini, gpt-4-turbo",
+        sampling=True,
     ),
-    Family(
-        "hosted",
-        r"",
-        _HOSTED,
-        reasoning=False,
-        token_param=_MCT,
-        temperature=True,
-        seed=True,
-        efforts=None,
-        note="any other model on OpenAI or Azure",
-    ),
-    Family(
+    _any_other("hosted", _HOSTED, _MCT, "any other model on OpenAI or Azure"),
+    _any_other(
         "compatible",
-        r"",
         frozenset({Server.COMPATIBLE}),
-        reasoning=False,
-        token_param=TokenParam.MAX_TOKENS,
-        temperature=True,
-        seed=True,
-        efforts=None,
-        note="any other model on vLLM, Ollama, llama.cpp's server or another compatible one",
+        TokenParam.MAX_TOKENS,
+        "any other model on vLLM, Ollama, llama.cpp's server or another compatible one",
     ),
 )
 
@@ -393,118 +326,3 @@ def _effort(row: Family, model: str, setting: str) -> str | None:
             f"not {setting!r}"
         )
     return setting
-
-
-# ---- response format -------------------------------------------------------------------------
-
-
-class ReplyMode(StrEnum):
-    """How the reply's JSON shape is asked for, strictest first."""
-
-    JSON_SCHEMA = "json_schema"
-    JSON_OBJECT = "json_object"
-    TEXT = "text"
-
-
-#: ``auto`` walks down this ladder, one step per rejection, never back up.
-_LADDER: Final = (ReplyMode.JSON_SCHEMA, ReplyMode.JSON_OBJECT, ReplyMode.TEXT)
-
-#: The schema as the system prompt states it in json_object and text mode.
-_SCHEMA_NOTE = (
-    "\n\nReply with one JSON object and nothing else (no code fence, no text before or after "
-    "it). It must match this JSON Schema:\n"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyFormat:
-    """One reply schema, ready for each mode: built once per schema, not per message."""
-
-    #: The strict ``json_schema`` response_format.
-    json_schema: MappingProxyType[str, Any]
-    #: Appended to the system message in json_object and text mode.
-    instructions: str
-
-    @classmethod
-    def of(cls, response_format: dict[str, Any]) -> ReplyFormat:
-        """From a strict ``{"type": "json_schema", "json_schema": {...}}`` response_format."""
-        schema = response_format["json_schema"]["schema"]
-        text = _SCHEMA_NOTE + json.dumps(schema, separators=(",", ":"))
-        return cls(MappingProxyType(response_format), text)
-
-    def shaped(
-        self, messages: list[dict[str, str]], mode: ReplyMode
-    ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
-        """``messages`` and the ``response_format`` to send in ``mode`` (None: send none)."""
-        return self.messages(messages, mode), self.response_format(mode)
-
-    def messages(self, messages: list[dict[str, str]], mode: ReplyMode) -> list[dict[str, str]]:
-        """``messages`` as sent in ``mode``: the schema stated in the system message, unless
-        the ``json_schema`` response_format carries it."""
-        if mode is ReplyMode.JSON_SCHEMA:
-            return messages
-        first = messages[0] if messages else None
-        if first is not None and first.get("role") == "system":
-            system = {"role": "system", "content": first["content"] + self.instructions}
-            return [system, *messages[1:]]
-        return [{"role": "system", "content": self.instructions.lstrip()}, *messages]
-
-    def response_format(self, mode: ReplyMode) -> dict[str, Any] | None:
-        """The ``response_format`` sent in ``mode`` (None: text mode sends none)."""
-        if mode is ReplyMode.JSON_SCHEMA:
-            return dict(self.json_schema)
-        return {"type": "json_object"} if mode is ReplyMode.JSON_OBJECT else None
-
-
-def rejects_response_format(error: BaseException) -> bool:
-    """Whether ``error`` (openai's, or ours translated from it) is a 400/422 about the
-    response format."""
-    cause = error if isinstance(error, openai.APIStatusError) else error.__cause__
-    if not isinstance(cause, openai.APIStatusError) or cause.status_code not in (400, 422):
-        return False
-    if (cause.param or "").startswith("response_format"):
-        return True
-    text = f"{cause.message} {cause.body}".lower()
-    return "response_format" in text or "json_schema" in text
-
-
-class ResponseFormats:
-    """The response-format mode in use by one Classifier; in ``auto``, its one-way downgrade."""
-
-    def __init__(self, setting: str = "auto", *, where: str = "the provider") -> None:
-        self.auto = setting == "auto"
-        try:
-            self.mode = ReplyMode.JSON_SCHEMA if self.auto else ReplyMode(setting)
-        except ValueError:
-            raise ValueError(
-                f"MODSTREAM_RESPONSE_FORMAT: {setting!r} is not one of auto, " + ", ".join(_LADDER)
-            ) from None
-        self.where = where
-        #: The server answered a request in the current mode: it supports it.
-        self._accepted = False
-
-    def accepted(self, mode: ReplyMode) -> None:
-        """A request sent in ``mode`` got a 200."""
-        if mode is self.mode:
-            self._accepted = True
-
-    def downgrade(self, mode: ReplyMode, error: BaseException) -> bool:
-        """Whether a request sent in ``mode`` and rejected with ``error`` is to be sent again
-        (in :attr:`mode`, which this may just have lowered): only in ``auto``, only for a
-        rejection of the response format, and only while the server never accepted the mode
-        (a format it took before is not the problem)."""
-        if not self.auto or not rejects_response_format(error):
-            return False
-        if mode is not self.mode:
-            return _LADDER.index(self.mode) > _LADDER.index(mode)  # moved on meanwhile
-        if self._accepted or mode is ReplyMode.TEXT:
-            return False
-        self.mode = _LADDER[_LADDER.index(mode) + 1]
-        log.warning(
-            "the provider rejects the response format: switching",
-            rejected=mode.value,
-            now=self.mode.value,
-            provider=self.where,
-            error=str(getattr(error, "message", error))[:300],
-        )
-        return True

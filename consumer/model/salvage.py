@@ -1,31 +1,20 @@
-"""Reading the model's reply text: the local rungs of the repair ladder, as pure functions.
+"""Salvage, the repair ladder's second rung: a good reply value out of the wrapping around it.
 
 A chat reply should be exactly one JSON value that the reply model (:mod:`consumer.model.policy`)
-validates. Models and servers often send a good value in wrapping that is no part of it, and
-sometimes a value that is wrong. The ladder, in the order :mod:`consumer.model.classify` climbs it:
+validates. Models and servers often send a good value in wrapping that is no part of it;
+:func:`salvage` removes the wrapping, locally and at no cost:
 
-1. **valid**: the text validates as it is (usage outcome ``ok``).
-2. **salvaged**: only the wrapping is wrong, and :func:`salvage` removes it here, locally and
-   at no cost:
+- a Markdown code fence around the value (```` ```json … ``` ````) is removed;
+- the first complete JSON value that looks like the reply is taken; text before or after it
+  (prose, a second value) is ignored, and the notes say so;
+- object keys the schema does not have are dropped, at any depth.
 
-   - a Markdown code fence around the value (```` ```json … ``` ````) is removed;
-   - the first complete JSON value that looks like the reply is taken; text before or after
-     it (prose, a second value) is ignored, and the notes say so;
-   - object keys the schema does not have are dropped, at any depth.
-
-   What is left is validated exactly as a valid reply is; when it passes, it is used (usage
-   outcome ``salvaged``). Nothing is invented, converted or clamped: every value kept is the
-   very value the text held at that place. A reply whose values are wrong (out of range,
-   missing, of the wrong type) or whose JSON is broken or cut off is not salvaged.
-3. **repair**: classify asks the model again, showing the problem (:func:`read`) and restating
-   the schema (:func:`repair_request`); the new reply climbs the ladder from rung 1. At most
-   :data:`MAX_REPAIRS` repairs (usage outcome ``invalid_reply`` for each reply that needed one,
-   ``repaired`` for a repair's reply that is used). A reply cut by ``length`` first gets a
-   retry with twice the budget (classify's rule); cut again, it takes a repair rung too.
-4. **dead letter**: still invalid after the second repair, ``InvalidReply``.
-
-The batch path (:mod:`consumer.model.batch`) uses rungs 1 and 2; its repair is one call per message.
-Everything here is pure: text and schemas in, values and reasons out, no I/O, no state.
+What is left is validated exactly as a valid reply is; when it passes, it is used (usage outcome
+``salvaged``). Nothing is invented, converted or clamped: every value kept is the very value the
+text held at that place. A reply whose values are wrong (out of range, missing, of the wrong
+type) or whose JSON is broken or cut off is not salvaged: the ladder's other rungs
+(:mod:`consumer.model.ladder`) ask the model for a repair. Everything here is pure: text and
+schemas in, values and reasons out, no I/O, no state.
 """
 
 from __future__ import annotations
@@ -38,26 +27,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 __all__ = [
-    "MAX_REPAIRS",
+    "ANY",
+    "MAX_STARTS",
     "Fix",
-    "Reading",
     "Salvaged",
     "Shape",
     "Unsalvageable",
-    "describe",
-    "read",
-    "repair_request",
     "reply_shape",
+    "resolve_ref",
     "salvage",
-    "schema_reminder",
     "shape_of",
 ]
-
-#: Repair requests one message's conversation may make before its reply is a dead letter.
-MAX_REPAIRS = 2
 
 #: How many ``{`` (or ``[``) positions are tried as the start of the value: a reply is short,
 #: and a text full of braces that never parse must not cost a quadratic scan.
@@ -121,16 +104,6 @@ class Unsalvageable:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """What :func:`read` made of a reply: the validated reply, or the problem in words."""
-
-    reply: BaseModel | None
-    #: Set when the reply (or the problem) comes from a salvaged value.
-    salvaged: Salvaged | None = None
-    problem: str = ""
-
-
 def shape_of(schema: Mapping[str, Any]) -> Shape:
     """The :class:`Shape` of a JSON Schema (local ``$ref`` to ``$defs`` or ``definitions``).
 
@@ -140,6 +113,14 @@ def shape_of(schema: Mapping[str, Any]) -> Shape:
     return _shape(schema, schema, frozenset())
 
 
+def resolve_ref(ref: str, root: Mapping[str, Any]) -> Any:
+    """The node a local reference (``#/$defs/Scores``) points to in ``root``; None if none."""
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target.get(part) if isinstance(target, Mapping) else None
+    return target
+
+
 def _shape(node: Any, root: Mapping[str, Any], refs: frozenset[str]) -> Shape:
     if not isinstance(node, Mapping):
         return ANY
@@ -147,10 +128,7 @@ def _shape(node: Any, root: Mapping[str, Any], refs: frozenset[str]) -> Shape:
     if isinstance(ref, str):
         if ref in refs or not ref.startswith("#/"):
             return ANY  # a recursive or remote schema: do not prune below here
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part) if isinstance(target, Mapping) else None
-        return _shape(target, root, refs | {ref})
+        return _shape(resolve_ref(ref, root), root, refs | {ref})
     properties = node.get("properties")
     if isinstance(properties, Mapping) and node.get("additionalProperties") is False:
         return Shape(keys={str(k): _shape(v, root, refs) for k, v in properties.items()})
@@ -270,86 +248,3 @@ def salvage(text: str, shape: Shape) -> Salvaged | Unsalvageable:
         named = ", ".join(dropped[:_NAMED_KEYS]) + (", ..." if len(dropped) > _NAMED_KEYS else "")
         notes.append(f"dropped {len(dropped)} key(s) the schema does not have: {named}")
     return Salvaged(value, (start, end), tuple(fixes), tuple(notes))
-
-
-def describe(exc: ValidationError) -> str:
-    """A validation error in a few words the model (and a person) can act on."""
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def read(text: str, model: type[BaseModel]) -> Reading:
-    """Rungs 1 and 2 of the ladder: ``text`` validated as it is, else salvaged and validated.
-
-    The problem, when neither works, is the salvaged value's (what the values got wrong, with
-    the notes on the wrapping removed), or the text's own when nothing could be salvaged.
-    """
-    try:
-        return Reading(model.model_validate_json(text))
-    except ValidationError as exc:
-        first = exc
-    found = salvage(text, reply_shape(model))
-    if isinstance(found, Unsalvageable):
-        return Reading(None, problem=describe(first))
-    if not found.fixes:  # nothing to remove: the same text, the same verdict
-        return Reading(None, problem=describe(first))
-    try:
-        return Reading(model.model_validate_json(found.json), found)
-    except ValidationError as exc:
-        notes = "; ".join(found.notes)
-        return Reading(None, found, f"{describe(exc)} (besides: {notes})")
-
-
-def repair_request(problem: str, model: type[BaseModel]) -> str:
-    """The user message of a repair: what was wrong, and the schema again, bounds included."""
-    return (
-        f"That reply is invalid: {problem}. Reply again with only JSON that matches the schema: "
-        "one object of exactly this form, every key present and no other keys, no code fence "
-        f"and no other text: {schema_reminder(model)}"
-    )
-
-
-@functools.cache
-def schema_reminder(model: type[BaseModel]) -> str:
-    """The reply's form in one line, bounds included, for a repair request: e.g.
-    ``{"scores": {"hate": a number from 0.0 to 1.0, ...}, "rationale": a string of at most
-    1000 characters}``."""
-    schema = model.model_json_schema(by_alias=True)
-    return _outline(schema, schema, frozenset())
-
-
-def _outline(node: Any, root: Mapping[str, Any], refs: frozenset[str]) -> str:
-    if not isinstance(node, Mapping):
-        return "any value"
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/") and ref not in refs:
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part) if isinstance(target, Mapping) else None
-        return _outline(target, root, refs | {ref})
-    kind = node.get("type")
-    properties = node.get("properties")
-    if isinstance(properties, Mapping):
-        inner = ", ".join(
-            f"{json.dumps(k)}: {_outline(v, root, refs)}" for k, v in properties.items()
-        )
-        return "{" + inner + "}"
-    if kind == "array":
-        return "[" + _outline(node.get("items"), root, refs) + ", ...]"
-    if kind in ("number", "integer"):
-        noun = "a number" if kind == "number" else "an integer"
-        low, high = node.get("minimum"), node.get("maximum")
-        if low is not None and high is not None:
-            return f"{noun} from {low} to {high}"
-        if low is not None:
-            return f"{noun} of at least {low}"
-        return f"{noun} of at most {high}" if high is not None else noun
-    if kind == "string":
-        most = node.get("maxLength")
-        return "a string" + (f" of at most {most} characters" if most is not None else "")
-    if kind == "boolean":
-        return "true or false"
-    return json.dumps(dict(node), separators=(",", ":"))

@@ -1,11 +1,12 @@
 """The first tier: one call to the provider's moderations endpoint before the chat model.
 
-The policy's ``first_tier`` section (:class:`~consumer.model.policy.FirstTier`) names the model and
-an uncertain band. :meth:`consumer.model.classify.Classifier.first_tier` sends each admitted text
-here first, through the same retry layer, circuit breaker and limiter as chat calls; the
-endpoint's ``category_scores`` map to the policy's categories by name (the response's slash
-names, ``self-harm/intent``; a category the endpoint does not score is 0.0). When no score lies
-inside the band, the policy decides on these scores and the chat model is never asked.
+The policy's ``first_tier`` section (:class:`~consumer.model.policy.FirstTier`) names the model
+and an uncertain band. :meth:`consumer.model.classify.Classifier.first_tier` sends each admitted
+text here first, through the same retry layer, circuit breaker and limiter as chat calls
+(:mod:`consumer.model.calls`); the endpoint's ``category_scores`` map to the policy's categories
+by name (the response's slash names, ``self-harm/intent``; a category the endpoint does not
+score is 0.0). When no score lies inside the band, the policy decides on these scores
+(:meth:`consumer.model.verdicts.VerdictFactory.first_tier`) and the chat model is never asked.
 
 A moderation call reports no tokens and costs nothing at OpenAI: its usage event says 0 tokens
 and 0.0 USD. Its ``x-ratelimit-*`` headers describe the moderations endpoint's own limits, not
@@ -18,19 +19,16 @@ other rejections leave the decision to the chat model.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import openai
 from openai import AsyncOpenAI
 from openai.types import Moderation, ModerationCreateResponse
 
+from consumer.model.ledger import ModerationRecorder
 from consumer.model.limit import Limiter
-from consumer.model.policy import FirstTier, Policy
+from consumer.model.policy import Policy
 from consumer.model.provider import failed_outcome, translate
 from schemas import UsageOutcome
-
-#: Records one moderation call's usage: (outcome, perf_counter when it started).
-ModerationRecorder = Callable[[UsageOutcome, float], None]
 
 
 async def send_moderation(
@@ -64,12 +62,3 @@ def moderation_scores(result: Moderation, policy: Policy) -> dict[str, float]:
         score = float(value) if isinstance(value, int | float) else 0.0
         scores[category.name] = min(1.0, max(0.0, score))
     return scores
-
-
-def decided_rationale(tier: FirstTier) -> str:
-    """The rationale of a verdict the first tier decided."""
-    low, high = tier.uncertain_band
-    return (
-        f"decided by the first tier ({tier.model}): no category score in the uncertain band "
-        f"[{low}, {high})"
-    )

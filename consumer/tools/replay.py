@@ -168,7 +168,9 @@ class Replayer:
         """The most one message may cost: a full completion budget (the reply and any room
         for reasoning), twice (repair/retry)."""
         prompt = self.classifier.overhead_tokens + admitted.content_tokens
-        one = self.classifier.prices.cost(self.classifier.model, prompt, self.classifier.max_tokens)
+        one = self.classifier.ledger.prices.cost(
+            self.classifier.model, prompt, self.classifier.max_tokens
+        )
         return 2 * (one or 0.0)
 
     async def _reserve(self, amount: float) -> bool:
@@ -261,7 +263,7 @@ class Replayer:
         self.result.model_calls += 1
         self.result.prompt_tokens += prompt
         self.result.completion_tokens += completion
-        self.result.cost_usd += self.classifier.prices.cost(model, prompt, completion) or 0.0
+        self.result.cost_usd += self.classifier.ledger.prices.cost(model, prompt, completion) or 0.0
 
     async def _publish_hit(
         self, envelope: Envelope, admitted: Admitted, hit: CachedDecision
@@ -298,7 +300,7 @@ class Replayer:
             prompt_tokens=0,
             completion_tokens=0,
             cost_usd=0.0,
-            price_source=self.classifier.prices.source,
+            price_source=self.classifier.ledger.prices.source,
             latency_ms=0.0,
             created_at=now,
         )

@@ -31,6 +31,7 @@ from consumer.model.classify import Classifier
 from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
 from consumer.model.policy import PromptBuilder, load_policy, load_prompt
+from consumer.model.request_params import choose, server_kind
 from consumer.model.tokens import count_tokens
 from consumer.pipeline.admit import Admitted
 from schemas import ModerationRequest, Source
@@ -106,8 +107,9 @@ async def run(base_url: str, calls: int, concurrency: int) -> list[tuple[str, fl
         classifier = Classifier(
             aio_client,
             model="gpt-4o-mini",
-            max_tokens=400,
-            temperature=0.0,
+            params=choose(
+                "gpt-4o-mini", server_kind(aio_client.base_url), max_tokens=400, temperature=0.0
+            ),
             builder=builder,
             limiter=Limiter(concurrency),
             prices=PriceTable(),

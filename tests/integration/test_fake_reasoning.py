@@ -133,7 +133,7 @@ async def test_a_schema_in_the_prompt_is_followed_without_response_format(
 ) -> None:
     import json  # noqa: PLC0415
 
-    from consumer.model.request_params import ReplyFormat, ReplyMode  # noqa: PLC0415
+    from consumer.model.reply_format import ReplyFormat, ReplyMode  # noqa: PLC0415
 
     reply_format = ReplyFormat.of(FORMAT)
     for mode in (ReplyMode.JSON_OBJECT, ReplyMode.TEXT):

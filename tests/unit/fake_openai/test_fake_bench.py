@@ -35,7 +35,8 @@ from consumer.model.classify import Classifier
 from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
 from consumer.model.policy import PromptBuilder, load_policy, load_prompt
-from consumer.model.request_params import ReplyFormat, ResponseFormats
+from consumer.model.reply_format import ReplyFormat, ResponseFormats
+from consumer.model.request_params import choose, server_kind
 from consumer.model.tokens import count_tokens
 from consumer.pipeline.admit import Admitted
 from consumer.testing.fake_openai import FakeAdmin, FakeConfig, running_fake
@@ -88,8 +89,7 @@ async def classifier(
     made = Classifier(
         client,
         model=model,
-        max_tokens=400,
-        temperature=0.0,
+        params=choose(model, server_kind(client.base_url), max_tokens=400, temperature=0.0),
         builder=BUILDER,
         limiter=Limiter(8),
         prices=PriceTable(),

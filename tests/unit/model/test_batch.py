@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from consumer.errors import ConfigError, ProviderAuthError
-from consumer.model.batch import BATCH_NOTE, Batcher, BatchFormat, BatchReplyError, split_tokens
-from consumer.model.chat_client import SdkChat
-from consumer.model.classify import Classified, Classifier, Tokens
+from consumer.model.batch import BATCH_NOTE, Batcher, BatchFormat, BatchReplyError
+from consumer.model.chat_client import ChatSender, SdkChat
+from consumer.model.classify import Classified, Classifier
 from consumer.model.cost import PriceTable
+from consumer.model.ledger import Tokens, split_tokens
 from consumer.model.limit import Limiter
 from consumer.model.policy import FirstTier, PromptBuilder
+from consumer.model.request_params import choose, server_kind
 from consumer.model.tokens import count_tokens
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.admit import Admitted
@@ -181,6 +183,7 @@ async def make(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
         linger_s: float = 60.0,
         max_tokens: int = 50,
         builder: PromptBuilder = BUILDER,
+        sender: ChatSender | None = None,
     ) -> tuple[Batcher, Provider, Metrics]:
         monkeypatch.setattr(asyncio, "sleep", only_yield)
         provider = Provider(list(script))
@@ -193,13 +196,13 @@ async def make(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
         classifier = Classifier(
             client,
             model=MODEL,
-            max_tokens=100,
-            temperature=0.0,
+            params=choose(MODEL, server_kind(client.base_url), max_tokens=100, temperature=0.0),
             builder=builder,
             limiter=Limiter(4),
             prices=PriceTable(),
             max_backoff_s=0.01,
             metrics=metrics,
+            sender=sender,
         )
         batcher = Batcher(classifier, size=size, max_tokens=max_tokens, linger_s=linger_s)
         return batcher, provider, metrics
@@ -357,10 +360,12 @@ async def test_a_cancelled_waiter_leaves_the_rest_of_its_batch(make: Make) -> No
         await gate.wait()
         return ok(batch_reply(item(0), item(1)))
 
-    batcher, _, _ = make(size=2)
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(slow_ok))
-    batcher.classifier.sender = SdkChat(
-        AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
+    batcher, _, _ = make(
+        size=2,
+        sender=SdkChat(
+            AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
+        ),
     )
     first = asyncio.create_task(batcher.classify(short(0), source(0)))
     second = asyncio.create_task(batcher.classify(short(1), source(1)))
@@ -387,10 +392,12 @@ async def test_all_waiters_cancelled_stops_the_call(make: Make) -> None:
             finished.append(True)
         raise AssertionError("unreachable")
 
-    batcher, _, _ = make(size=2)
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(hang))
-    batcher.classifier.sender = SdkChat(
-        AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
+    batcher, _, _ = make(
+        size=2,
+        sender=SdkChat(
+            AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=http)
+        ),
     )
     tasks = [asyncio.create_task(batcher.classify(short(i), source(i))) for i in range(2)]
     await started.wait()

@@ -37,10 +37,12 @@ from consumer.errors import (
     RequestRejected,
 )
 from consumer.model.chat_client import LeanChat
-from consumer.model.classify import Classified, Classifier, retry_after_seconds, translate
+from consumer.model.classify import Classified, Classifier
 from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
 from consumer.model.policy import Policy, PromptBuilder, load_policy, load_prompt
+from consumer.model.provider import retry_after_seconds, translate
+from consumer.model.request_params import choose, server_kind
 from consumer.model.tokens import count_tokens
 from consumer.pipeline.admit import Admitted
 from schemas import Action, ModerationRequest, Source, UsageEvent, UsageOutcome
@@ -204,8 +206,9 @@ async def make(
         classifier = Classifier(
             client,
             model=model,
-            max_tokens=max_tokens,
-            temperature=0.0,
+            params=choose(
+                model, server_kind(client.base_url), max_tokens=max_tokens, temperature=0.0
+            ),
             builder=builder,
             limiter=limiter or Limiter(4),
             prices=PriceTable(),
@@ -750,7 +753,7 @@ async def test_one_usage_event_per_attempt(make: MakeClassifier) -> None:
         assert u.source == SOURCE
         assert u.content_id == "content-1"
         assert u.model == MODEL
-        assert u.price_source == classifier.prices.source
+        assert u.price_source == classifier.ledger.prices.source
 
 
 async def test_usage_of_a_failure_is_kept(make: MakeClassifier) -> None:

@@ -28,10 +28,12 @@ from consumer.errors import (
 )
 from consumer.model.batch import Batcher
 from consumer.model.circuit import CircuitBreaker
-from consumer.model.classify import FAILED_OUTCOMES, Classified, Classifier, fold_usage
+from consumer.model.classify import Classified, Classifier
 from consumer.model.cost import PriceTable
+from consumer.model.folding import FAILED_OUTCOMES, fold_usage
 from consumer.model.limit import Limiter
 from consumer.model.policy import FirstTier
+from consumer.model.request_params import choose, server_kind
 from schemas import Source, UsageEvent, UsageOutcome, make_event_id
 from tests.unit.model.test_batch import batch_reply, item, short, source
 from tests.unit.model.test_classify import (
@@ -88,11 +90,11 @@ async def make(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Make]:
             http_client=http,
         )
         builder = options.pop("builder", BUILDER)
+        model = options.pop("model", MODEL)
         classifier = Classifier(
             client,
-            model=options.pop("model", MODEL),
-            max_tokens=200,
-            temperature=0.0,
+            model=model,
+            params=choose(model, server_kind(client.base_url), max_tokens=200, temperature=0.0),
             builder=builder,
             limiter=Limiter(8),
             prices=PriceTable(),
@@ -149,7 +151,7 @@ async def test_a_poison_message_with_no_other_traffic_is_told_apart_by_witness_c
     provider answers, so its failures count and it ends as a dead letter instead of stalling
     its partition for good."""
     classifier, provider = make(poison_attempts=3)
-    classifier.witness_interval_s = 0.0
+    classifier.calls.witness_interval_s = 0.0
     witness = BUILDER.messages("ok", None)[-1]["content"]
     witnesses = 0
 
@@ -175,7 +177,7 @@ async def test_a_poison_message_with_no_other_traffic_is_told_apart_by_witness_c
 
 async def test_witness_calls_that_fail_too_mean_an_outage_not_poison(make: Make) -> None:
     classifier, provider = make(poison_attempts=3, breaker=CircuitBreaker(failure_threshold=1000))
-    classifier.witness_interval_s = 0.0
+    classifier.calls.witness_interval_s = 0.0
     answers = [status(503)] * 30 + [ok(reply_text())] * 5
     provider.route = lambda request, body: answers[min(len(provider.paths), len(answers)) - 1]
     result = await classifier.classify(admitted(), Source(topic="in", partition=0, offset=1))

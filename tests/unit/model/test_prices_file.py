@@ -117,7 +117,7 @@ async def test_start_up_warns_once_for_an_unpriced_model_and_reads_the_prices_fi
         classifier, _ = model_stages(unpriced, client)
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["model"] == "llama3.1:8b"
-    assert classifier.prices.cost("llama3.1:8b", 10, 10) is None
+    assert classifier.ledger.prices.cost("llama3.1:8b", 10, 10) is None
 
     path = write(tmp_path, "version: v\nmodels:\n  llama3.1:8b: {input: 1, output: 1}\n")
     priced = load_settings(
@@ -126,5 +126,5 @@ async def test_start_up_warns_once_for_an_unpriced_model_and_reads_the_prices_fi
     with capture_logs() as logs:
         classifier, _ = model_stages(priced, client)
     assert [e for e in logs if e["log_level"] == "warning"] == []
-    assert classifier.prices.cost("llama3.1:8b", 10**6, 0) == 1.0
+    assert classifier.ledger.prices.cost("llama3.1:8b", 10**6, 0) == 1.0
     await client.close()

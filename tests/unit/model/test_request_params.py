@@ -26,11 +26,10 @@ from consumer.model.build import openai_client
 from consumer.model.classify import Classifier
 from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
+from consumer.model.reply_format import ReplyMode, ResponseFormats
 from consumer.model.request_params import (
     EFFORTS,
     FAMILIES,
-    ReplyMode,
-    ResponseFormats,
     Server,
     TokenParam,
     choose,
@@ -81,7 +80,9 @@ async def build(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Build]:
     monkeypatch.setattr(asyncio, "sleep", only_yield)
     clients: list[httpx2.AsyncClient] = []
 
-    def make(*answers: httpx2.Response, **overrides: Any) -> tuple[Classifier, Wire, Settings]:
+    def make(
+        *answers: httpx2.Response, limiter: Limiter | None = None, **overrides: Any
+    ) -> tuple[Classifier, Wire, Settings]:
         values: dict[str, Any] = {"openai_api_key": "sk-test"} | overrides
         settings = load_settings(**values)
         wire = Wire(*answers)
@@ -91,12 +92,10 @@ async def build(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Build]:
         classifier = Classifier(
             client,
             model=settings.model,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
             params=settings.request_params,
             formats=ResponseFormats(settings.response_format),
             builder=BUILDER,
-            limiter=Limiter(4),
+            limiter=limiter or Limiter(4),
             prices=PriceTable("azure" if settings.server is Server.AZURE else "openai"),
             max_backoff_s=0.01,
         )
@@ -547,8 +546,10 @@ async def test_reasoning_cut_twice_is_a_dead_letter_saying_so(build: Build) -> N
 
 
 async def test_requests_waiting_for_a_slot_go_out_in_the_new_mode(build: Build) -> None:
-    classifier, wire, _ = build(REJECTED_SCHEMA, model="gpt-4o", openai_base_url=VLLM)
-    classifier.limiter = Limiter(1)  # the others wait while the first one is rejected
+    # One slot: the others wait while the first one is rejected.
+    classifier, wire, _ = build(
+        REJECTED_SCHEMA, model="gpt-4o", openai_base_url=VLLM, limiter=Limiter(1)
+    )
     texts = [f"message {i}" for i in range(4)]
     results = await asyncio.gather(*(classifier.classify(admitted(t), SOURCE) for t in texts))
     assert all(r.verdict is not None for r in results)
@@ -620,7 +621,7 @@ def test_the_ladder_only_goes_down_and_stops_once_a_mode_is_accepted(
 
 
 def test_what_counts_as_rejecting_the_format() -> None:
-    from consumer.model.request_params import rejects_response_format  # noqa: PLC0415
+    from consumer.model.reply_format import rejects_response_format  # noqa: PLC0415
 
     assert rejects_response_format(FORMAT_ERROR)
     assert rejects_response_format(_status_error(None, "Unknown response_format type"))

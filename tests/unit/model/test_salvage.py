@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from consumer.model.batch import BatchFormat
+from consumer.model.ladder import read, repair_request, schema_reminder
 from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 from consumer.model.salvage import (
     ANY,
@@ -28,11 +29,8 @@ from consumer.model.salvage import (
     Salvaged,
     Shape,
     Unsalvageable,
-    read,
-    repair_request,
     reply_shape,
     salvage,
-    schema_reminder,
     shape_of,
 )
 

@@ -18,10 +18,12 @@ from openai import AsyncOpenAI
 from pydantic import ValidationError
 
 from consumer.errors import ConfigError, ProviderAuthError
-from consumer.model.classify import MODERATION_PRICE_SOURCE, Classifier
+from consumer.model.classify import Classifier
 from consumer.model.cost import PriceTable
+from consumer.model.ledger import MODERATION_PRICE_SOURCE
 from consumer.model.limit import Limiter
 from consumer.model.policy import FirstTier, Policy, PromptBuilder, load_policy
+from consumer.model.request_params import choose, server_kind
 from consumer.ops.metrics import Metrics
 from schemas import Action, UsageOutcome
 from tests.unit.model.test_classify import (
@@ -153,8 +155,7 @@ async def make(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeTiered]:
         classifier = Classifier(
             client,
             model=MODEL,
-            max_tokens=200,
-            temperature=0.0,
+            params=choose(MODEL, server_kind(client.base_url), max_tokens=200, temperature=0.0),
             builder=builder,
             limiter=Limiter(4),
             prices=PriceTable(),

@@ -21,6 +21,7 @@ from consumer.model.circuit import CircuitBreaker, CircuitState
 from consumer.model.classify import Classifier
 from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
+from consumer.model.request_params import choose, server_kind
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.runner import Pipeline
 from consumer.settings import Settings
@@ -247,8 +248,7 @@ async def test_classifier_reports_each_call_retry_and_reply_problem() -> None:
         classifier = Classifier(
             client,
             model=MODEL,
-            max_tokens=200,
-            temperature=0.0,
+            params=choose(MODEL, server_kind(client.base_url), max_tokens=200, temperature=0.0),
             builder=BUILDER,
             limiter=Limiter(4),
             prices=PriceTable(),
