@@ -174,6 +174,7 @@ def replay(
     """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
     from consumer.model.policy import prompt_file  # noqa: PLC0415
     from consumer.tools.replay import ReplayRequest, run_replay  # noqa: PLC0415
+    from consumer.tools.replay_view import ProgressBar, render_result  # noqa: PLC0415
 
     overrides: dict[str, object] = {}
     if model:
@@ -195,11 +196,9 @@ def replay(
             dry_run=dry_run,
             cache_topic=cache_topic or None,
         )
-        result = asyncio.run(run_replay(settings, request))
+        result = asyncio.run(run_replay(settings, request, progress=ProgressBar()))
     except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
         _fail(exc, exc.exit_code)
-    from consumer.tools.replay import render_result  # noqa: PLC0415
-
     render_result(result, request)
 
 

@@ -29,6 +29,7 @@ from consumer.model.conversation import Call
 from consumer.model.cost import PriceTable
 from consumer.model.folding import FAILED_OUTCOMES, fold_usage, merged
 from consumer.ops.metrics import Metrics
+from consumer.pipeline.admit import Admitted
 from schemas import Source, UsageEvent, UsageOutcome, make_event_id
 
 __all__ = [
@@ -235,12 +236,12 @@ class UsageLedger:
 
         return record
 
-    def cache_hit(self, call: Call) -> UsageEvent:
+    def cache_hit(self, admitted: Admitted, source: Source) -> UsageEvent:
         """The usage of a verdict answered from a cache: no call made, nothing spent."""
         return UsageEvent(
-            event_id=make_event_id(call.source, self.policy_version, "usage", 1),
-            source=call.source,
-            content_id=call.admitted.request.id,
+            event_id=make_event_id(source, self.policy_version, "usage", 1),
+            source=source,
+            content_id=admitted.request.id,
             model=self.model,
             attempt=1,
             outcome=UsageOutcome.CACHE_HIT,

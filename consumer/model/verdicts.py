@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from consumer.model.chat_client import Choice
 from consumer.model.conversation import Call
 from consumer.model.policy import FirstTier, Policy
-from schemas import Action, CategoryScore, TierScores, UsageOutcome, Verdict, make_event_id
+from consumer.pipeline.admit import Admitted
+from schemas import Action, CategoryScore, Source, TierScores, UsageOutcome, Verdict, make_event_id
 
 __all__ = ["Decision", "Triage", "VerdictFactory", "triage"]
 
@@ -72,14 +73,7 @@ class Decision(BaseModel):
     @classmethod
     def of(cls, verdict: Verdict) -> Decision:
         """The cacheable part of ``verdict``."""
-        return cls(
-            flagged=verdict.flagged,
-            action=verdict.action,
-            categories=verdict.categories,
-            rationale=verdict.rationale,
-            refusal=verdict.refusal,
-            tiers=verdict.tiers,
-        )
+        return cls.model_validate(verdict, from_attributes=True)
 
 
 class VerdictFactory:
@@ -104,7 +98,8 @@ class VerdictFactory:
         ``model`` names another model than the chat model (the first tier's)."""
         flagged, action, categories = self.policy.decide(scores)
         return self._verdict(
-            call,
+            call.admitted,
+            call.source,
             Decision.model_construct(
                 flagged=flagged,
                 action=action,
@@ -148,37 +143,36 @@ class VerdictFactory:
         )
         return self.decide(call, scores, rationale, model=tier.model)
 
-    def cached(self, call: Call, decision: Decision) -> Verdict:
-        """The verdict for ``call`` answered from a cache: ``decision``, at no latency."""
-        return self._verdict(call, decision, model=self.model, latency_ms=0.0, cache_hit=True)
+    def cached(self, admitted: Admitted, source: Source, decision: Decision) -> Verdict:
+        """The verdict answered from a cache, no model asked: ``decision``, at no latency."""
+        return self._verdict(
+            admitted, source, decision, model=self.model, latency_ms=0.0, cache_hit=True
+        )
 
     def _verdict(
         self,
-        call: Call,
+        admitted: Admitted,
+        source: Source,
         decision: Decision,
         *,
         model: str,
         latency_ms: float,
         cache_hit: bool = False,
     ) -> Verdict:
-        request = call.admitted.request
+        """The decision's fields, and the message's, the policy's and the prompt's."""
+        request = admitted.request
         return Verdict(
-            event_id=make_event_id(call.source, self.policy.version, "verdict"),
-            source=call.source,
+            **dict(decision),  # flagged, action, categories, rationale, refusal, tiers
+            event_id=make_event_id(source, self.policy.version, "verdict"),
+            source=source,
             content_id=request.id,
             content_sha256=hashlib.sha256(request.text.encode()).hexdigest(),
-            flagged=decision.flagged,
-            action=decision.action,
-            categories=decision.categories,
-            rationale=decision.rationale,
-            refusal=decision.refusal,
             model=model,
             policy_version=self.policy.version,
             prompt_version=self.prompt_version,
-            truncated=call.admitted.truncated,
+            truncated=admitted.truncated,
             latency_ms=latency_ms,
             cache_hit=cache_hit,
             metadata=request.metadata,
             created_at=datetime.now(UTC),
-            tiers=list(decision.tiers),
         )

@@ -2,10 +2,15 @@
 
 ::
 
-    replay    a topic range through a candidate model, prompt or policy
-    cache     verdicts already paid for, keyed by content, model, prompt and policy
-    evaluate  replayed verdicts scored against labels or a baseline run
-    plots     PNG plots for ``modstream eval`` (matplotlib, only when asked for)
-    report    the output topics read back and summarised
-    sample    a small mixed corpus and a producer for it
+    replay       a topic range through a candidate model, prompt or policy: the range
+                 resolved, the clients in one exit stack (the command's composition)
+    replayer     the run: each record from the cache, an estimate or the model, in budget,
+                 from the pipeline's parts (range reader, Classifier, verdicts, Publisher)
+    replay_view  what a person sees of a replay: the progress bar, the summary table
+    budget       CostBudget: --max-cost, a message's worst case reserved, its cost settled
+    cache        verdicts already paid for, keyed by content, model, prompt and policy
+    evaluate     replayed verdicts scored against labels or a baseline run
+    plots        PNG plots for ``modstream eval`` (matplotlib, only when asked for)
+    report       the output topics read back and summarised
+    sample       a small mixed corpus and a producer for it
 """

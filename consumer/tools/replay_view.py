@@ -1,0 +1,102 @@
+"""What a person sees of a replay: the progress bar while it runs, the summary table after.
+
+The command line's side of :mod:`consumer.tools.replay`: ``modstream replay`` hands a
+:class:`ProgressBar` to :func:`~consumer.tools.replay.run_replay` (which knows it only as a
+:class:`~consumer.tools.replay.ReplayProgress`) and prints :func:`render_result` at the end.
+Apart from the replay so that the replay runs the same without a terminal (tests, scripts).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from consumer.tools.replay import ReplayRequest
+from consumer.tools.replayer import ReplayResult
+
+__all__ = ["ProgressBar", "RateColumn", "render_result"]
+
+
+class RateColumn(ProgressColumn):
+    """Messages per second."""
+
+    def render(self, task: Task) -> Text:
+        """The task's speed, or nothing before there is one."""
+        return Text(f"{task.speed:,.0f} msg/s" if task.speed else "", style="magenta")
+
+
+class ProgressBar:
+    """A replay's progress on the terminal: records done, rate, tokens, cost, time left."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            RateColumn(),
+            TextColumn("[cyan]{task.fields[tokens]:,} tokens"),
+            TextColumn("[green]${task.fields[cost]:.4f}"),
+            TimeRemainingColumn(),
+        )
+        console = console or Console(stderr=True)
+        self._progress = Progress(*columns, console=console, transient=False)
+        self._task: TaskID | None = None
+
+    def started(self, total: int) -> None:
+        """Show the bar for ``total`` records."""
+        self._progress.start()
+        self._task = self._progress.add_task("replay", total=total, tokens=0, cost=0.0)
+
+    def advanced(self, result: ReplayResult) -> None:
+        """One more record done."""
+        if self._task is not None:
+            self._progress.update(self._task, advance=1, tokens=result.tokens, cost=result.cost_usd)
+
+    def stopped(self) -> None:
+        """Leave the bar as it ended."""
+        self._progress.stop()
+
+
+def render_result(
+    result: ReplayResult, request: ReplayRequest, console: Console | None = None
+) -> None:
+    """The replay's summary: what ran, what it cost, and where a budget stop left off."""
+    console = console or Console()
+    title = (
+        "Dry run (estimate, no model call)" if request.dry_run else f"Replay -> {request.to_topic}"
+    )
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = {
+        "messages": f"{result.messages:,}",
+        "verdicts": f"{result.verdicts:,}",
+        "cache hits (free)": f"{result.cache_hits:,}",
+        "model calls": f"{result.model_calls:,}",
+        "prompt tokens": f"{result.prompt_tokens:,}",
+        "completion tokens": f"{result.completion_tokens:,}",
+        "cost (USD)": f"{result.cost_usd:.5f}",
+        "dead letters": ", ".join(f"{k}: {n}" for k, n in result.dead_letters.items()) or "0",
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    console.print(table)
+    if result.stopped_at is not None:
+        where = ", ".join(f"partition {p} at offset {o}" for p, o in result.stopped_at.items())
+        console.print(
+            f"[yellow]stopped by --max-cost {request.max_cost} after ${result.cost_usd:.5f}: "
+            f"not replayed from {where}"
+        )
