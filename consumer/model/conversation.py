@@ -1,11 +1,12 @@
 """One message's conversation with the model: the state its calls, usage and verdict share.
 
-A :class:`Call` is made for each admitted message (:meth:`consumer.model.classify.Classifier.
-new_call`) and lives until the message has its verdict or its permanent failure. The Classifier
-extends its messages (a repair request) and its completion budget (a ``length`` stop); the usage
-ledger (:mod:`consumer.model.ledger`) appends one usage event per model call made for it; the
-verdict factory (:mod:`consumer.model.verdicts`) reads the tiers that ran and when it started.
-It lives in a module of its own because all three take it, and none of them owns it.
+A :class:`Call` is made for each admitted message
+(:meth:`consumer.model.classify.Classifier.new_call`) and lives until the message has its verdict or
+its permanent failure. The Classifier extends its messages (a repair request) and its completion
+budget (a ``length`` stop); the usage ledger (:mod:`consumer.model.ledger`) appends one usage event
+per model call made for it; the verdict factory (:mod:`consumer.model.verdicts`) reads the tiers
+that ran and when it started. It lives in a module of its own because all three take it, and none of
+them owns it.
 """
 
 from __future__ import annotations

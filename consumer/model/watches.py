@@ -4,16 +4,16 @@ Both answer one question a single failure cannot: is it this message, or everyth
 what that takes (counts, signatures, the breaker's totals) and decide; the retry layer
 (:mod:`consumer.model.calls`) and the Classifier act on the decision.
 
-**Poison or outage** (:class:`PoisonWatch`). In one :meth:`~consumer.model.calls.ModelCalls.
-with_retries` (one chat request, one first-tier call, one batch call, with its retries), a
-``ProviderUnavailable`` failure counts towards ``poison_attempts`` only if, right after it, the
-breaker is closed *and* has recorded a success (any message's) since this call's previous
-failure; an opening of the breaker during the retries resets the count to zero. 429s never count
-(rate limits are not poison). So in an outage, when nothing succeeds or the circuit opens,
-nothing counts and nothing is dead-lettered, while a message that fails alone, again and again,
-among messages that succeed becomes a ``PersistentFailure`` dead letter. A batch that fails so
-falls back to single calls, each with a count of its own; a first-tier call that fails so
-leaves the decision to the chat model.
+**Poison or outage** (:class:`PoisonWatch`). In one
+:meth:`~consumer.model.calls.ModelCalls.with_retries` (one chat request, one first-tier call, one
+batch call, with its retries), a ``ProviderUnavailable`` failure counts towards ``poison_attempts``
+only if, right after it, the breaker is closed *and* has recorded a success (any message's) since
+this call's previous failure; an opening of the breaker during the retries resets the count to zero.
+429s never count (rate limits are not poison). So in an outage, when nothing succeeds or the circuit
+opens, nothing counts and nothing is dead-lettered, while a message that fails alone, again and
+again, among messages that succeed becomes a ``PersistentFailure`` dead letter. A batch that fails
+so falls back to single calls, each with a count of its own; a first-tier call that fails so leaves
+the decision to the chat model.
 
 **Misconfiguration** (:class:`RejectionWatch`). A 404 is fatal at once. A 400 dead-letters its
 message, but each one's signature (status, code, param, provider message:

@@ -8,15 +8,15 @@ an evaluation topic and one usage event per call to ``<topic>.usage``. A verdict
 reserves each message's worst case before calling the model and stops cleanly when the next
 message could pass the budget; ``--dry-run`` estimates tokens and cost with no model call.
 
-Built from the pipeline's parts, so a replayed verdict reads like the service's: the range
-reader (:mod:`consumer.kafka.ranges`), decode and admit, the Classifier, its verdict factory and
-usage ledger for cache hits (tiers included), and the :class:`~consumer.pipeline.publish.
-Publisher` (schema headers, Kafka's errors in our terms). This module is the command's
-composition: the range resolved from offsets or times, and every client of a replay (the
-cache's producer, the model client, the consumer, the producer) in one exit stack, so whatever
-fails to start, the ones started before it are closed. The run itself is
-:mod:`consumer.tools.replayer`, the budget :mod:`consumer.tools.budget`, and what a person sees
-(the progress bar, the summary) :mod:`consumer.tools.replay_view`.
+Built from the pipeline's parts, so a replayed verdict reads like the service's: the range reader
+(:mod:`consumer.kafka.ranges`), decode and admit, the Classifier, its verdict factory and usage
+ledger for cache hits (tiers included), and the :class:`~consumer.pipeline.publish.Publisher`
+(schema headers, Kafka's errors in our terms). This module is the command's composition: the range
+resolved from offsets or times, and every client of a replay (the cache's producer, the model
+client, the consumer, the producer) in one exit stack, so whatever fails to start, the ones started
+before it are closed. The run itself is :mod:`consumer.tools.replayer`, the budget
+:mod:`consumer.tools.budget`, and what a person sees (the progress bar, the summary)
+:mod:`consumer.tools.replay_view`.
 """
 
 from __future__ import annotations

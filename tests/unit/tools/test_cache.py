@@ -157,6 +157,6 @@ async def test_attach_loads_the_topic_skipping_what_is_not_a_decision_and_append
         assert len(cache) == 1
         assert cache.get("k1") == stored
         await cache.put("k4", decision("new"))
-    [producer] = made
-    assert [(t, k) for t, _, k in producer.sent] == [("cache", b"k4")]
-    assert producer.stopped, "leaving the cache closes its producer"
+    [sender] = made
+    assert [(t, k) for t, _, k in sender.sent] == [("cache", b"k4")]
+    assert sender.stopped, "leaving the cache closes its producer"

@@ -161,7 +161,7 @@ def replayer(
         classifier=classifier,
         admitter=admitter,
         cache=VerdictCache(),
-        publisher=Publisher(producer, EVAL),  # type: ignore[arg-type]
+        publisher=Publisher(producer, EVAL),
         budget=CostBudget(max_cost),
         progress=Watched(),
     )
@@ -220,7 +220,7 @@ async def test_a_budget_stop_names_the_first_offset_not_replayed_of_every_partit
     consumer = RangeConsumer({tp: list(range(10)) for tp in tps})
     bounds = Range(start={tp: 0 for tp in tps}, end={tp: 10 for tp in tps})
 
-    result = await made.run(consumer, bounds)  # type: ignore[arg-type]
+    result = await made.run(consumer, bounds)
 
     assert result.stopped_at is not None
     assert sorted(result.stopped_at) == [0, 1, 2], "every partition had records left"
@@ -268,8 +268,8 @@ def offline_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StartStop]]:
         return None
 
     async def empty(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        for record in ():
-            yield record
+        return
+        yield  # an async generator that yields nothing
 
     StartStop.made = []
     monkeypatch.setattr(consumer.tools.replay, "topic_partitions", partitions)
