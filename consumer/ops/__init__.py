@@ -7,5 +7,7 @@
     port            the operations port, shared by the consumer and the supervisor
     logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
     workers         ``consume --workers N``: N consumer processes under one supervisor
+    worker_role     worker i's environment (index, budget share, transactional id) and its side
+    restarts        after a worker exits: restart with backoff, leave it, or stop the group
     workers_health  the supervisor's merged /metrics and probes
 """

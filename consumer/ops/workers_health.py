@@ -12,7 +12,7 @@ Each worker serves its own :class:`consumer.ops.health.HealthServer` on an ephem
 - ``/readyz``: 200 only when every worker answers its own ``/readyz`` with 200; otherwise 503
   naming each worker that is not ready and why.
 - ``/healthz``: 200 while the supervisor's loop answers and no worker is crash-looping
-  (:meth:`consumer.ops.workers.RestartPolicy.crash_looping`); 503 when one is, so the kubelet
+  (:meth:`consumer.ops.restarts.RestartPolicy.crash_looping`); 503 when one is, so the kubelet
   restarts the pod instead of it restarting the same worker forever.
 """
 
