@@ -2,7 +2,8 @@
 
 ::
 
-    metrics         Prometheus metrics, one method per event
+    metrics         Prometheus metrics, one method per event (the table of every metric)
+    families        the metric families behind it: names, help, labels, buckets
     health          /metrics, /healthz and /readyz of one consumer process
     port            the operations port, shared by the consumer and the supervisor
     logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
