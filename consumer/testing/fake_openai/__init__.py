@@ -12,6 +12,7 @@ Modules, in the order a request meets them::
 
     config         FakeConfig: the knobs (env MODSTREAM_FAKE_*, PATCH /_fake/config)
     app            the /v1 handlers and build_app()
+    rules          the models served and the 4xx a chat request's shape earns (both servers)
     state          Knobs (dice, buckets, PATCH, 429s; both servers), FakeState, the request steps
     faults         the fault draw, latency, retry-after headers, OpenAI error bodies
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers

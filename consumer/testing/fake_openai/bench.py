@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 from consumer.testing.fake_openai import reasoning
-from consumer.testing.fake_openai.app import MODELS
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import Fail, Outcome
 from consumer.testing.fake_openai.instances import SchemaError
@@ -45,6 +44,7 @@ from consumer.testing.fake_openai.reply import (
     moderation_inputs,
     new_id,
 )
+from consumer.testing.fake_openai.rules import MODELS, check_model
 from consumer.testing.fake_openai.state import Knobs, loads
 from consumer.testing.fake_openai.usage import TOKENS_PER_MESSAGE, cut_to_tokens, message_text
 
@@ -232,8 +232,7 @@ class BenchApi(Knobs):
             except SchemaError as exc:
                 raise Fail.bad_request(str(exc)) from exc
             model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
-            if self.config.strict_models and model not in MODELS:
-                raise Fail.model_not_found(model)
+            check_model(model, self.config)
         except Fail as fail:
             return self.failed(fail)
         self.counters.by_outcome["ok"] += 1

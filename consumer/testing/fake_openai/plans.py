@@ -24,8 +24,6 @@ from typing import Any
 
 import orjson
 
-from consumer.testing.fake_openai import reasoning
-from consumer.testing.fake_openai.app import DEFAULT_MAX_TOKENS, MODELS
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import Fail
 from consumer.testing.fake_openai.instances import SchemaError, compiled
@@ -35,6 +33,7 @@ from consumer.testing.fake_openai.reply import (
     prompt_schema,
     response_schema,
 )
+from consumer.testing.fake_openai.rules import DEFAULT_MAX_TOKENS, check_chat
 from consumer.testing.fake_openai.state import dumps
 from consumer.testing.fake_openai.usage import (
     CACHE_BLOCK,
@@ -130,7 +129,7 @@ class Plans:
         model = str(body["model"])
         plan = Plan(model=model)
         try:
-            _check(body, model, plan, config)
+            plan.effort = check_chat(body, model, config)
             _shape(body, messages, plan)
         except Fail as fail:
             plan.error = fail
@@ -149,24 +148,6 @@ class Plans:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         plan.allowance = int(limit or DEFAULT_MAX_TOKENS)
         return plan
-
-
-def _check(body: dict[str, Any], model: str, plan: Plan, config: FakeConfig) -> None:
-    """The 4xx a request of this shape gets, as normal mode decides them, in its order."""
-    if body.get("stream"):
-        raise Fail.bad_request("The fake does not support streaming.")
-    if config.strict_models and model not in MODELS:
-        raise Fail.model_not_found(model)
-    if config.unsupported_param is not None and config.unsupported_param in body:
-        raise Fail.unsupported_parameter(config.unsupported_param)
-    if config.reasoning_rules and reasoning.is_reasoning(model):
-        plan.effort = reasoning.check(body, model)
-    response_format = body.get("response_format")
-    wants_schema = isinstance(response_format, dict) and (
-        response_format.get("type") == "json_schema"
-    )
-    if config.reject_json_schema and wants_schema:
-        raise Fail.json_schema_unsupported()
 
 
 def _shape(body: dict[str, Any], messages: list[Any], plan: Plan) -> None:
