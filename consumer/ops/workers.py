@@ -39,6 +39,7 @@ from consumer.ops.worker_role import WorkerRole, child_environ, worker_env
 from consumer.ops.workers_health import GroupHealth, WorkerStatus
 from consumer.settings import Settings
 
+# WorkerRole lives in worker_role; named here too because consumer.app imports it from here.
 __all__ = ["STOP_MARGIN_S", "Supervisor", "WorkerRole", "supervise"]
 
 log = structlog.get_logger(__name__)
