@@ -1,22 +1,33 @@
 """The ``modstream`` command line (typer).
 
-Each command reads its settings once, turns a configuration error into one clear message and
-exit code 2, and hands over to the module that does the work.
+Each command reads its settings once and hands over to the module that does the work. Every
+command is registered with :func:`command`, which turns an error of modstream's tree into one
+clear line on stderr and the error's exit code: 2 for a :class:`~consumer.errors.ConfigError`,
+3 for every other fatal error, 1 for any other of ours; anything else is a bug and keeps its
+traceback.
+
+Each command imports the module that does its work when it runs: ``--help``, and every
+``consume`` or ``fake-openai`` a test starts, would otherwise load all of them (the Kafka
+client, rich, the fake server, the evaluation): measured, 1.5 s to start instead of 1.1 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, ParamSpec
 
 import typer
 
-from consumer.errors import ConfigError, FatalError
-from consumer.settings import Settings, load_settings
+from consumer.errors import ConfigError, ModstreamError
+from consumer.settings import load_settings
+
+P = ParamSpec("P")
 
 app = typer.Typer(
     name="modstream",
@@ -27,12 +38,28 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: Exception, code: int) -> NoReturn:
-    typer.secho(f"modstream: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+def command(
+    name: str | None = None,
+) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """Register a command of :data:`app` (``@app.command(name)``) whose errors of modstream's
+    tree end the process with their ``exit_code`` and one red line on stderr."""
+
+    def register(run: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(run)
+        def exits(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                run(*args, **kwargs)
+            except ModstreamError as exc:
+                typer.secho(f"modstream: {exc}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(exc.exit_code) from None
+
+        app.command(name)(exits)
+        return run
+
+    return register
 
 
-@app.command()
+@command()
 def consume(
     exit_when_idle: Annotated[
         float | None,
@@ -48,32 +75,29 @@ def consume(
     ] = None,
 ) -> None:
     """Consume the input topic, classify, publish verdicts and usage, commit."""
-    from consumer.ops.workers import WorkerRole, supervise  # noqa: PLC0415  (keeps --help fast)
+    from consumer.ops.workers import WorkerRole, supervise
 
-    settings = _settings() if workers is None else _settings(workers=workers)
-    try:
-        role = WorkerRole.from_env()
-        if role is None and settings.workers > 1:  # a supervisor: no Kafka or OpenAI clients
-            raise typer.Exit(supervise(settings, exit_when_idle=exit_when_idle))
-        from consumer.app import run_consumer  # noqa: PLC0415
+    settings = load_settings() if workers is None else load_settings(workers=workers)
+    role = WorkerRole.from_env()
+    if role is None and settings.workers > 1:  # a supervisor: no Kafka or OpenAI clients
+        raise typer.Exit(supervise(settings, exit_when_idle=exit_when_idle))
+    from consumer.app import run_consumer
 
-        run_consumer(settings, exit_when_idle=exit_when_idle, role=role)
-    except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
-        _fail(exc, exc.exit_code)
+    run_consumer(settings, exit_when_idle=exit_when_idle, role=role)
 
 
-@app.command()
+@command()
 def schema(
     out: Annotated[Path | None, typer.Option(help="Directory (default: schemas/json).")] = None,
 ) -> None:
     """Write the JSON Schema files of the event contracts."""
-    from schemas.export import JSON_DIR, write_schema_files  # noqa: PLC0415
+    from schemas.export import JSON_DIR, write_schema_files
 
     for path in write_schema_files(out or JSON_DIR):
         typer.echo(str(path))
 
 
-@app.command("fake-openai")
+@command("fake-openai")
 def fake_openai(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8400,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -90,56 +114,42 @@ def fake_openai(
 
     Faults and latency are set by MODSTREAM_FAKE_* variables; see consumer/testing/fake_openai.
     """
-    from consumer.testing.fake_openai.server import FakeConfig, serve  # noqa: PLC0415
+    from consumer.testing.fake_openai.server import FakeConfig, serve
 
-    try:
-        config = FakeConfig.from_env(benchmark=benchmark or None)
-    except ConfigError as exc:
-        _fail(exc, 2)
-    try:
-        serve(config, host=host, port=port)
-    except ConfigError as exc:
-        _fail(exc, 2)
+    serve(FakeConfig.from_env(benchmark=benchmark or None), host=host, port=port)
 
 
-def _settings(**overrides: object) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as exc:
-        _fail(exc, 2)
-
-
-@app.command()
+@command()
 def topics(
     partitions: Annotated[int, typer.Option(help="Partitions for new topics.")] = 6,
 ) -> None:
     """Create the input, verdict, usage and dead-letter topics that don't exist yet."""
-    from consumer.kafka.topics import ensure_topics  # noqa: PLC0415
+    from consumer.kafka.topics import ensure_topics
 
-    created = asyncio.run(ensure_topics(_settings(), partitions=partitions))
+    created = asyncio.run(ensure_topics(load_settings(), partitions=partitions))
     typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
-@app.command()
+@command()
 def sample(
     count: Annotated[int, typer.Option(help="Records to produce.")] = 200,
     seed: Annotated[int, typer.Option(help="Corpus seed.")] = 7,
 ) -> None:
     """Produce a mixed sample corpus (clean, harmful, poison) to the input topic."""
-    from consumer.tools.sample import corpus, produce  # noqa: PLC0415
+    from consumer.tools.sample import corpus, produce
 
     records = list(corpus(count, seed=seed))
-    sent = asyncio.run(produce(_settings(), records))
+    sent = asyncio.run(produce(load_settings(), records))
     kinds = Counter(r.kind.split(":")[0] for r in records)
     typer.echo(f"produced {sent} records: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
 
 
-@app.command()
+@command()
 def report() -> None:
     """Summarise the verdict, usage and dead-letter topics (reads them from the start)."""
-    from consumer.tools.report import render, summarise  # noqa: PLC0415
+    from consumer.tools.report import render, summarise
 
-    render(asyncio.run(summarise(_settings())))
+    render(asyncio.run(summarise(load_settings())))
 
 
 def _when(text: str | None) -> datetime | None:
@@ -148,11 +158,11 @@ def _when(text: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        _fail(ConfigError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-25T10:00:00Z)"), 2)
+        raise ConfigError(f"not an ISO-8601 time: {text!r} (e.g. 2026-11-25T10:00:00Z)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@app.command()
+@command()
 def replay(
     topic: Annotated[str, typer.Option(help="Topic to replay.")],
     to_topic: Annotated[str, typer.Option(help="Evaluation topic for the verdicts.")],
@@ -172,37 +182,33 @@ def replay(
     ] = "modstream.verdict-cache",
 ) -> None:
     """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
-    from consumer.model.policy import prompt_file  # noqa: PLC0415
-    from consumer.tools.replay import ReplayRequest, run_replay  # noqa: PLC0415
-    from consumer.tools.replay_view import ProgressBar, render_result  # noqa: PLC0415
+    from consumer.model.policy import prompt_file
+    from consumer.tools.replay import ReplayRequest, run_replay
+    from consumer.tools.replay_view import ProgressBar, render_result
 
     overrides: dict[str, object] = {}
     if model:
         overrides["model"] = model
     if policy:
         overrides["policy_file"] = policy
-    try:
-        if prompt_version:
-            overrides["prompt_file"] = prompt_file(prompt_version)
-        settings = _settings().model_copy(update=overrides)
-        request = ReplayRequest(
-            topic=topic,
-            to_topic=to_topic,
-            from_offset=from_offset,
-            from_time=_when(from_time),
-            to_offset=to_offset,
-            to_time=_when(to_time),
-            max_cost=max_cost,
-            dry_run=dry_run,
-            cache_topic=cache_topic or None,
-        )
-        result = asyncio.run(run_replay(settings, request, progress=ProgressBar()))
-    except FatalError as exc:  # ConfigError exits 2, every other fatal error 3
-        _fail(exc, exc.exit_code)
-    render_result(result, request)
+    if prompt_version:
+        overrides["prompt_file"] = prompt_file(prompt_version)
+    settings = load_settings().model_copy(update=overrides)
+    request = ReplayRequest(
+        topic=topic,
+        to_topic=to_topic,
+        from_offset=from_offset,
+        from_time=_when(from_time),
+        to_offset=to_offset,
+        to_time=_when(to_time),
+        max_cost=max_cost,
+        dry_run=dry_run,
+        cache_topic=cache_topic or None,
+    )
+    render_result(asyncio.run(run_replay(settings, request, progress=ProgressBar())), request)
 
 
-@app.command("eval")
+@command("eval")
 def evaluate(
     verdicts: Annotated[list[str], typer.Option(help="Verdict topic (repeat to compare).")],
     labels: Annotated[
@@ -212,12 +218,9 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for report.md and PNGs.")] = Path("eval-report"),
 ) -> None:
     """Score verdict topics against labels or a baseline; write a Markdown report and plots."""
-    from consumer.tools.evaluate import run_eval  # noqa: PLC0415
+    from consumer.tools.evaluate import run_eval
 
-    try:
-        asyncio.run(run_eval(_settings(), verdicts, labels=labels, baseline=baseline, out=out))
-    except ConfigError as exc:
-        _fail(exc, 2)
+    asyncio.run(run_eval(load_settings(), verdicts, labels=labels, baseline=baseline, out=out))
 
 
 def main() -> None:

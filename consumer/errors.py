@@ -28,11 +28,21 @@
 
 Third-party exceptions (openai, aiokafka) are translated into this tree in exactly one place
 per adapter (``raise ... from exc``); everything downstream reads ``retriable`` and ``fatal``.
+Each class names its ``kind`` on its ``class`` line, and no two share one. A pydantic
+``ValidationError`` (settings, a policy or prices file, a model's reply) is put in words by
+:func:`describe_validation_error`, the one place that does.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # only its .errors() is read: no pydantic import for the error tree
+    from pydantic import ValidationError
+
+#: Each kind and the class that has it.
+_KINDS: dict[str, str] = {}
 
 
 class ModstreamError(Exception):
@@ -46,16 +56,24 @@ class ModstreamError(Exception):
     #: Short, stable name used in dead letters, usage outcomes and metrics labels.
     kind: ClassVar[str] = "error"
 
+    def __init_subclass__(cls, *, kind: str, **rest: Any) -> None:
+        # Required, so a new error never inherits its parent's kind and lands in the parent's
+        # dead-letter reason and metric series unnoticed.
+        super().__init_subclass__(**rest)
+        taken = _KINDS.setdefault(kind, cls.__qualname__)
+        if taken != cls.__qualname__:
+            raise TypeError(f"{cls.__qualname__}: kind {kind!r} is {taken}'s already")
+        cls.kind = kind
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class TransientError(ModstreamError):
+class TransientError(ModstreamError, kind="transient"):
     """Worth trying again later; the message itself is fine."""
 
     retriable = True
-    kind = "transient"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -63,60 +81,42 @@ class TransientError(ModstreamError):
         self.retry_after = retry_after
 
 
-class RateLimited(TransientError):
+class RateLimited(TransientError, kind="rate_limited"):
     """The provider answered 429."""
 
-    kind = "rate_limited"
 
-
-class ProviderUnavailable(TransientError):
+class ProviderUnavailable(TransientError, kind="provider_unavailable"):
     """5xx, timeout, dropped connection, or a reply with no choices."""
 
-    kind = "provider_unavailable"
 
-
-class FormatDowngraded(TransientError):
+class FormatDowngraded(TransientError, kind="format_downgraded"):
     """The server rejected the response format, and ``MODSTREAM_RESPONSE_FORMAT=auto`` moved
     one step down (:class:`consumer.model.reply_format.ResponseFormats`): the same request goes
     again in the new mode. Never poison, never a circuit failure: the server answered."""
 
-    kind = "format_downgraded"
 
-
-class BrokerUnavailable(TransientError):
+class BrokerUnavailable(TransientError, kind="broker_unavailable"):
     """A Kafka error that may succeed later (aiokafka says ``retriable``): no leader, timeout."""
 
-    kind = "broker_unavailable"
 
-
-class PermanentError(ModstreamError):
+class PermanentError(ModstreamError, kind="permanent"):
     """The message can never succeed; it goes to the dead-letter topic with this reason."""
 
-    kind = "permanent"
 
-
-class DecodeError(PermanentError):
+class DecodeError(PermanentError, kind="decode"):
     """The record's bytes are not a valid ModerationRequest."""
 
-    kind = "decode"
 
-
-class AdmissionError(PermanentError):
+class AdmissionError(PermanentError, kind="admission"):
     """The content is over a hard size or token limit."""
 
-    kind = "admission"
 
-
-class RequestRejected(PermanentError):
+class RequestRejected(PermanentError, kind="request_rejected"):
     """The provider rejected the request itself (400, 404, 422)."""
 
-    kind = "request_rejected"
 
-
-class InvalidReply(PermanentError):
+class InvalidReply(PermanentError, kind="invalid_reply"):
     """The model's reply did not match the schema, even after the repair ladder's last rung."""
-
-    kind = "invalid_reply"
 
     def __init__(self, message: str, *, reply: str | None = None) -> None:
         super().__init__(message)
@@ -124,58 +124,75 @@ class InvalidReply(PermanentError):
         self.reply = reply
 
 
-class PersistentFailure(PermanentError):
+class PersistentFailure(PermanentError, kind="persistent_failure"):
     """This message's calls keep failing while other messages succeed: poison, not an outage."""
 
-    kind = "persistent_failure"
 
-
-class PublishRejected(PermanentError):
+class PublishRejected(PermanentError, kind="publish_rejected"):
     """Kafka refused an output with an error that can never succeed (``retriable=False``)."""
 
-    kind = "publish_rejected"
 
-
-class FatalError(ModstreamError):
+class FatalError(ModstreamError, kind="fatal"):
     """Nothing will work until a person fixes the configuration."""
 
     fatal = True
-    kind = "fatal"
     exit_code = 3
 
 
-class ConfigError(FatalError):
+class ConfigError(FatalError, kind="config"):
     """A setting is invalid or missing."""
 
-    kind = "config"
     exit_code = 2
 
 
-class ProviderAuthError(FatalError):
+class ProviderAuthError(FatalError, kind="provider_auth"):
     """401/403 from the provider: wrong key, wrong organisation, or no access to the model."""
 
-    kind = "provider_auth"
 
-
-class ProviderMisconfigured(FatalError):
+class ProviderMisconfigured(FatalError, kind="provider_misconfigured"):
     """Every message would fail the same way: an unknown model, a parameter the model rejects."""
 
-    kind = "provider_misconfigured"
 
-
-class BrokerRejected(FatalError):
+class BrokerRejected(FatalError, kind="broker_rejected"):
     """Kafka refuses what modstream must write (no ACL; the dead-letter topic refuses it)."""
 
-    kind = "broker_rejected"
 
-
-class ProducerFencedError(FatalError):
+class ProducerFencedError(FatalError, kind="producer_fenced"):
     """Exactly-once mode: another instance now owns this transactional id."""
 
-    kind = "producer_fenced"
 
-
-class RebalanceFailed(FatalError):
+class RebalanceFailed(FatalError, kind="rebalance_failed"):
     """A rebalance callback failed unexpectedly; aiokafka would swallow it, so we stop."""
 
-    kind = "rebalance_failed"
+
+def _as_is(loc: str) -> str:
+    return loc
+
+
+def _never(loc: str, given: object) -> bool:
+    return False
+
+
+def describe_validation_error(
+    exc: ValidationError,
+    *,
+    name: Callable[[str], str] = _as_is,
+    whole: str = "value",
+    echo: Callable[[str, object], bool] = _never,
+    most: int | None = None,
+    sep: str = "; ",
+) -> str:
+    """``exc`` in words a person (or a model) can act on: ``<name>: <reason>`` per error.
+
+    ``name`` turns an error's location (``"a.b"``) into what the reader knows it by (the
+    environment variable, the knob); ``whole`` names the value itself, for an error with no
+    location (a model validator's). ``(got <input>)`` follows where ``echo(location, input)``
+    allows it: never a secret. ``most`` keeps the first errors only; ``sep`` joins them.
+    """
+    parts = []
+    for err in exc.errors(include_url=False)[:most]:
+        loc = ".".join(str(part) for part in err["loc"])
+        given = err.get("input")
+        shown = f" (got {given!r})" if echo(loc, given) else ""
+        parts.append(f"{name(loc) if loc else whole}: {err['msg']}{shown}")
+    return sep.join(parts)

@@ -2,10 +2,13 @@
 
 ::
 
-    metrics         Prometheus metrics, one method per event
+    metrics         Prometheus metrics, one method per event (the table of every metric)
+    families        the metric families behind it: names, help, labels, buckets
     health          /metrics, /healthz and /readyz of one consumer process
-    port            the operations port, shared by the consumer and the supervisor
+    port            the operations port and its three routes, for the consumer and the supervisor
     logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
     workers         ``consume --workers N``: N consumer processes under one supervisor
+    worker_role     worker i's environment (index, budget share, transactional id) and its side
+    restarts        after a worker exits: restart with backoff, leave it, or stop the group
     workers_health  the supervisor's merged /metrics and probes
 """

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.exposition import choose_encoder
 
 from consumer.ops.metrics import Metrics
-from consumer.ops.port import serve_site
+from consumer.ops.port import probes, serve_site
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +69,7 @@ class HealthServer:
         self.port = port
         #: Replaced by the app once the Kafka clients run (see :func:`kafka_readiness`).
         self.readiness: Readiness = _starting
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = probes(metrics=self._metrics, healthz=self._healthz, readyz=self._readyz)
 
     async def __aenter__(self) -> Self:
         self.port = await serve_site(self._runner, self.host, self.port)

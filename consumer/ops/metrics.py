@@ -3,7 +3,8 @@
 The stages call typed methods (``metrics.verdict()``, ``metrics.model_call(usage)``, ...) and
 never touch a prometheus-client object; every metric lives in the object's own
 ``CollectorRegistry`` (never the global default one), so tests can build as many as they like.
-``consumer.ops.health`` serves the registry on ``/metrics``.
+``consumer.ops.health`` serves the registry on ``/metrics``; the families are declared in
+:mod:`consumer.ops.families`.
 
 =========================================  =======  ==============================================
 metric                                     type     labels, meaning
@@ -55,21 +56,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry
 
 from consumer.errors import ModstreamError
 from consumer.model.circuit import CircuitState
+from consumer.ops.families import Families
 from schemas import UsageEvent, UsageOutcome
 
-#: Seconds; a model call takes from tens of milliseconds to the request timeout.
-MODEL_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: Seconds; a commit is one round trip to the group coordinator.
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-Outcome = Literal["verdict", "dead_letter"]
+__all__ = ["Metrics", "kafka_connected"]
 
 
 class _ModelSeries(NamedTuple):
@@ -89,170 +86,50 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._families = Families(self.registry)
         self._model_series: dict[tuple[str, UsageOutcome], _ModelSeries] = {}
-        r = self.registry
-        self._fetched = Counter(
-            "modstream_messages_fetched", "Messages taken from the input topic.", registry=r
-        )
-        self._processed = Counter(
-            "modstream_messages_processed",
-            "Messages finished, by outcome; finished means every output was acknowledged.",
-            ["outcome"],
-            registry=r,
-        )
-        self._dead_letters = Counter(
-            "modstream_dead_letters",
-            "Dead letters by the stage that gave up and the error kind.",
-            ["stage", "reason"],
-            registry=r,
-        )
-        self._in_flight = Gauge(
-            "modstream_messages_in_flight",
-            "Messages between fetch and acknowledged outputs.",
-            registry=r,
-        )
-        self._model_calls = Counter(
-            "modstream_model_calls",
-            "HTTP calls to the model provider by outcome (rate_limited is a 429).",
-            ["model", "outcome"],
-            registry=r,
-        )
-        self._model_latency = Histogram(
-            "modstream_model_call_duration_seconds",
-            "Duration of one model call, failed calls included.",
-            ["model"],
-            buckets=MODEL_BUCKETS,
-            registry=r,
-        )
-        self._reply_problems = Counter(
-            "modstream_model_reply_problems",
-            "Model calls answered 200 whose reply could not be used as it was.",
-            ["model", "problem"],
-            registry=r,
-        )
-        self._ladder = Counter(
-            "modstream_reply_ladder",
-            "Steps of the repair ladder: salvaged, repair_N sent, repaired, gave_up.",
-            ["model", "rung"],
-            registry=r,
-        )
-        self._salvage_fixes = Counter(
-            "modstream_reply_salvage_fixes",
-            "What salvaging a reply removed (a salvaged reply may count several).",
-            ["model", "fix"],
-            registry=r,
-        )
-        self._retries = Counter(
-            "modstream_retries",
-            "Model calls retried, by the transient error's kind.",
-            ["reason"],
-            registry=r,
-        )
-        self._tokens = Counter(
-            "modstream_tokens",
-            "Tokens used, by model and kind (cached tokens are part of prompt tokens).",
-            ["model", "kind"],
-            registry=r,
-        )
-        self._cost = Counter(
-            "modstream_cost_usd", "Cost in USD from the pinned price table.", ["model"], registry=r
-        )
-        self._circuit = Gauge(
-            "modstream_circuit_state",
-            "1 for the model-provider circuit breaker's current state, 0 for the others.",
-            ["state"],
-            registry=r,
-        )
-        self._lag = Gauge(
-            "modstream_consumer_lag",
-            "Messages behind: the partition's high watermark minus its commit point.",
-            ["topic", "partition"],
-            registry=r,
-        )
-        self._assigned = Gauge(
-            "modstream_assigned_partitions",
-            "Input partitions assigned to this consumer.",
-            registry=r,
-        )
-        self._commit_latency = Histogram(
-            "modstream_commit_duration_seconds",
-            "Duration of an acknowledged offset commit.",
-            buckets=COMMIT_BUCKETS,
-            registry=r,
-        )
-        self._commit_failures = Counter(
-            "modstream_commit_failures",
-            "Offset commits the broker refused (the work is redelivered).",
-            registry=r,
-        )
-        self._oldest = Gauge(
-            "modstream_oldest_in_flight_seconds",
-            "Age of the oldest message fetched and not yet acknowledged downstream.",
-            registry=r,
-        )
-        self._publish_retries = Counter(
-            "modstream_publish_retries",
-            "Output sends Kafka refused for now (retried with backoff), by error class.",
-            ["reason"],
-            registry=r,
-        )
-        self._resets = Counter(
-            "modstream_partition_resets",
-            "Partitions whose offsets went backwards, so their tracking restarted.",
-            registry=r,
-        )
-        self._broker_up = Gauge(
-            "modstream_broker_up",
-            "1 while the Kafka consumer has a live connection to a broker, else 0.",
-            registry=r,
-        )
-        self._info = Info("modstream", "What this consumer runs.", registry=r)
-        # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
-        for outcome in ("verdict", "dead_letter"):
-            self._processed.labels(outcome)
-        for reason in ("rate_limited", "provider_unavailable"):
-            self._retries.labels(reason)
         self.circuit(CircuitState.CLOSED)
 
     # -- what the consumer runs -------------------------------------------------------------
 
     def describe(self, *, version: str, model: str, policy_version: str) -> None:
         """Name the code, model and policy this process runs (``modstream_info``)."""
-        self._info.info({"version": version, "model": model, "policy_version": policy_version})
+        labels = {"version": version, "model": model, "policy_version": policy_version}
+        self._families.info.info(labels)
 
     def watch_in_flight(self, count: Callable[[], int]) -> None:
         """Read the in-flight count at scrape time (exact, and free between scrapes)."""
-        self._in_flight.set_function(count)
+        self._families.in_flight.set_function(count)
 
     def watch_oldest_in_flight(self, age_s: Callable[[], float]) -> None:
         """Read the oldest in-flight message's age at scrape time."""
-        self._oldest.set_function(age_s)
+        self._families.oldest.set_function(age_s)
 
     def watch_assignment(self, count: Callable[[], int]) -> None:
         """Read the number of assigned partitions at scrape time."""
-        self._assigned.set_function(count)
+        self._families.assigned.set_function(count)
 
     def watch_broker(self, up: Callable[[], bool]) -> None:
         """Read whether the broker is reachable at scrape time (e.g. :func:`kafka_connected`).
 
         Until this is called the gauge reads 0: a consumer that never connected is not up.
         """
-        self._broker_up.set_function(lambda: 1.0 if up() else 0.0)
+        self._families.broker_up.set_function(lambda: 1.0 if up() else 0.0)
 
     # -- messages ---------------------------------------------------------------------------
 
     def fetched(self) -> None:
         """One message was taken from the input topic."""
-        self._fetched.inc()
+        self._families.fetched.inc()
 
     def verdict(self) -> None:
         """One message ended as an acknowledged verdict."""
-        self._processed.labels("verdict").inc()
+        self._families.processed.labels("verdict").inc()
 
     def dead_letter(self, stage: str, reason: str) -> None:
         """One message ended as an acknowledged dead letter."""
-        self._processed.labels("dead_letter").inc()
-        self._dead_letters.labels(stage, reason).inc()
+        self._families.processed.labels("dead_letter").inc()
+        self._families.dead_letters.labels(stage, reason).inc()
 
     # -- the model --------------------------------------------------------------------------
 
@@ -261,12 +138,12 @@ class Metrics:
         series = self._model_series.get((usage.model, usage.outcome))
         if series is None:
             series = self._model_series[(usage.model, usage.outcome)] = _ModelSeries(
-                self._model_calls.labels(usage.model, usage.outcome.value),
-                self._model_latency.labels(usage.model),
-                self._tokens.labels(usage.model, "prompt"),
-                self._tokens.labels(usage.model, "completion"),
-                self._tokens.labels(usage.model, "cached"),
-                self._cost.labels(usage.model),
+                self._families.model_calls.labels(usage.model, usage.outcome.value),
+                self._families.model_latency.labels(usage.model),
+                self._families.tokens.labels(usage.model, "prompt"),
+                self._families.tokens.labels(usage.model, "completion"),
+                self._families.tokens.labels(usage.model, "cached"),
+                self._families.cost.labels(usage.model),
             )
         series.calls.inc()
         series.latency.observe(usage.latency_ms / 1000)
@@ -281,54 +158,54 @@ class Metrics:
 
     def reply_problem(self, model: str, problem: str) -> None:
         """A call answered 200 but its reply was unusable as it was (refusal, cut, invalid)."""
-        self._reply_problems.labels(model, problem).inc()
+        self._families.reply_problems.labels(model, problem).inc()
 
     def reply_rung(self, model: str, rung: str) -> None:
         """A reply took a step of the repair ladder (see :mod:`consumer.model.salvage`)."""
-        self._ladder.labels(model, rung).inc()
+        self._families.ladder.labels(model, rung).inc()
 
     def reply_salvaged(self, model: str, fixes: Iterable[str]) -> None:
         """A reply was used after a local salvage that removed ``fixes``."""
-        self._ladder.labels(model, "salvaged").inc()
+        self._families.ladder.labels(model, "salvaged").inc()
         for fix in fixes:
-            self._salvage_fixes.labels(model, fix).inc()
+            self._families.salvage_fixes.labels(model, fix).inc()
 
     def retry(self, error: ModstreamError) -> None:
         """A model call failed transiently and will be retried."""
-        self._retries.labels(error.kind).inc()
+        self._families.retries.labels(error.kind).inc()
 
     def circuit(self, state: CircuitState) -> None:
         """The circuit breaker moved to ``state``."""
         for each in CircuitState:
-            self._circuit.labels(each.value).set(1 if each is state else 0)
+            self._families.circuit.labels(each.value).set(1 if each is state else 0)
 
     # -- offsets ----------------------------------------------------------------------------
 
     def lag(self, tp: TopicPartition, messages: int) -> None:
         """``messages`` are behind the commit point of ``tp``."""
-        self._lag.labels(tp.topic, str(tp.partition)).set(messages)
+        self._families.lag.labels(tp.topic, str(tp.partition)).set(messages)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions were revoked: their lag is another member's to report now."""
         for tp in partitions:
             with suppress(KeyError):  # never reported: nothing to remove
-                self._lag.remove(tp.topic, str(tp.partition))
+                self._families.lag.remove(tp.topic, str(tp.partition))
 
     def commit(self, latency_s: float) -> None:
         """An offset commit was acknowledged after ``latency_s`` seconds."""
-        self._commit_latency.observe(latency_s)
+        self._families.commit_latency.observe(latency_s)
 
     def commit_failed(self) -> None:
         """The broker refused an offset commit."""
-        self._commit_failures.inc()
+        self._families.commit_failures.inc()
 
     def publish_retry(self, reason: str) -> None:
         """Kafka refused an output for now; it is sent again after a backoff."""
-        self._publish_retries.labels(reason).inc()
+        self._families.publish_retries.labels(reason).inc()
 
     def partition_reset(self) -> None:
         """A partition's offsets went backwards and its tracking restarted."""
-        self._resets.inc()
+        self._families.resets.inc()
 
 
 def kafka_connected(client: object) -> bool:

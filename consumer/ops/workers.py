@@ -2,27 +2,17 @@
 
 With ``MODSTREAM_WORKERS=1`` (the default) none of this runs: ``consume`` is one process. With
 N > 1 the supervisor (this module, in the process the user started) spawns N children, each
-``python -m consumer consume`` with the environment :func:`worker_env` gives it:
-
-- ``MODSTREAM_WORKER_INDEX=i`` (0..N-1) and ``MODSTREAM_WORKERS=1``, so a child never
-  supervises; every log line of worker i carries ``worker=i``;
-- its share of the budgets: ``MODSTREAM_RPM`` and ``MODSTREAM_TPM`` split by
-  :func:`split_budget` (floor(total/N) each, the remainder one by one to the first workers, so
-  the shares add up to the total). ``MODSTREAM_CONCURRENCY`` and ``MODSTREAM_MAX_IN_FLIGHT``
-  are not split: they bound one process's window (the memory it holds, the calls its event
-  loop drives), exactly as they do for a replica;
-- exactly-once: ``MODSTREAM_TRANSACTIONAL_ID=<id>-<i>``, distinct per worker and stable across
-  restarts of the same index, so a restarted worker fences its crashed predecessor;
-- with ``MODSTREAM_METRICS_PORT`` set: its health server on an ephemeral port of 127.0.0.1,
-  reported back over an inherited pipe (``MODSTREAM_WORKER_REPORT_FD``); the supervisor serves
-  the configured port for all of them (:mod:`consumer.ops.workers_health`).
+``python -m consumer consume`` with the environment that makes it worker i
+(:mod:`consumer.ops.worker_role`: its index, its share of RPM and TPM, its transactional id,
+the pipe that reports its health port). With ``MODSTREAM_METRICS_PORT`` set the supervisor
+serves that port for all of them (:mod:`consumer.ops.workers_health`).
 
 The supervisor forwards SIGTERM/SIGINT to every worker as SIGTERM and waits for them to stop
 (their grace period plus a margin, then SIGKILL); it exits 0. A worker that dies otherwise is
-restarted after a backoff (:class:`RestartPolicy`). A worker that exits with code 2 (invalid
-configuration) or 3 (a fatal error) stops the whole group with that code: a restart would only
-fail again. With ``--exit-when-idle`` a worker that exits 0 is done; the supervisor exits 0
-once every worker is. A worker whose supervisor is gone (SIGKILLed) stops by itself.
+restarted after a backoff; one that exits with code 2 (invalid configuration) or 3 (a fatal
+error) stops the whole group with that code (:mod:`consumer.ops.restarts`). With
+``--exit-when-idle`` a worker that exits 0 is done; the supervisor exits 0 once every worker
+is. A worker whose supervisor is gone (SIGKILLed) stops by itself.
 
 Log lines of all processes share stderr; each is one ``write()`` (``consumer.ops.logs``), so lines
 up to the pipe's atomic size (4 KiB) never interleave.
@@ -36,174 +26,26 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
-from tenacity.wait import wait_base
 
-from consumer.errors import ConfigError
+from consumer.ops.logs import configure_logging
+from consumer.ops.restarts import Next, RestartPolicy, after_exit
+from consumer.ops.worker_role import WorkerRole, child_environ, worker_env
 from consumer.ops.workers_health import GroupHealth, WorkerStatus
 from consumer.settings import Settings
 
+# WorkerRole lives in worker_role; named here too because consumer.app imports it from here.
+__all__ = ["STOP_MARGIN_S", "Supervisor", "WorkerRole", "supervise"]
+
 log = structlog.get_logger(__name__)
 
-WORKER_INDEX_ENV = "MODSTREAM_WORKER_INDEX"
-WORKER_REPORT_FD_ENV = "MODSTREAM_WORKER_REPORT_FD"
-#: Exit codes of a worker that stop the group (see consumer.cli): restarting would loop.
-GROUP_FATAL_CODES = frozenset({2, 3})
-#: A worker that ran this long before it died starts its backoff from the beginning again.
-HEALTHY_AFTER_S = 60.0
-#: Failures in a row (none of them after a healthy run) that make a worker crash-looping.
-CRASH_LOOP_AFTER = 3
 #: Time a worker gets to close after its grace period, before the SIGKILL.
 STOP_MARGIN_S = 15.0
-#: Restart waits: 0.5, 1, 2, 4 ... 30 s, plus up to 1 s of jitter so workers spread out.
-RESTART_WAIT: wait_base = wait_exponential(multiplier=0.5, max=30) + wait_random(0, 1)
-
-
-# -- what each worker gets -------------------------------------------------------------------
-
-
-def split_budget(total: int | None, count: int, index: int) -> int | None:
-    """Worker ``index``'s share of a per-minute budget: floor(total/count), plus 1 for the first
-    ``total mod count`` workers, so the shares add up to ``total``. ``None``: unlimited."""
-    if total is None:
-        return None
-    base, extra = divmod(total, count)
-    return base + (1 if index < extra else 0)
-
-
-def worker_transactional_id(settings: Settings, index: int) -> str:
-    """Exactly-once: worker ``index``'s transactional id, the same on every restart."""
-    return f"{settings.effective_transactional_id}-{index}"
-
-
-def worker_env(settings: Settings, index: int, *, report_fd: int | None) -> dict[str, str]:
-    """The variables that make a ``modstream consume`` child worker ``index`` of the group."""
-    env = {
-        "MODSTREAM_WORKERS": "1",
-        WORKER_INDEX_ENV: str(index),
-        "MODSTREAM_METRICS_PORT": "0",  # the supervisor serves the configured port
-        "MODSTREAM_TRANSACTIONAL_ID": worker_transactional_id(settings, index),
-    }
-    for name, total in (("RPM", settings.rpm), ("TPM", settings.tpm)):
-        share = split_budget(total, settings.workers, index)
-        if share is not None:
-            env[f"MODSTREAM_{name}"] = str(share)
-    if report_fd is not None:
-        env[WORKER_REPORT_FD_ENV] = str(report_fd)
-    return env
-
-
-def child_environ(base: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
-    """``base`` with ``overrides`` applied; settings names are case-insensitive, so any spelling
-    of an overridden name is dropped first (``modstream_rpm`` must not beat ``MODSTREAM_RPM``)."""
-    wanted = {k.upper() for k in overrides}
-    return {**{k: v for k, v in base.items() if k.upper() not in wanted}, **overrides}
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRole:
-    """The child's side: which worker this process is, read from its environment."""
-
-    index: int
-    report_fd: int | None = None
-    parent_pid: int = field(default_factory=os.getppid)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerRole | None:
-        """The role the supervisor gave this process; ``None`` when it is not a worker."""
-        raw_index = environ.get(WORKER_INDEX_ENV)
-        if raw_index is None:
-            return None
-        raw_fd = environ.get(WORKER_REPORT_FD_ENV)
-        try:
-            index = int(raw_index)
-            fd = None if raw_fd is None else int(raw_fd)
-        except ValueError:
-            raise ConfigError(
-                f"{WORKER_INDEX_ENV} / {WORKER_REPORT_FD_ENV} must be integers (got "
-                f"{raw_index!r}, {raw_fd!r}); they are set by the supervisor, not by hand"
-            ) from None
-        return cls(index, fd)
-
-    def report_port(self, port: int) -> None:
-        """Tell the supervisor where this worker's health server listens."""
-        if self.report_fd is None:
-            return
-        try:
-            os.write(self.report_fd, f"{port}\n".encode())
-            os.close(self.report_fd)
-        except OSError as exc:  # the supervisor is gone: watch_parent stops us
-            log.warning("cannot report the health port to the supervisor", error=str(exc))
-
-    async def watch_parent(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
-        """Set ``stop`` once the supervisor is gone (this process was re-parented)."""
-        # No event tells a process its parent died (short of prctl): poll, once a second.
-        while os.getppid() == self.parent_pid:  # noqa: ASYNC110
-            await asyncio.sleep(interval_s)
-        log.warning("the supervisor is gone; stopping", supervisor_pid=self.parent_pid)
-        stop.set()
-
-
-# -- restarts and exits ----------------------------------------------------------------------
-
-
-class RestartPolicy:
-    """When a worker that died is started again: tenacity's exponential wait with jitter over
-    the failures in a row; a worker that ran :data:`HEALTHY_AFTER_S` starts from 1 again."""
-
-    def __init__(
-        self,
-        *,
-        wait: wait_base = RESTART_WAIT,
-        healthy_after_s: float = HEALTHY_AFTER_S,
-        crash_loop_after: int = CRASH_LOOP_AFTER,
-    ) -> None:
-        self._wait = wait
-        self.healthy_after_s = healthy_after_s
-        self.crash_loop_after = crash_loop_after
-        self.failures = 0
-
-    def delay(self, ran_s: float) -> float:
-        """A worker died after running ``ran_s`` seconds: seconds to wait before its restart."""
-        if ran_s >= self.healthy_after_s:
-            self.failures = 0
-        self.failures += 1
-        state = RetryCallState(Retrying(), None, (), {})
-        state.attempt_number = self.failures
-        return float(self._wait(state))
-
-    def crash_looping(self, running_for_s: float | None) -> bool:
-        """Failed ``crash_loop_after`` times in a row, and not running healthily since."""
-        if running_for_s is not None and running_for_s >= self.healthy_after_s:
-            return False
-        return self.failures >= self.crash_loop_after
-
-
-class Next(Enum):
-    """What the supervisor does after a worker exited."""
-
-    RESTART = "restart"
-    DONE = "done"  # not restarted; the others go on
-    STOP_GROUP = "stop_group"  # stop every worker, exit with this worker's code
-
-
-def after_exit(code: int, *, stopping: bool, exit_when_idle: bool) -> Next:
-    """The decision for a worker that exited with ``code`` (negative: killed by a signal)."""
-    if code in GROUP_FATAL_CODES:
-        return Next.STOP_GROUP
-    if stopping or (code == 0 and exit_when_idle):
-        return Next.DONE
-    return Next.RESTART  # a crash, a SIGKILL (the OOM killer), or a 0 nobody asked for
-
-
-# -- the supervisor --------------------------------------------------------------------------
 
 
 @dataclass
@@ -419,8 +261,6 @@ class Supervisor:
 
 def supervise(settings: Settings, *, exit_when_idle: float | None = None) -> int:
     """Blocking entry for the CLI: run the workers; the exit code."""
-    from consumer.ops.logs import configure_logging  # noqa: PLC0415
-
     configure_logging(settings)
     log.info("supervising workers", workers=settings.workers, group=settings.group_id)
     return asyncio.run(Supervisor(settings, exit_when_idle=exit_when_idle).run())

@@ -12,7 +12,7 @@ Each worker serves its own :class:`consumer.ops.health.HealthServer` on an ephem
 - ``/readyz``: 200 only when every worker answers its own ``/readyz`` with 200; otherwise 503
   naming each worker that is not ready and why.
 - ``/healthz``: 200 while the supervisor's loop answers and no worker is crash-looping
-  (:meth:`consumer.ops.workers.RestartPolicy.crash_looping`); 503 when one is, so the kubelet
+  (:meth:`consumer.ops.restarts.RestartPolicy.crash_looping`); 503 when one is, so the kubelet
   restarts the pod instead of it restarting the same worker forever.
 """
 
@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from consumer.ops.port import serve_site
+from consumer.ops.port import probes, serve_site
 
 log = structlog.get_logger(__name__)
 
@@ -124,11 +124,7 @@ class GroupHealth:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.host = host
         self.port = port
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = probes(metrics=self._metrics, healthz=self._healthz, readyz=self._readyz)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:

@@ -59,10 +59,10 @@ class Profile:
     text: str = ""
 
     def top_functions(self, n: int = 12) -> list[tuple[str, float]]:
-        return self.self_by_function.most_common(n)
+        return [(name, float(t)) for name, t in self.self_by_function.most_common(n)]
 
     def top_libraries(self, n: int = 10) -> list[tuple[str, float]]:
-        return self.self_by_library.most_common(n)
+        return [(name, float(t)) for name, t in self.self_by_library.most_common(n)]
 
 
 def _library(path: str) -> str:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tests.benchmarks.sections import Bench, Measured
 
 #: (key, what it is, settings)
-RUNS: tuple[tuple[str, str, dict[str, object]], ...] = (
+RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("sdk", "single calls, openai SDK path", {"chat_client": "sdk"}),
     ("lean", "single calls, lean path (default)", {}),
     ("batch8", "lean path, batch size 8", {"batch_size": 8}),
@@ -107,7 +107,7 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def _profile(
-    bench: Bench, fake: Any, topic: str, key: str, settings: dict[str, object]
+    bench: Bench, fake: Any, topic: str, key: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
     session: Path = RUN_DIR / f"profile-{key}.pyisession"
     session.unlink(missing_ok=True)

@@ -63,8 +63,10 @@ async def test_records_in_range_reads_exactly_the_bounds(
     async with consumer:
         consumer.assign([p0, p1])
 
-        async def read(start: dict[TopicPartition, int], end: dict[TopicPartition, int]) -> set:
-            got = set()
+        async def read(
+            start: dict[TopicPartition, int], end: dict[TopicPartition, int]
+        ) -> set[tuple[int, int]]:
+            got: set[tuple[int, int]] = set()
             async for batch in records_in_range(consumer, end, start=start, max_records=1):
                 assert len({r.partition for r in batch}) == 1
                 got.update((r.partition, r.offset) for r in batch)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from consumer.cli import app
 from schemas.export import schema_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +91,33 @@ def test_schema_writes_the_four_schema_files(tmp_path: Path) -> None:
         assert (out / name).read_text() == text
     # It prints the paths it wrote, one a line.
     assert sorted(Path(line).name for line in result.stdout.split()) == written
+
+
+def test_every_command_maps_modstream_errors_to_exit_codes() -> None:
+    callbacks = {
+        c.name or getattr(c.callback, "__name__", ""): c.callback for c in app.registered_commands
+    }
+    assert {"consume", "schema", "fake-openai", "topics", "sample", "report", "replay", "eval"} <= (
+        set(callbacks)
+    )
+    assert all(getattr(cb, "__wrapped__", None) is not None for cb in callbacks.values())
+
+
+def test_a_config_error_inside_a_tool_exits_2_with_one_line() -> None:
+    # Raised while the Kafka client is built, not while the settings are read.
+    result = _run(
+        str(MODSTREAM),
+        "topics",
+        MODSTREAM_SECURITY_PROTOCOL="SSL",
+        MODSTREAM_SSL_CAFILE="/nonexistent/ca.pem",
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("modstream: cannot set up TLS for Kafka")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_bad_option_value_exits_2_naming_it() -> None:
+    result = _run(str(MODSTREAM), "replay", "--topic", "a", "--to-topic", "b", "--to-time", "soon")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "not an ISO-8601 time: 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -12,7 +12,8 @@ Modules, in the order a request meets them::
 
     config         FakeConfig: the knobs (env MODSTREAM_FAKE_*, PATCH /_fake/config)
     app            the /v1 handlers and build_app()
-    state          FakeState and the shared request steps: auth, outage, faults, admission
+    rules          the models served and the 4xx a chat request's shape earns (both servers)
+    state          Knobs (dice, buckets, PATCH, 429s; both servers), FakeState, the request steps
     faults         the fault draw, latency, retry-after headers, OpenAI error bodies
     ratelimit      RPM/TPM buckets with refunds and x-ratelimit-* headers
     reasoning      a reasoning model's parameter rules (OpenAI's 400s) and reasoning tokens
@@ -24,8 +25,10 @@ Modules, in the order a request meets them::
     stats          counters and the request log behind /_fake/stats and /_fake/requests
     admin_routes   the /_fake/* routes
     admin          FakeAdmin, the test-side client of /_fake/*
-    bench          benchmark mode's routes: cached per-shape reply plans, estimated usage
-    lean_http      benchmark mode's HTTP/1.1 server on asyncio Protocols
+    bench          benchmark mode's routes: answers from a plan, estimated usage, counters
+    plans          benchmark mode's per-shape reply plans, built once and cached
+    lean_http      benchmark mode's HTTP/1.1 server on asyncio Protocols, its routes
+    lean_wire      its requests read from bytes and responses written as bytes
     server         serve() for the CLI, running_fake() for in-process use
     loadtest       python -m consumer.testing.fake_openai.loadtest: how fast a running fake answers
 """

@@ -1,4 +1,7 @@
-"""The ``/_fake/*`` routes tests use to read counters and change knobs while the fake runs.
+"""The ``/_fake/*`` routes tests use to read counters and change knobs while the fake runs:
+:func:`add` registers them on the aiohttp app. Benchmark mode's lean server answers the same
+paths from the same knobs (:class:`~consumer.testing.fake_openai.state.Knobs`), all but the
+request log (:mod:`.lean_http`).
 
 GET   /_fake/health             {"status": "ok"}: readiness probe, never counted
 GET   /_fake/stats              counts: total, by_path, by_outcome, tokens
@@ -20,6 +23,11 @@ from consumer.testing.fake_openai.state import dumps
 
 if TYPE_CHECKING:
     from consumer.testing.fake_openai.state import FakeState
+
+#: Every admin path (a known path with another method is a 405).
+PATHS = frozenset(
+    {"/_fake/health", "/_fake/stats", "/_fake/reset", "/_fake/requests", "/_fake/config"}
+)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -59,13 +67,7 @@ def add(app: web.Application, state: FakeState) -> None:
 
     async def patch_config(request: web.Request) -> web.Response:
         try:
-            changes = await request.json()
-        except ValueError:
-            return _bad("the body must be a JSON object of knobs")
-        if not isinstance(changes, dict):
-            return _bad("the body must be a JSON object of knobs")
-        try:
-            state.reconfigure(state.config.patched(changes))
+            state.patch(await request.read())
         except ValueError as exc:
             return _bad(str(exc))
         return _json(state.config.public())

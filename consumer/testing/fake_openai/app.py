@@ -2,7 +2,7 @@
 
 Per API request: log and count it, check the key and the outage switch, the model name (404
 for one the fake does not serve), an unsupported parameter, a reasoning model's parameter rules
-(:mod:`.reasoning`), a rejected ``json_schema`` and the poison marker (knobs), roll
+and a rejected ``json_schema`` (:mod:`.rules`, shared with benchmark mode), the poison marker, roll
 the fault dice, admit it against the rate limits, wait the configured latency, then answer (or
 hang, or drop the connection).
 """
@@ -33,23 +33,10 @@ from consumer.testing.fake_openai.reply import (
     render,
     truncated,
 )
+from consumer.testing.fake_openai.rules import DEFAULT_MAX_TOKENS, MODELS, check_chat, check_model
 from consumer.testing.fake_openai.state import ERRORS, FakeState, json_response
 from consumer.testing.fake_openai.usage import cut_to_tokens, prompt_tokens, tokens
 
-DEFAULT_MAX_TOKENS = 4096
-MODELS = (
-    "gpt-4o-mini",
-    "gpt-4o",
-    "gpt-4.1",
-    "gpt-4.1-mini",
-    "gpt-5",
-    "gpt-5-mini",
-    "gpt-5-nano",
-    "gpt-5.1",
-    "o4-mini",
-    "o3",
-    "omni-moderation-latest",
-)
 STATE: web.AppKey[FakeState] = web.AppKey("fake_state")
 
 
@@ -72,21 +59,9 @@ class Endpoints:
         messages, model = body.get("messages"), body.get("model")
         if not isinstance(messages, list) or not messages or not isinstance(model, str):
             raise Fail.bad_request("'model' and non-empty 'messages' are required.")
-        if body.get("stream"):
-            raise Fail.bad_request("The fake does not support streaming.")
-        self.check_model(model)
         config = state.config
-        if config.unsupported_param is not None and config.unsupported_param in body:
-            raise Fail.unsupported_parameter(config.unsupported_param)
-        effort = None
-        if config.reasoning_rules and reasoning.is_reasoning(model):
-            effort = reasoning.check(body, model)
+        effort = check_chat(body, model, config)
         response_format = body.get("response_format")
-        wants_schema = isinstance(response_format, dict) and (
-            response_format.get("type") == "json_schema"
-        )
-        if config.reject_json_schema and wants_schema:
-            raise Fail.json_schema_unsupported()
         self.check_poison(messages)
         context = context_for(last_user_text(messages))
         try:  # before any waiting: a bad schema is the caller's error, answered at once
@@ -175,11 +150,6 @@ class Endpoints:
         )
         return data, used
 
-    def check_model(self, model: str) -> None:
-        """404 for a model the fake does not serve (unless ``strict_models`` is off)."""
-        if self.state.config.strict_models and model not in MODELS:
-            raise Fail.model_not_found(model)
-
     def check_poison(self, content: Any) -> None:
         """500 for content (messages or moderation inputs) holding the ``fail_when_contains``
         marker, searched in its JSON text; serialized only when a marker is set."""
@@ -196,7 +166,7 @@ class Endpoints:
                 texts = moderation_inputs(body.get("input"))
             except SchemaError as exc:
                 raise Fail.bad_request(str(exc)) from exc
-            self.check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL))
+            check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL), state.config)
             self.check_poison(texts)
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome

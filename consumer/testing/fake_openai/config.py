@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, describe_validation_error
 
 ENV_PREFIX = "MODSTREAM_FAKE_"
 
@@ -216,12 +216,14 @@ class FakeConfig(BaseSettings):
 
 def describe(exc: ValidationError, *, env: bool) -> str:
     """One line per bad field, named as the variable (``env``) or the knob."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"])
-        name = (
-            (ENV_PREFIX + loc.upper() if loc else "MODSTREAM_FAKE_*") if env else (loc or "config")
+    if env:
+        problems = describe_validation_error(
+            exc, name=lambda loc: ENV_PREFIX + loc.upper(), whole=ENV_PREFIX + "*", echo=_showable
         )
-        shown = "" if loc in ("", "api_key") else f" (got {err.get('input')!r})"
-        lines.append(f"{name}: {err['msg']}{shown}")
-    return "invalid fake-openai configuration: " + "; ".join(lines)
+    else:
+        problems = describe_validation_error(exc, whole="config", echo=_showable)
+    return "invalid fake-openai configuration: " + problems
+
+
+def _showable(loc: str, given: object) -> bool:
+    return loc not in ("", "api_key")

@@ -1,14 +1,12 @@
 """A minimal HTTP/1.1 server on asyncio Protocols for benchmark mode (no aiohttp per request).
 
-It speaks what OpenAI clients and the test harness send: requests with a ``Content-Length``
-body (or none), keep-alive (HTTP/1.1's default; ``Connection: close`` honoured, HTTP/1.0 closes
-unless it asks for keep-alive), pipelined requests answered in order, requests split over any
-number of reads, ``Expect: 100-continue``. What it refuses, each with an error and a closed
-connection: a malformed request line or header (400), a ``Transfer-Encoding`` body (411: send
-a Content-Length), a head over :data:`MAX_HEAD` (431), a body over :data:`MAX_BODY` (413).
-Routes (:func:`route`): ``POST /v1/chat/completions``, ``POST /v1/moderations``,
-``GET /v1/models``, the ``/_fake/*`` admin routes; any other path is a 404, a known path with
-another method a 405.
+It speaks what OpenAI clients and the test harness send (:mod:`.lean_wire` reads the requests
+and writes the responses): keep-alive, pipelined requests answered in order, requests split
+over any number of reads, ``Expect: 100-continue``; a request it cannot read is answered with
+the error and the connection closed. Routes (:func:`route`): ``POST /v1/chat/completions``,
+``POST /v1/moderations``, ``GET /v1/models``, the ``/_fake/*`` admin routes (as
+:mod:`.admin_routes` serves them, but for the request log); any other path is a 404, a known
+path with another method a 405.
 
 No task per request: an answer is computed in ``data_received`` and written at once, or after
 its latency by a ``call_later`` timer; answers on one connection are written in request order.
@@ -22,37 +20,27 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
+import orjson
 import structlog
 
-from consumer.testing.fake_openai.bench import Answer, BenchApi
+from consumer.testing.fake_openai import admin_routes
+from consumer.testing.fake_openai.bench import BenchApi
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import Fail
+from consumer.testing.fake_openai.lean_wire import (
+    Answer,
+    Incomplete,
+    Refused,
+    read_request,
+    response,
+)
+from consumer.testing.fake_openai.state import dumps
 
 log = structlog.get_logger("consumer.testing.fake_openai")
 
-#: Largest request head (request line and headers) accepted, in bytes.
-MAX_HEAD = 64 * 1024
-#: Largest request body accepted, in bytes: the aiohttp app's limit (batch prompts are large).
-MAX_BODY = 64 * 1024 * 1024
 #: Answers queued on one connection (pipelined, waiting out their latency) before it stops
 #: reading until they are written.
 MAX_PENDING = 1024
-
-REASONS = {
-    100: "Continue",
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Content Too Large",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-_STATUS_LINES = {code: f"HTTP/1.1 {code} {text}\r\n".encode() for code, text in REASONS.items()}
 
 Handler = Callable[[str, str, str, dict[bytes, bytes], bytes], Answer]
 
@@ -64,8 +52,7 @@ def route(api: BenchApi) -> Handler:
         "/v1/moderations": api.moderations,
     }
     gets = {"/v1/models": api.models}
-    known = {*posts, *gets, "/_fake/health", "/_fake/stats", "/_fake/reset", "/_fake/config"}
-    known.add("/_fake/requests")
+    known = {*posts, *gets, *admin_routes.PATHS}
 
     def handle(
         method: str, path: str, query: str, headers: dict[bytes, bytes], body: bytes
@@ -75,7 +62,7 @@ def route(api: BenchApi) -> Handler:
         if method == "GET" and (get := gets.get(path)) is not None:
             return get(body, headers)
         if path.startswith("/_fake/"):
-            answer = api.admin(method, path, query, body)
+            answer = admin(api, method, path, body)
             if answer is not None:
                 return answer
         if path in known:
@@ -86,26 +73,30 @@ def route(api: BenchApi) -> Handler:
     return handle
 
 
-def response(answer: Answer, *, close: bool) -> bytes:
-    """The bytes of one response."""
-    status = _STATUS_LINES.get(answer.status) or f"HTTP/1.1 {answer.status} Status\r\n".encode()
-    return b"".join(
-        (
-            status,
-            b"Content-Type: ",
-            answer.content_type,
-            b"\r\nContent-Length: ",
-            str(len(answer.body)).encode(),
-            b"\r\n",
-            answer.headers,
-            b"Connection: close\r\n\r\n" if close else b"\r\n",
-            answer.body,
-        )
-    )
+def admin(api: BenchApi, method: str, path: str, raw: bytes) -> Answer | None:
+    """Benchmark mode's ``/_fake/*`` routes; None for a path and method that are not one."""
+    if path == "/_fake/health" and method == "GET":
+        return Answer(200, b'{"status":"ok"}')
+    if path == "/_fake/stats" and method == "GET":
+        return Answer(200, orjson.dumps(api.counters.snapshot()))
+    if path == "/_fake/reset" and method == "POST":
+        api.reset()
+        return Answer(200, orjson.dumps(api.counters.snapshot()))
+    if path == "/_fake/config" and method == "GET":
+        return Answer(200, dumps(api.config.public()))
+    if path == "/_fake/config" and method == "PATCH":
+        try:
+            api.patch(raw)
+        except ValueError as exc:
+            return _refused(str(exc))
+        return Answer(200, dumps(api.config.public()))
+    if path == "/_fake/requests" and method == "GET":
+        return _refused("benchmark mode keeps no request log (MODSTREAM_FAKE_BENCHMARK)")
+    return None
 
 
-def _refusal(status: int, message: str) -> bytes:
-    return response(Answer(status, Fail.bad_request(message).body()), close=True)
+def _refused(message: str) -> Answer:
+    return Answer(400, Fail.bad_request(message).body())
 
 
 class _Slot:
@@ -171,69 +162,24 @@ class Connection(asyncio.Protocol):
     def _one(self, buffer: bytes | bytearray, start: int) -> int:
         """Handle the request at ``start`` if it is complete; where the next one starts, or 0
         (wait for more bytes)."""
-        end = buffer.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(buffer) - start > MAX_HEAD:
-                self._refuse(431, "The request head is too large.")
-            return 0
-        if end - start > MAX_HEAD:
-            self._refuse(431, "The request head is too large.")
-            return 0
-        lines = bytes(buffer[start:end]).split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1]:
-            self._refuse(400, "Malformed request line.")
-            return 0
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip() or b" " in name:
-                self._refuse(400, "Malformed header line.")
-                return 0
-            key = name.lower()
-            value = value.strip()
-            if key in headers and key == b"content-length" and headers[key] != value:
-                self._refuse(400, "Conflicting Content-Length headers.")
-                return 0
-            headers[key] = value
-        if b"transfer-encoding" in headers:
-            self._refuse(411, "Send the body with a Content-Length, not a Transfer-Encoding.")
-            return 0
-        raw_length = headers.get(b"content-length", b"0")
-        if not raw_length.isdigit():
-            self._refuse(400, "Invalid Content-Length.")
-            return 0
-        length = int(raw_length)
-        if length > MAX_BODY:
-            self._refuse(413, f"The request body is larger than {MAX_BODY} bytes.")
-            return 0
-        body_start = end + 4
-        if len(buffer) - body_start < length:
-            if (
-                not self.continued
-                and headers.get(b"expect", b"").lower() == b"100-continue"
-                and self.transport is not None
-            ):
+        request = read_request(buffer, start)
+        if isinstance(request, Incomplete):
+            if request.expects_continue and not self.continued and self.transport is not None:
                 self.continued = True
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return 0
+        if isinstance(request, Refused):
+            self._refuse(*request)
+            return 0
         self.continued = False
-        body = bytes(buffer[body_start : body_start + length])
-        connection = headers.get(b"connection", b"").lower()
-        if parts[2] == b"HTTP/1.1":
-            close = b"close" in connection
-        else:
-            close = b"keep-alive" not in connection
-        method = parts[0].decode("latin-1")
-        target = parts[1].decode("latin-1")
-        path, _, query = target.partition("?")
+        method, path = request.method, request.path
         try:
-            answer = self.handler(method, path, query, headers, body)
+            answer = self.handler(method, path, request.query, request.headers, request.body)
         except Exception:  # a bug must answer 500, not kill the connection silently
             log.exception("fake-openai benchmark handler failed", method=method, path=path)
             answer = Answer(500, Fail.server_error().body())
-        self._queue(answer, close=close)
-        return body_start + length
+        self._queue(answer, close=request.close)
+        return request.end
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request that cannot be read, after those before it, and close."""

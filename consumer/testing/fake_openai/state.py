@@ -1,6 +1,9 @@
 """The fake's mutable state and the steps every API request shares.
 
-Everything runs on one event loop, so the state needs no locks.
+:class:`Knobs` is what both servers hold (the aiohttp app's :class:`FakeState` and benchmark
+mode's :class:`~consumer.testing.fake_openai.bench.BenchApi`): the knobs in force, the fault
+dice and the rate-limit buckets, so ``PATCH /_fake/config``, ``POST /_fake/reset`` and a 429
+mean the same in both. Everything runs on one event loop, so the state needs no locks.
 """
 
 from __future__ import annotations
@@ -53,15 +56,13 @@ def dumps(data: Any) -> bytes:
         return json.dumps(data).encode()
 
 
-class FakeState:
-    """Everything the fake remembers: knobs, dice, buckets, counters and the prefix cache."""
+class Knobs:
+    """The knobs in force, and the fault dice and rate-limit buckets built from them."""
 
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.dice = Dice(config.seed)
         self.limiter = RateLimiter(config.rpm, config.tpm)
-        self.stats = Stats(config.request_log_size)
-        self.prefix = PrefixCache()
 
     def reconfigure(self, config: FakeConfig) -> None:
         """Switch to new knobs, rebuilding only what they change."""
@@ -70,14 +71,54 @@ class FakeState:
             self.limiter = RateLimiter(config.rpm, config.tpm)
         if old.seed != config.seed:
             self.dice = Dice(config.seed)
+
+    def reset(self) -> None:
+        """Refill the buckets and re-seed the dice."""
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self.dice = Dice(self.config.seed)
+
+    def patch(self, raw: bytes) -> None:
+        """Apply a ``PATCH /_fake/config`` body; ValueError says what is wrong with it."""
+        try:
+            changes = loads(raw)
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            raise ValueError("the body must be a JSON object of knobs")
+        self.reconfigure(self.config.patched(changes))
+
+    def admit(self, charge: int) -> None:
+        """Charge the rate limits or raise a 429 that says when to come back."""
+        wait, which = self.limiter.admit(charge)
+        if wait <= 0:
+            return
+        if wait == float("inf"):  # larger than the whole bucket: waiting will not help
+            message = f"Request too large for {which} per min: requested {charge}."
+            wait = 60.0
+        else:
+            message = f"Rate limit reached for {which} per min. Please try again in {wait:.3f}s."
+        headers = self.dice.retry_after(wait, self.config.retry_after_mode)
+        raise Fail.rate_limited(message, which, headers)
+
+
+class FakeState(Knobs):
+    """Everything the aiohttp app remembers: the knobs, the counters and the prefix cache."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        super().__init__(config)
+        self.stats = Stats(config.request_log_size)
+        self.prefix = PrefixCache()
+
+    def reconfigure(self, config: FakeConfig) -> None:
+        """Switch to new knobs, rebuilding only what they change."""
+        super().reconfigure(config)
         self.stats.resize(config.request_log_size)
 
     def reset(self) -> None:
         """Zero stats and the log, forget cached prefixes, refill buckets, re-seed the dice."""
+        super().reset()
         self.stats.reset()
         self.prefix.clear()
-        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
-        self.dice = Dice(self.config.seed)
 
     async def enter(self, request: web.Request) -> Any:
         """Read, log and count the request; check the key and the outage switch."""
@@ -123,19 +164,6 @@ class FakeState:
             await asyncio.sleep(config.hang_s)
         if outcome is Outcome.DROP and request.transport is not None:
             request.transport.close()  # no status line, no headers: the client sees EOF
-
-    def admit(self, charge: int) -> None:
-        """Charge the rate limits or raise a 429 that says when to come back."""
-        wait, which = self.limiter.admit(charge)
-        if wait <= 0:
-            return
-        if wait == float("inf"):  # larger than the whole bucket: waiting will not help
-            message = f"Request too large for {which} per min: requested {charge}."
-            wait = 60.0
-        else:
-            message = f"Rate limit reached for {which} per min. Please try again in {wait:.3f}s."
-        headers = self.dice.retry_after(wait, self.config.retry_after_mode)
-        raise Fail.rate_limited(message, which, headers)
 
     def failed(self, fail: Fail, headers: dict[str, str] | None = None) -> web.Response:
         """Count and send an error."""

@@ -42,7 +42,8 @@ from consumer.pipeline.admit import Admitted
 from consumer.testing.fake_openai import FakeAdmin, FakeConfig, running_fake
 from consumer.testing.fake_openai.bench import BenchApi
 from consumer.testing.fake_openai.config import BENCHMARK_REFUSED
-from consumer.testing.fake_openai.lean_http import MAX_BODY, Connection, route
+from consumer.testing.fake_openai.lean_http import Connection, route
+from consumer.testing.fake_openai.lean_wire import MAX_BODY
 from schemas import Action, ModerationRequest, Source, UsageOutcome
 from tests.fake_server import _ready, free_port, served
 

@@ -1,6 +1,7 @@
-"""workers: the budget split, each worker's environment and transactional id, the restart
-backoff, what an exit code means, the merged /metrics and /readyz (real HTTP against real
-worker health servers), and the supervisor itself over stand-in worker processes."""
+"""workers (with worker_role, restarts, workers_health): the budget split, each worker's
+environment and transactional id, the restart backoff, what an exit code means, the merged
+/metrics and /readyz (real HTTP against real worker health servers), and the supervisor
+itself over stand-in worker processes."""
 
 from __future__ import annotations
 
@@ -27,20 +28,17 @@ from tenacity import wait_exponential
 from consumer.errors import ConfigError
 from consumer.ops.health import HealthServer
 from consumer.ops.metrics import Metrics
-from consumer.ops.workers import (
-    RESTART_WAIT,
+from consumer.ops.restarts import RESTART_WAIT, Next, RestartPolicy, after_exit
+from consumer.ops.worker_role import (
     WORKER_INDEX_ENV,
     WORKER_REPORT_FD_ENV,
-    Next,
-    RestartPolicy,
-    Supervisor,
     WorkerRole,
-    after_exit,
     child_environ,
     split_budget,
     worker_env,
     worker_transactional_id,
 )
+from consumer.ops.workers import Supervisor
 from consumer.ops.workers_health import (
     GroupHealth,
     WorkerStatus,
