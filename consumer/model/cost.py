@@ -32,7 +32,7 @@ import yaml
 from genai_prices import Usage, calc_price
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, describe_validation_error
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +71,7 @@ def load_prices(path: Path) -> PriceFile:
     try:
         return PriceFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{where}: {problems}") from exc
+        raise ConfigError(f"{where}: {describe_validation_error(exc, whole='file')}") from exc
 
 
 #: Token counts up to which a linear price is used as rates (a message's prompt and reply stay

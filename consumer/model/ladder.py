@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from consumer.errors import describe_validation_error
 from consumer.model.salvage import Salvaged, Unsalvageable, reply_shape, resolve_ref, salvage
 
 __all__ = ["MAX_REPAIRS", "Reading", "describe", "read", "repair_request", "schema_reminder"]
@@ -48,12 +49,8 @@ class Reading:
 
 
 def describe(exc: ValidationError) -> str:
-    """A validation error in a few words the model (and a person) can act on."""
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+    """A reply's validation error in a few words the model (and a person) can act on."""
+    return describe_validation_error(exc, whole="reply", most=5)
 
 
 def read(text: str, model: type[BaseModel]) -> Reading:

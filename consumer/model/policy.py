@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, describe_validation_error
 from schemas import Action, CategoryScore
 
 _SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
@@ -262,7 +262,8 @@ def load_policy(path: Path | None = None) -> Policy:
     try:
         return Policy.model_validate(_load_yaml(path, "policy.default.yaml"))
     except ValidationError as exc:
-        raise ConfigError(f"invalid policy {path or 'default'}: {exc}") from exc
+        problems = describe_validation_error(exc, whole="policy")
+        raise ConfigError(f"invalid policy {path or 'default'}: {problems}") from exc
 
 
 def load_prompt(path: Path | None = None) -> Prompt:
@@ -270,7 +271,8 @@ def load_prompt(path: Path | None = None) -> Prompt:
     try:
         return Prompt.model_validate(_load_yaml(path, "prompt.default.yaml"))
     except ValidationError as exc:
-        raise ConfigError(f"invalid prompt {path or 'default'}: {exc}") from exc
+        problems = describe_validation_error(exc, whole="prompt")
+        raise ConfigError(f"invalid prompt {path or 'default'}: {problems}") from exc
 
 
 def prompt_file(version_or_path: str) -> Path:
