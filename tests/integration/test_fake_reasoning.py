@@ -137,6 +137,7 @@ async def test_a_schema_in_the_prompt_is_followed_without_response_format(
 
     reply_format = ReplyFormat.of(FORMAT)
     for mode in (ReplyMode.JSON_OBJECT, ReplyMode.TEXT):
+        messages: Any  # plain dicts, as MESSAGES: the SDK's create() takes its own TypedDicts
         messages, response_format = reply_format.shaped(MESSAGES, mode)
         extra: dict[str, Any] = (
             {} if response_format is None else {"response_format": response_format}
@@ -144,7 +145,7 @@ async def test_a_schema_in_the_prompt_is_followed_without_response_format(
         completion = await client.chat.completions.create(
             model="gpt-4o-mini",
             messages=messages,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         reply = load_policy().reply_model.model_validate_json(
             completion.choices[0].message.content or ""

@@ -391,7 +391,7 @@ async def exchange(
         await writer.drain()
         if chunks > 1:
             await asyncio.sleep(0.001)
-    replies = []
+    replies: list[tuple[int, dict[bytes, bytes], bytes]] = []
     while expect is None or len(replies) < expect:
         reply = await asyncio.wait_for(read_response(reader), 5)
         if reply is None:

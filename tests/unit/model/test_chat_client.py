@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx2
 import openai
@@ -130,13 +130,21 @@ async def test_the_lean_request_is_the_sdks(server: ScriptedServer) -> None:
     assert headers(lean)["x-team"] == "trust"
 
 
+class AzureOptions(TypedDict):
+    """What both Azure clients share, typed so ``**`` is checked against the SDK's overloads."""
+
+    api_key: str
+    api_version: str
+    azure_deployment: str
+
+
 async def test_the_lean_azure_request_is_the_sdks(server: ScriptedServer) -> None:
     via_sdk, via_lean = (
         Seen(httpx2.Response(200, json=REPLY)),
         Seen(httpx2.Response(200, json=REPLY)),
     )
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(via_sdk))
-    azure = {"api_key": "az-key", "api_version": "2024-10-21", "azure_deployment": "dep"}
+    azure = AzureOptions(api_key="az-key", api_version="2024-10-21", azure_deployment="dep")
     sdk = AsyncAzureOpenAI(azure_endpoint="http://test", http_client=http, **azure)
     endpoint = server.base_url(via_lean).removesuffix("/v1")
     lean = AsyncAzureOpenAI(azure_endpoint=endpoint, **azure)

@@ -112,7 +112,9 @@ def user_text(body: dict[str, Any]) -> str:
     return "".join(m["content"] for m in body.get("messages", []) if m["role"] == "user")
 
 
-def error(code: int, message: str, err: str | None = None, param: str | None = None) -> Any:
+def error(
+    code: int, message: str, err: str | None = None, param: str | None = None
+) -> httpx2.Response:
     body = {"error": {"message": message, "type": "invalid_request_error", "code": err}}
     body["error"]["param"] = param
     return httpx2.Response(code, json=body)

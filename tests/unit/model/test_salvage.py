@@ -229,7 +229,7 @@ def test_a_missing_score_is_never_invented(reply: dict[str, Any], field: str) ->
 
 # ---- examples ------------------------------------------------------------------------------
 
-GOOD = {"scores": dict.fromkeys(FIELDS, 0.25), "rationale": "r"}
+GOOD: dict[str, Any] = {"scores": dict.fromkeys(FIELDS, 0.25), "rationale": "r"}
 
 
 def test_a_valid_reply_reads_without_salvage() -> None:

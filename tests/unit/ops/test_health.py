@@ -96,7 +96,7 @@ async def test_not_ready_while_starting(server: HealthServer) -> None:
 async def test_ready_only_with_partitions_and_a_reachable_broker(server: HealthServer) -> None:
     consumer = StandInConsumer()
     stop = asyncio.Event()
-    server.readiness = kafka_readiness(consumer, stop, broker_timeout_s=0.05)  # type: ignore[arg-type]
+    server.readiness = kafka_readiness(consumer, stop, broker_timeout_s=0.05)
 
     status, body = await ready(server)
     assert status == 503 and "no partitions assigned" in body["reason"]

@@ -316,7 +316,7 @@ def pipeline(consumer: FakeConsumer, metrics: Metrics) -> Pipeline:
     classifier = SimpleNamespace(policy=SimpleNamespace(version="p1"))
     return Pipeline(
         Settings(),
-        consumer=consumer,  # type: ignore[arg-type]
+        consumer=consumer,
         publisher=None,  # type: ignore[arg-type]
         admitter=None,  # type: ignore[arg-type]
         classifier=classifier,  # type: ignore[arg-type]

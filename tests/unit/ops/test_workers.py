@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.parser import text_string_to_metric_families
 from tenacity import wait_exponential
 
@@ -49,6 +49,9 @@ from consumer.ops.workers_health import (
 from consumer.settings import Delivery, Settings, load_settings
 
 pytestmark = pytest.mark.timeout(60)
+
+#: prometheus_client's OpenMetrics encoder, which it leaves unannotated.
+openmetrics_latest: Callable[[CollectorRegistry], bytes] = openmetrics_exposition.generate_latest
 
 
 def settings(**values: Any) -> Settings:
