@@ -35,6 +35,7 @@ from consumer.pipeline.outbox import Outbox
 from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES, Publisher, Topics
 from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
+from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings
 
 log = structlog.get_logger(__name__)
@@ -102,17 +103,24 @@ async def serve(
         )
         # Micro-batching: short messages share a chat call, each still delivered alone.
         batching = batcher(settings, classifier)
+        stages = Stages(
+            settings,
+            admitter=admitter,
+            classify=classifier.classify if batching is None else batching.classify,
+            publisher=publisher,
+            delivery=delivery,
+            metrics=metrics,
+            policy_version=classifier.policy.version,
+            # Room for the record's framing and our headers, which the size check counts too.
+            dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
+        )
         pipeline = Pipeline(
             settings,
             consumer=consumer,
+            stages=stages,
             delivery=delivery,
-            admitter=admitter,
-            classify=classifier.classify if batching is None else batching.classify,
             breaker=classifier.breaker,
-            policy_version=classifier.policy.version,
             metrics=metrics,
-            # Room for the record's framing and our headers, which the size check counts too.
-            dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)

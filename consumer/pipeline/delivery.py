@@ -1,6 +1,7 @@
 """Delivery: how one input's outputs reach Kafka, and how its offset is committed.
 
-The pipeline hands every finished input's outputs to one :class:`Delivery` and commits the done
+The pipeline hands every finished input's outputs (serialized by
+:class:`~consumer.pipeline.publish.Publisher`) to one :class:`Delivery`, and commits the done
 watermark through it. :mod:`consumer.app` picks the implementation from ``MODSTREAM_DELIVERY``,
 so the pipeline never asks which:
 
@@ -42,7 +43,6 @@ from consumer.pipeline.outbox import Outbox
 from consumer.pipeline.publish import OutRecord, Publisher
 from consumer.pipeline.source import Envelope
 from consumer.retry import retried
-from schemas import DeadLetter, UsageEvent, Verdict
 
 __all__ = ["AtLeastOnce", "Delivery", "ExactlyOnce"]
 
@@ -52,14 +52,7 @@ log = structlog.get_logger(__name__)
 class Delivery(Protocol):
     """Where one input's outputs go once it is finished, and how offsets commit after them."""
 
-    async def deliver(
-        self,
-        envelope: Envelope,
-        *,
-        verdict: Verdict | None = None,
-        usage: Sequence[UsageEvent] = (),
-        dead: DeadLetter | None = None,
-    ) -> None:
+    async def deliver(self, envelope: Envelope, records: Sequence[OutRecord]) -> None:
         """Send (or stage) one input's outputs; once this returns, the input counts as done.
 
         Raises ``PublishRejected`` when one of them can never be written.
@@ -86,20 +79,11 @@ class AtLeastOnce:
     """Outputs acknowledged before the input is done; offsets committed through the group."""
 
     def __init__(self, publisher: Publisher, consumer: AIOKafkaConsumer, metrics: Metrics) -> None:
-        self.publisher = publisher
         self.consumer = consumer
         self._sender = _Sender(publisher, metrics)
 
-    async def deliver(
-        self,
-        envelope: Envelope,
-        *,
-        verdict: Verdict | None = None,
-        usage: Sequence[UsageEvent] = (),
-        dead: DeadLetter | None = None,
-    ) -> None:
+    async def deliver(self, envelope: Envelope, records: Sequence[OutRecord]) -> None:
         """Send one input's outputs and wait until the broker acknowledged every one."""
-        records = self.publisher.records(envelope, verdict=verdict, usage=usage, dead=dead)
         await self._sender.send(records)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -125,16 +109,8 @@ class ExactlyOnce:
         self.outbox = outbox
         self._sender = _Sender(publisher, metrics)
 
-    async def deliver(
-        self,
-        envelope: Envelope,
-        *,
-        verdict: Verdict | None = None,
-        usage: Sequence[UsageEvent] = (),
-        dead: DeadLetter | None = None,
-    ) -> None:
+    async def deliver(self, envelope: Envelope, records: Sequence[OutRecord]) -> None:
         """Send the usage events (acknowledged), stage the rest for the next transaction."""
-        records = self.publisher.records(envelope, verdict=verdict, usage=usage, dead=dead)
         usage_topic = self.publisher.topics.usage
         await self._sender.send([r for r in records if r.topic == usage_topic])
         tp = TopicPartition(envelope.topic, envelope.partition)
@@ -162,7 +138,7 @@ class _Sender:
         self.publisher = publisher
         self.metrics = metrics
 
-    async def send(self, records: list[OutRecord]) -> None:
+    async def send(self, records: Sequence[OutRecord]) -> None:
         if not records:
             return
         await retried(

@@ -34,12 +34,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from consumer.errors import FatalError, RebalanceFailed
 from consumer.model.circuit import CircuitBreaker
 from consumer.ops.metrics import Metrics, kafka_connected
-from consumer.pipeline.admit import Admitter
 from consumer.pipeline.commits import Committer
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.source import Envelope, KafkaSource
-from consumer.pipeline.stages import Classify, Stages
+from consumer.pipeline.stages import Stages
 from consumer.settings import Ordering, Settings
 
 __all__ = ["Pipeline"]
@@ -50,9 +49,10 @@ log = structlog.get_logger(__name__)
 class Pipeline:
     """Runs messages through the stages with bounded concurrency and in-order commits.
 
-    ``classify`` and ``delivery`` are chosen by the caller (:mod:`consumer.app`): the pipeline
-    runs the same way with or without micro-batching, at least once or exactly once.
-    ``breaker`` is the model provider's circuit breaker: while it is open, intake stops.
+    ``stages`` (with its classify) and ``delivery`` (the same one the stages deliver to) are
+    built by the caller (:mod:`consumer.app`): the pipeline runs the same way with or without
+    micro-batching, at least once or exactly once. ``breaker`` is the model provider's circuit
+    breaker: while it is open, intake stops.
     """
 
     def __init__(
@@ -60,30 +60,19 @@ class Pipeline:
         settings: Settings,
         *,
         consumer: AIOKafkaConsumer,
+        stages: Stages,
         delivery: Delivery,
-        admitter: Admitter,
-        classify: Classify,
         breaker: CircuitBreaker,
-        policy_version: str,
         metrics: Metrics,
-        dead_letter_max_bytes: int | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.source = KafkaSource(consumer)
+        self.stages = stages
         self.delivery = delivery
         self.breaker = breaker
         self.metrics = metrics
         self.tracker = OffsetTracker()
-        self.stages = Stages(
-            settings,
-            admitter=admitter,
-            classify=classify,
-            delivery=delivery,
-            metrics=metrics,
-            policy_version=policy_version,
-            dead_letter_max_bytes=dead_letter_max_bytes,
-        )
         self._room = asyncio.Event()  # set whenever a message leaves the window (or on fatal)
         self.committer = Committer(
             settings,

@@ -1,6 +1,6 @@
 """Stages: one input record through decode, admit, classify and delivery, or into a dead letter.
 
-    decode -> admit -> classify -> deliver
+    decode -> admit -> classify -> publish (serialize) -> deliver
 
 Each stage takes a typed value and hands one on. A ``PermanentError`` (bytes that are not a
 request, content over the hard limit, a model that never gave a usable answer) turns the input
@@ -24,6 +24,7 @@ from consumer.pipeline.admit import Admitted, Admitter
 from consumer.pipeline.dead_letter import Stage, dead_letter
 from consumer.pipeline.decode import decode
 from consumer.pipeline.delivery import Delivery
+from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from schemas import Source, UsageEvent, make_event_id
@@ -49,6 +50,7 @@ class Stages:
         *,
         admitter: Admitter,
         classify: Classify,
+        publisher: Publisher,
         delivery: Delivery,
         metrics: Metrics,
         policy_version: str,
@@ -57,6 +59,7 @@ class Stages:
         self.settings = settings
         self.admitter = admitter
         self.classify = classify
+        self.publisher = publisher  # serializes (and size-checks) the outputs
         self.delivery = delivery
         self.metrics = metrics
         self.policy_version = policy_version
@@ -96,7 +99,8 @@ class Stages:
             )
             return
         try:
-            await self.delivery.deliver(envelope, verdict=result.verdict, usage=result.usage)
+            records = self.publisher.records(envelope, verdict=result.verdict, usage=result.usage)
+            await self.delivery.deliver(envelope, records)
         except PublishRejected as exc:
             await self._dead_letter(envelope, exc, "publish", result.attempts, result.usage)
             return
@@ -129,7 +133,8 @@ class Stages:
             payload_truncated=dead.payload_truncated or None,
         )
         try:
-            await self.delivery.deliver(envelope, dead=dead, usage=usage or [])
+            records = self.publisher.records(envelope, dead=dead, usage=usage or ())
+            await self.delivery.deliver(envelope, records)
         except PublishRejected as exc:
             # Cut to fit, a dead letter is refused only when something is badly wrong with the
             # dead-letter topic; going on would lose the input.

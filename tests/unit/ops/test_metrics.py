@@ -316,11 +316,9 @@ def pipeline(consumer: FakeConsumer, metrics: Metrics) -> Pipeline:
     return Pipeline(
         Settings(),
         consumer=consumer,  # type: ignore[arg-type]
+        stages=None,  # type: ignore[arg-type]
         delivery=AtLeastOnce(None, consumer, metrics),  # type: ignore[arg-type]
-        admitter=None,  # type: ignore[arg-type]
-        classify=None,  # type: ignore[arg-type]
         breaker=CircuitBreaker(),
-        policy_version="p1",
         metrics=metrics,
     )
 

@@ -31,7 +31,7 @@ from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.delivery import AtLeastOnce, ExactlyOnce
 from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.outbox import Outbox
-from consumer.pipeline.publish import Publisher, Topics
+from consumer.pipeline.publish import OutRecord, Publisher, Topics
 from consumer.pipeline.source import Envelope
 from schemas import ModerationRequest
 from tests.unit.kafka_fakes import FakeConsumer, FakeProducer, usage_for, verdict_for
@@ -46,10 +46,12 @@ def envelope(offset: int = 0) -> Envelope:
     return Envelope("in", 0, offset, b"k", b'{"id": "m", "text": "hi"}', (), 1_700_000_000_000)
 
 
-def outputs(env: Envelope):
+def records(env: Envelope) -> list[OutRecord]:
+    """One classified input's outputs, serialized: its verdict and its usage event."""
     request = ModerationRequest(id="m", text="hi")
     admitted = Admitted(request, "hi", None, truncated=False, content_tokens=1)
-    return verdict_for(admitted, env.source), [usage_for(env.source, "m")]
+    verdict, usage = verdict_for(admitted, env.source), [usage_for(env.source, "m")]
+    return Publisher(None, TOPICS).records(env, verdict=verdict, usage=usage)  # type: ignore[arg-type]
 
 
 def at_least_once(
@@ -72,8 +74,7 @@ async def test_at_least_once_returns_once_every_output_is_acknowledged() -> None
     gate = producer.ack_gates["verdicts"] = asyncio.Event()
     delivery = at_least_once(producer, FakeConsumer([TP]))
     env = envelope()
-    verdict, usage = outputs(env)
-    task = asyncio.create_task(delivery.deliver(env, verdict=verdict, usage=usage))
+    task = asyncio.create_task(delivery.deliver(env, records(env)))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not task.done()  # the usage event is acknowledged, the verdict not yet
@@ -90,8 +91,7 @@ async def test_at_least_once_retries_what_kafka_refuses_for_now_and_counts_it() 
     metrics = Metrics()
     delivery = at_least_once(producer, FakeConsumer([TP]), metrics)
     env = envelope()
-    verdict, usage = outputs(env)
-    await delivery.deliver(env, verdict=verdict, usage=usage)
+    await delivery.deliver(env, records(env))
     assert [r.topic for r in producer.on("verdicts")] == ["verdicts"]
     labels = {"reason": "KafkaTimeoutError"}
     assert metrics.registry.get_sample_value("modstream_publish_retries_total", labels) == 1
@@ -102,9 +102,8 @@ async def test_an_output_kafka_can_never_take_is_raised_not_retried() -> None:
     producer.fail("verdicts", MessageSizeTooLargeError())
     delivery = at_least_once(producer, FakeConsumer([TP]))
     env = envelope()
-    verdict, usage = outputs(env)
     with pytest.raises(PublishRejected):
-        await delivery.deliver(env, verdict=verdict, usage=usage)
+        await delivery.deliver(env, records(env))
     assert len(producer.on("verdicts", acked=False)) == 1  # sent once
 
 
@@ -143,8 +142,7 @@ async def test_exactly_once_sends_usage_at_once_and_stages_the_verdict() -> None
     producer, txn = FakeProducer(), FakeProducer()
     delivery = exactly_once(producer, txn)
     env = envelope(4)
-    verdict, usage = outputs(env)
-    await delivery.deliver(env, verdict=verdict, usage=usage)
+    await delivery.deliver(env, records(env))
     assert [r.topic for r in producer.acked] == ["usage"]  # outside any transaction
     assert txn.sent == [] and len(delivery.outbox) == 1
     await delivery.commit({TP: 5})
@@ -159,7 +157,7 @@ async def test_exactly_once_stages_a_dead_letter_too() -> None:
     delivery = exactly_once(producer, txn)
     env = envelope()
     dead = dead_letter(env, DecodeError("bad"), stage="decode", policy_version="p")
-    await delivery.deliver(env, dead=dead)
+    await delivery.deliver(env, Publisher(None, TOPICS).records(env, dead=dead))  # type: ignore[arg-type]
     assert producer.sent == []  # no usage: nothing goes out at once
     await delivery.commit({TP: 1})
     assert [r.topic for r in txn.committed_transactions()[0].records] == ["dlq"]
@@ -175,8 +173,7 @@ async def test_exactly_once_holds_in_flight_records_and_staged_outputs() -> None
         tracker.track(TP, offset)
     for offset in (0, 1):
         env = envelope(offset)
-        verdict, usage = outputs(env)
-        await delivery.deliver(env, verdict=verdict, usage=usage)
+        await delivery.deliver(env, records(env))
         tracker.done(TP, offset)
     assert tracker.held() == 1  # 0 and 1 released
     assert delivery.held(tracker) == 3  # 2 in flight, 0 and 1 staged
@@ -191,8 +188,7 @@ async def test_exactly_once_retries_a_usage_event_and_raises_a_failed_transactio
     producer.fail("usage", KafkaTimeoutError())
     delivery = exactly_once(producer, txn)
     env = envelope()
-    verdict, usage = outputs(env)
-    await delivery.deliver(env, verdict=verdict, usage=usage)
+    await delivery.deliver(env, records(env))
     assert len(producer.on("usage")) == 1 and len(producer.on("usage", acked=False)) == 2
     txn.txn_commit_errors.append(KafkaTimeoutError())
     with pytest.raises(BrokerUnavailable):

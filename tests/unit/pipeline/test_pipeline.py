@@ -43,6 +43,7 @@ from consumer.pipeline.outbox import Outbox
 from consumer.pipeline.publish import Publisher, Topics
 from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
+from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings, load_settings
 from tests.unit.kafka_fakes import (
     Behaviour,
@@ -128,16 +129,23 @@ def make(
         if exactly_once
         else AtLeastOnce(publisher, consumer, metrics)  # type: ignore[arg-type]
     )
+    stages = Stages(
+        settings,
+        admitter=admitter(),
+        classify=(classify_with or classifier).classify,
+        publisher=publisher,
+        delivery=delivery,
+        metrics=metrics,
+        policy_version=classifier.policy.version,
+        dead_letter_max_bytes=dead_letter_max_bytes,
+    )
     pipeline = Pipeline(
         settings,
         consumer=consumer,  # type: ignore[arg-type]
+        stages=stages,
         delivery=delivery,
-        admitter=admitter(),
-        classify=(classify_with or classifier).classify,
         breaker=breaker or classifier.breaker,
-        policy_version=classifier.policy.version,
         metrics=metrics,
-        dead_letter_max_bytes=dead_letter_max_bytes,
     )
     consumer.listener = Rebalance(pipeline.on_revoked, pipeline.on_assigned)
     # An empty poll waits this long for records: short, so a stop is noticed at once.

@@ -6,6 +6,7 @@ classifier of ``tests.unit.kafka_fakes``; decode and admit are the real stages.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,13 +19,16 @@ from structlog.testing import capture_logs
 from consumer.errors import BrokerRejected, InvalidReply, PublishRejected
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.offsets import OffsetTracker
+from consumer.pipeline.publish import OutRecord, Publisher, Topics
 from consumer.pipeline.source import Envelope
 from consumer.pipeline.stages import Stages
 from consumer.settings import load_settings
-from schemas import DeadLetter, UsageEvent, Verdict
+from schemas import DeadLetter
 from tests.unit.kafka_fakes import Behaviour, FakeClassifier, admitter, request_bytes
 
 pytestmark = pytest.mark.timeout(60)
+
+TOPICS = ("verdicts", "usage", "dlq")
 
 
 class RecordedDelivery:
@@ -34,18 +38,17 @@ class RecordedDelivery:
         self.delivered: list[dict[str, Any]] = []
         self.refusals: deque[PublishRejected] = deque()
 
-    async def deliver(
-        self,
-        envelope: Envelope,
-        *,
-        verdict: Verdict | None = None,
-        usage: Sequence[UsageEvent] = (),
-        dead: DeadLetter | None = None,
-    ) -> None:
+    async def deliver(self, envelope: Envelope, records: Sequence[OutRecord]) -> None:
         if self.refusals:
             raise self.refusals.popleft()
+        on = {topic: [r.value for r in records if r.topic == topic] for topic in TOPICS}
         self.delivered.append(
-            {"offset": envelope.offset, "verdict": verdict, "usage": usage, "dead": dead}
+            {
+                "offset": envelope.offset,
+                "verdict": next((json.loads(v) for v in on["verdicts"]), None),
+                "usage": [json.loads(v) for v in on["usage"]],
+                "dead": next((DeadLetter.model_validate_json(v) for v in on["dlq"]), None),
+            }
         )
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -64,6 +67,7 @@ def rig() -> tuple[Stages, RecordedDelivery, FakeClassifier, Metrics]:
         load_settings(),
         admitter=admitter(),
         classify=classifier.classify,
+        publisher=Publisher(None, Topics(*TOPICS)),  # type: ignore[arg-type]
         delivery=delivery,
         metrics=metrics,
         policy_version=classifier.policy.version,
@@ -86,11 +90,12 @@ async def test_a_classified_record_delivers_its_verdict_with_its_usage() -> None
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         await stages.run(envelope(3))
     [out] = delivery.delivered
-    assert out["verdict"] is not None and out["dead"] is None and len(out["usage"]) == 1
+    assert out["verdict"]["source"]["offset"] == 3 and out["dead"] is None
+    assert len(out["usage"]) == 1
     assert classifier.started == [(0, 3)]
     assert processed(metrics, "verdict") == 1
     [line] = [e for e in logs if e["event"] == "classifying"]
-    assert (line["offset"], line["event_id"]) == (3, out["verdict"].event_id)
+    assert (line["offset"], line["event_id"]) == (3, out["verdict"]["event_id"])
 
 
 async def test_undecodable_bytes_are_a_decode_dead_letter_and_never_classified() -> None:
