@@ -1,9 +1,9 @@
 """Delivery: how one input's outputs reach Kafka, and how its offset is committed.
 
-The pipeline hands every finished input's outputs (serialized by
-:class:`~consumer.pipeline.publish.Publisher`) to one :class:`Delivery`, and commits the done
-watermark through it. :mod:`consumer.app` picks the implementation from ``MODSTREAM_DELIVERY``,
-so the pipeline never asks which:
+The stages hand every finished input's outputs (serialized by
+:class:`~consumer.pipeline.publish.Publisher`) to one :class:`Delivery`; the committer commits
+the done watermark through it. :mod:`consumer.app` picks the implementation from
+``MODSTREAM_DELIVERY``, so the pipeline never asks which:
 
 - :class:`AtLeastOnce` (the default): every output is sent and acknowledged before the input
   counts as done, and offsets are committed through the consumer group. A crash between the
@@ -60,9 +60,10 @@ class Delivery(Protocol):
         ...
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` (assigned partitions only), and whatever waits for them.
+        """Commit ``offsets``, and whatever waits for them.
 
-        Called one at a time; raises our error (:mod:`consumer.kafka.translate`).
+        The committer calls it one at a time, with assigned partitions only; raises our error
+        (:mod:`consumer.kafka.translate`).
         """
         ...
 
