@@ -13,7 +13,7 @@ import gc
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -30,9 +30,12 @@ from consumer.ops.health import HealthServer, kafka_readiness
 from consumer.ops.logs import configure_logging
 from consumer.ops.metrics import Metrics
 from consumer.ops.workers import WorkerRole
-from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES, Outbox, Publisher, Topics
+from consumer.pipeline.delivery import AtLeastOnce, ExactlyOnce
+from consumer.pipeline.outbox import Outbox
+from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES, Publisher, Topics
 from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
+from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings
 
 log = structlog.get_logger(__name__)
@@ -65,33 +68,15 @@ async def serve(
         health = await _enter_health(stack, settings, metrics, report_health_port)
         client = await stack.enter_async_context(openai_client(settings))
         chat = await stack.enter_async_context(sender(settings.chat_client, client))
-        exactly_once = settings.delivery is Delivery.EXACTLY_ONCE
-        producer = AIOKafkaProducer(
-            **kafka,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=MAX_REQUEST_BYTES,
-            max_batch_size=PRODUCER_BATCH_BYTES,
-        )
-        pace_metadata_refresh(producer, settings.kafka_retry_backoff_ms / 1000)
-        await enter_kafka(stack, producer, kafka)
-        outbox: Outbox | None = None
-        if exactly_once:
-            # Verdicts and dead letters commit with their offsets; usage goes out at once on
-            # the plain producer above, so every answered call is recorded whatever aborts.
-            transactional = AIOKafkaProducer(
-                **kafka,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                max_request_size=MAX_REQUEST_BYTES,
-                max_batch_size=PRODUCER_BATCH_BYTES,
-                transactional_id=settings.effective_transactional_id,
+        producer = await _enter_producer(stack, settings, kafka)
+        transactional = None
+        if settings.delivery is Delivery.EXACTLY_ONCE:
+            # Verdicts and dead letters commit with their offsets on this one; usage goes out at
+            # once on the plain producer, so every answered call is recorded whatever aborts.
+            # Entered before the consumer: a revoke that closing the consumer runs still commits.
+            transactional = await _enter_producer(
+                stack, settings, kafka, transactional_id=settings.effective_transactional_id
             )
-            pace_metadata_refresh(transactional, settings.kafka_retry_backoff_ms / 1000)
-            await enter_kafka(stack, transactional, kafka)
-            outbox = Outbox(transactional, settings.group_id)
         consumer = AIOKafkaConsumer(
             **kafka,
             group_id=settings.group_id,
@@ -110,17 +95,32 @@ async def serve(
         metrics.describe(
             version=__version__, model=settings.model, policy_version=classifier.policy.version
         )
+        publisher = Publisher(producer, topics, limits)
+        delivery = (
+            AtLeastOnce(publisher, consumer, metrics)
+            if transactional is None
+            else ExactlyOnce(publisher, Outbox(transactional, settings.group_id), metrics)
+        )
+        # Micro-batching: short messages share a chat call, each still delivered alone.
+        batching = batcher(settings, classifier)
+        stages = Stages(
+            settings,
+            admitter=admitter,
+            classify=classifier.classify if batching is None else batching.classify,
+            publisher=publisher,
+            delivery=delivery,
+            metrics=metrics,
+            policy_version=classifier.policy.version,
+            # Room for the record's framing and our headers, which the size check counts too.
+            dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
+        )
         pipeline = Pipeline(
             settings,
             consumer=consumer,
-            publisher=Publisher(producer, topics, limits),
-            admitter=admitter,
-            classifier=classifier,
+            stages=stages,
+            delivery=delivery,
+            breaker=classifier.breaker,
             metrics=metrics,
-            outbox=outbox,
-            batcher=batcher(settings, classifier),
-            # Room for the record's framing and our headers, which the size check counts too.
-            dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
         )
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
@@ -154,15 +154,51 @@ async def serve(
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        stats = pipeline.stats
-        log.info(
-            "stopped",
-            fetched=stats.fetched,
-            verdicts=stats.verdicts,
-            dead_letters=stats.dead_letters,
-            commits=stats.commits,
-        )
+        log.info("stopped", **summary(metrics)._asdict())
         return pipeline
+
+
+class Summary(NamedTuple):
+    """What a run did, as its stop line says it: read from its metrics, which count each once."""
+
+    fetched: int
+    verdicts: int
+    dead_letters: int
+    commits: int
+
+
+def summary(metrics: Metrics) -> Summary:
+    """The run's figures so far, read from ``metrics`` (the pipeline keeps no counts of its own)."""
+    read = metrics.registry.get_sample_value
+    processed = "modstream_messages_processed_total"
+    return Summary(
+        fetched=int(read("modstream_messages_fetched_total") or 0),
+        verdicts=int(read(processed, {"outcome": "verdict"}) or 0),
+        dead_letters=int(read(processed, {"outcome": "dead_letter"}) or 0),
+        commits=int(read("modstream_commit_duration_seconds_count") or 0),  # acknowledged
+    )
+
+
+async def _enter_producer(
+    stack: AsyncExitStack,
+    settings: Settings,
+    kafka: dict[str, Any],
+    *,
+    transactional_id: str | None = None,
+) -> AIOKafkaProducer:
+    """An idempotent producer (``acks=all``) entered on ``stack``; with ``transactional_id``,
+    exactly-once's transactional one."""
+    producer = AIOKafkaProducer(
+        **kafka,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=MAX_REQUEST_BYTES,
+        max_batch_size=PRODUCER_BATCH_BYTES,
+        transactional_id=transactional_id,
+    )
+    pace_metadata_refresh(producer, settings.kafka_retry_backoff_ms / 1000)
+    return await enter_kafka(stack, producer, kafka)
 
 
 async def _enter_health(

@@ -3,12 +3,16 @@
 A record flows one way through these stages, each taking typed values and handing typed values
 on::
 
-    source    Envelope: the aiokafka consumer, fetching only what the work window has room for
-    decode    ModerationRequest, or the reason the bytes are not one
-    admit     Admitted: tokens counted, the hard limit enforced, content fitted into the budget
-              (classify, from :mod:`consumer.model`, is handed in by :mod:`consumer.app`)
-    publish   verdicts, usage events and dead letters to their topics, acknowledged; the
-              exactly-once outbox
-    offsets   out-of-order completion, in-order commits (the done watermark per partition)
-    runner    Pipeline: the work window, the per-key ordering, commits and rebalances
+    source       Envelope: the aiokafka consumer, fetching only what the work window has room for
+    decode       ModerationRequest, or the reason the bytes are not one
+    admit        Admitted: tokens counted, the hard limit enforced, content fitted into the budget
+    stages       one record through decode, admit, classify and delivery, or into a dead letter
+                 (classify, from :mod:`consumer.model`, is handed in by :mod:`consumer.app`)
+    publish      OutRecord: outputs serialized, size-checked, sent and acknowledged
+    dead_letter  DeadLetter: the input's bytes and the reason, cut to fit the dead-letter topic
+    delivery     at-least-once (acknowledged, then committed) or exactly-once (chosen by app)
+    outbox       exactly-once: a range's outputs and its offsets in one transaction
+    offsets      out-of-order completion, in-order commits (the done watermark per partition)
+    commits      Committer: one commit at a time, on an interval; lag and stuck messages
+    runner       Pipeline: the work window, the per-key ordering, the rebalances
 """

@@ -63,8 +63,6 @@ class Admitted:
     truncated: bool
     #: Tokens of ``text`` plus tokens of ``context``, counted after truncation.
     content_tokens: int
-    #: The context was cut or dropped to make room (the text may still be whole).
-    context_truncated: bool = False
 
 
 class Admitter:
@@ -108,7 +106,7 @@ class Admitter:
         truncating = self.oversize is OversizePolicy.TRUNCATE
         if context and truncating and n_text >= budget:
             # Even an empty context would leave no room: skip encoding it.
-            return self._cut_text(request, text_tokens, context_dropped=True)
+            return self._cut_text(request, text_tokens)
 
         context_tokens = self._encode(context) if context else []
         total = n_text + len(context_tokens)
@@ -126,14 +124,9 @@ class Admitter:
             if kept is not None:
                 new_context, n_context = kept
                 return Admitted(
-                    request,
-                    text,
-                    new_context,
-                    truncated=False,
-                    content_tokens=n_text + n_context,
-                    context_truncated=True,
+                    request, text, new_context, truncated=False, content_tokens=n_text + n_context
                 )
-        return self._cut_text(request, text_tokens, context_dropped=bool(context))
+        return self._cut_text(request, text_tokens)
 
     def _encode(self, text: str) -> list[int]:
         return self._encoding.encode(text, disallowed_special=())
@@ -162,21 +155,13 @@ class Admitter:
             keep -= used - room
         return None
 
-    def _cut_text(
-        self, request: ModerationRequest, tokens: list[int], *, context_dropped: bool
-    ) -> Admitted:
-        """The text's head (~2/3) and tail (~1/3) around a marker, within the whole budget."""
+    def _cut_text(self, request: ModerationRequest, tokens: list[int]) -> Admitted:
+        """The text's head (~2/3) and tail (~1/3) around a marker, within the whole budget;
+        no context (it had to go to make room)."""
         budget = self.budget_tokens
         n = len(tokens)
         if n <= budget:  # only the context had to go
-            return Admitted(
-                request,
-                request.text,
-                None,
-                truncated=False,
-                content_tokens=n,
-                context_truncated=context_dropped,
-            )
+            return Admitted(request, request.text, None, truncated=False, content_tokens=n)
         raw = self._utf8(request.text)
         keep = budget - self.count(text_marker(n))
         while True:
@@ -194,14 +179,7 @@ class Admitter:
             )
             used = self.count(cut)
             if used <= budget:
-                return Admitted(
-                    request,
-                    cut,
-                    None,
-                    truncated=True,
-                    content_tokens=used,
-                    context_truncated=context_dropped,
-                )
+                return Admitted(request, cut, None, truncated=True, content_tokens=used)
             if keep == 0:  # unreachable: MIN_BUDGET_TOKENS leaves room for the marker alone
                 raise AdmissionError(f"the content budget ({budget} tokens) cannot fit the marker")
             keep -= used - budget

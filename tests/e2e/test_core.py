@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumer.app import serve
+from consumer.app import serve, summary
 from consumer.tools.sample import corpus
 from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset, until
 from tests.fake_server import fake_openai_server
@@ -115,7 +115,8 @@ async def test_consumer_joins_and_leaves_mid_run(kafka_bootstrap: str) -> None:
         second_pipeline = await second
         await first
 
-        assert second_pipeline.stats.fetched > 0, "the second consumer never got partitions"
+        fetched = summary(second_pipeline.metrics).fetched
+        assert fetched > 0, "the second consumer never got partitions"
         # A rebalance may redo what was in flight on a moved partition, never lose it.
         await assert_nothing_lost(run, max_duplicates=2 * 8)
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from consumer.app import serve
+from consumer.app import serve, summary
 from tests.e2e.harness import new_run
 from tests.e2e.test_core import assert_nothing_lost
 from tests.fake_server import fake_openai_server
@@ -30,11 +30,11 @@ async def test_each_key_is_published_in_offset_order(kafka_bootstrap: str, order
         pipeline = await serve(run.settings(ordering=ordering, concurrency=32), exit_when_idle=2)
 
         await assert_nothing_lost(run)
-        summary = await run.outputs()
+        outputs = await run.outputs()
         by_key: dict[tuple[int, str | None], list[int]] = defaultdict(list)
-        for verdict in summary.verdicts:  # in the order each output partition holds them
+        for verdict in outputs.verdicts:  # in the order each output partition holds them
             by_key[(verdict.source.partition, verdict.source.key)].append(verdict.source.offset)
         assert len(by_key) >= 50
         for key, offsets in by_key.items():
             assert offsets == sorted(offsets), f"key {key} published out of order"
-        assert pipeline.stats.verdicts == 1000
+        assert summary(pipeline.metrics).verdicts == 1000

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from consumer.app import serve
+from consumer.app import serve, summary
 from consumer.errors import ConfigError
 from consumer.kafka.client import kafka_options, kafka_start_problem
 from consumer.settings import Settings
@@ -405,8 +405,8 @@ async def test_pipeline_over_sasl_and_the_secrets_appear_nowhere(
             "openai_api_key": api_key,
         }
         pipeline = await serve(run.settings(**over_sasl), exit_when_idle=2)
-        assert pipeline.stats.verdicts == 20
-        assert pipeline.stats.dead_letters == 1
+        counts = summary(pipeline.metrics)
+        assert (counts.verdicts, counts.dead_letters) == (20, 1)
 
         # The same through the CLI, as a process whose stderr we keep (debug logs on).
         process = run.spawn(
@@ -427,8 +427,8 @@ async def test_pipeline_over_sasl_and_the_secrets_appear_nowhere(
 
         topics = [f"{run.name}.{t}" for t in ("verdicts", "usage", "dlq")]
         written = await raw_bytes(run.settings(), topics)
-        summary = await run.outputs()
-        assert len(summary.verdicts) == 40  # two groups, each judged everything
+        outputs = await run.outputs()
+        assert len(outputs.verdicts) == 40  # two groups, each judged everything
         for secret in (SCRAM_PASSWORD, api_key):
             for form in secret_forms(secret):
                 assert form not in written, "a secret reached an output topic"

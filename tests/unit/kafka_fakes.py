@@ -13,9 +13,9 @@ record of what was asked of it, so tests assert on what crossed the Kafka bounda
 - :class:`FakeProducer`: ``send()`` returns a future resolved on "ack" (errors injectable per
   topic, at send or at ack), ``transaction()`` that raises aiokafka's ``AssertionError`` on a
   second begin while one is open, ``send_offsets_to_transaction`` and ``_txn_manager``.
-- :class:`FakeClassifier`: duck-typed like :class:`consumer.model.classify.Classifier` as the
-  pipeline uses it, with per-offset behaviour (block on an event, fail, verdict) and a record of
-  calls.
+- :class:`FakeClassifier`: its ``classify`` is the one callable the stages are handed (the
+  classifier's or the batcher's in production), with per-offset behaviour (block on an event,
+  fail, verdict) and a record of calls; ``policy`` and ``breaker`` as the app reads them.
 
 Records, verdicts and usage events are the real types (aiokafka's ``ConsumerRecord``,
 ``schemas``), so serialization and sizes are real too.
@@ -539,7 +539,8 @@ Key = tuple[int, int]  # (partition, offset)
 
 
 class FakeClassifier:
-    """Duck-typed ``Classifier``: ``.policy.version``, ``.breaker.is_closed``, ``classify()``."""
+    """Stands in for ``Classifier``: ``classify()``, and the ``policy`` and ``breaker`` the
+    pipeline is built with."""
 
     def __init__(self, policy: Policy = POLICY) -> None:
         self.policy = policy

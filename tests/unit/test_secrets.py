@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from consumer.errors import ConfigError, DecodeError, InvalidReply
 from consumer.kafka.client import kafka_options
 from consumer.ops.logs import configure_logging
-from consumer.pipeline.publish import dead_letter
+from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.source import Envelope
 from consumer.settings import LogFormat, Settings, load_settings
 

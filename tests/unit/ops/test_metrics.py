@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -23,6 +22,7 @@ from consumer.model.cost import PriceTable
 from consumer.model.limit import Limiter
 from consumer.model.request_params import choose, server_kind
 from consumer.ops.metrics import Metrics
+from consumer.pipeline.delivery import AtLeastOnce
 from consumer.pipeline.runner import Pipeline
 from consumer.settings import Settings
 from schemas import UsageEvent, UsageOutcome
@@ -313,13 +313,12 @@ class FakeConsumer:
 
 
 def pipeline(consumer: FakeConsumer, metrics: Metrics) -> Pipeline:
-    classifier = SimpleNamespace(policy=SimpleNamespace(version="p1"))
     return Pipeline(
         Settings(),
         consumer=consumer,
-        publisher=None,  # type: ignore[arg-type]
-        admitter=None,  # type: ignore[arg-type]
-        classifier=classifier,  # type: ignore[arg-type]
+        stages=None,  # type: ignore[arg-type]
+        delivery=AtLeastOnce(None, consumer, metrics),  # type: ignore[arg-type]
+        breaker=CircuitBreaker(),
         metrics=metrics,
     )
 
@@ -335,7 +334,7 @@ async def test_pipeline_lag_is_highwater_minus_acknowledged_commit() -> None:
     pipe.tracker.done(tracked, 3)
     pipe.tracker.done(tracked, 5)  # 4 is still in flight: the commit point is 4
 
-    await pipe._observe_lag()  # nothing acknowledged yet for the tracked partition
+    await pipe.committer.observe_lag()  # nothing acknowledged yet for the tracked partition
     assert (
         metrics.registry.get_sample_value(
             "modstream_consumer_lag", {"topic": "in", "partition": "0"}
@@ -343,7 +342,7 @@ async def test_pipeline_lag_is_highwater_minus_acknowledged_commit() -> None:
         is None
     )
     pipe.tracker.mark_committed({tracked: 4})  # what the commit loop does once Kafka acks
-    await pipe._observe_lag()
+    await pipe.committer.observe_lag()
 
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 6
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="1") == 0
@@ -358,10 +357,10 @@ async def test_pipeline_lag_is_highwater_minus_acknowledged_commit() -> None:
     assert value(metrics, "modstream_assigned_partitions") == 4
 
     pipe.tracker.done(tracked, 4)
-    await pipe._observe_lag()  # done, not yet committed: the group still says 4
+    await pipe.committer.observe_lag()  # done, not yet committed: the group still says 4
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 6
     pipe.tracker.mark_committed({tracked: 6})
-    await pipe._observe_lag()
+    await pipe.committer.observe_lag()
     assert value(metrics, "modstream_consumer_lag", topic="in", partition="0") == 4
     await pipe.on_revoked({tracked})
     assert (

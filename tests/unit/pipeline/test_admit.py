@@ -67,7 +67,6 @@ def test_fits_unchanged() -> None:
         req, "hello there", "earlier message", truncated=False, content_tokens=got.content_tokens
     )
     assert got.content_tokens == tokens("hello there") + tokens("earlier message")
-    assert not got.context_truncated
 
 
 def test_exactly_at_budget_is_unchanged() -> None:
@@ -118,8 +117,7 @@ def test_context_is_cut_first_keeping_its_tail() -> None:
     got = admitter(budget=120).admit(request("the text", context=context))
     assert got.text == "the text"
     assert not got.truncated
-    assert got.context_truncated
-    assert got.context is not None
+    assert got.context is not None and got.context != context  # a marked tail, not the whole
     assert CONTEXT_MARKER.match(got.context)
     assert context.endswith(CONTEXT_MARKER.sub("", got.context, count=1))
     assert got.context.endswith("m399")
@@ -129,12 +127,7 @@ def test_context_is_cut_first_keeping_its_tail() -> None:
 def test_context_too_small_to_be_useful_is_dropped() -> None:
     text = words(100)
     got = admitter(budget=105).admit(request(text, context="ctx " * 100))
-    assert (got.text, got.context, got.truncated, got.context_truncated) == (
-        text,
-        None,
-        False,
-        True,
-    )
+    assert (got.text, got.context, got.truncated) == (text, None, False)
     assert got.content_tokens == 100
 
 
@@ -143,7 +136,6 @@ def test_text_is_cut_head_and_tail_after_the_context_is_dropped() -> None:
     got = admitter(budget=300).admit(request(text, context="some context"))
     assert got.truncated
     assert got.context is None
-    assert got.context_truncated
     head, tail = split_on_marker(text, got.text, TEXT_MARKER)
     assert got.content_tokens == tokens(got.text) <= 300
     # About two thirds head, one third tail.
@@ -254,7 +246,8 @@ def test_admitted_content_always_fits_and_is_counted_exactly(
 ) -> None:
     req = request(text, context)
     got = admitter(budget=budget).admit(req)
-    event(f"truncated={got.truncated} context_truncated={got.context_truncated}")
+    kept = "whole" if got.context == context else "none" if got.context is None else "tail"
+    event(f"truncated={got.truncated} context={kept}")
 
     assert got.request is req
     assert got.content_tokens == tokens(got.text) + tokens(got.context)
@@ -262,25 +255,17 @@ def test_admitted_content_always_fits_and_is_counted_exactly(
 
     fits = tokens(text) + tokens(context) <= budget
     if fits:
-        assert (got.text, got.context, got.truncated, got.context_truncated) == (
-            text,
-            context,
-            False,
-            False,
-        )
+        assert (got.text, got.context, got.truncated) == (text, context, False)
     if got.truncated:
         assert got.text != text
         split_on_marker(text, got.text, TEXT_MARKER)
         assert got.context is None
     else:
         assert got.text == text
-    if got.context_truncated:
+    if got.context != context:  # cut to its tail or dropped: only to make room
         assert not fits
-        assert got.context is None or got.context != context
         if got.context is not None:
             split_on_marker(context or "", got.context, re.compile(r"^" + CONTEXT_MARKER.pattern))
-    else:
-        assert got.context == context
 
 
 @PROPS

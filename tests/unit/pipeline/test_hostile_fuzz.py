@@ -18,8 +18,8 @@ from hypothesis.control import currently_in_test_context
 from consumer.errors import AdmissionError, DecodeError, PermanentError
 from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 from consumer.pipeline.admit import MIN_BUDGET_TOKENS, Admitter
+from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.decode import decode
-from consumer.pipeline.publish import dead_letter
 from consumer.pipeline.source import Envelope
 from consumer.settings import InputFormat, OversizePolicy
 from tests.injection_corpus import INJECTIONS

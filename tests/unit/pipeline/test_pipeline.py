@@ -1,4 +1,4 @@
-"""Pipeline: the window, ordering, rebalances, commits, the outbox and publish errors.
+"""Pipeline: the window, ordering, rebalances, commits, both deliveries and publish errors.
 
 The pipeline runs for real (``Pipeline.run`` as a task) against the fakes of
 ``tests.unit.kafka_fakes``: a consumer over in-memory partitions, a producer that acknowledges in
@@ -34,12 +34,16 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
+from consumer.app import Summary, summary
 from consumer.errors import BrokerRejected, InvalidReply, ProducerFencedError, RebalanceFailed
 from consumer.model.circuit import CircuitBreaker, CircuitState
 from consumer.ops.metrics import Metrics
-from consumer.pipeline.publish import Outbox, Publisher, Topics
+from consumer.pipeline.delivery import AtLeastOnce, ExactlyOnce
+from consumer.pipeline.outbox import Outbox
+from consumer.pipeline.publish import Publisher, Topics
 from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
+from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings, load_settings
 from tests.unit.kafka_fakes import (
     Behaviour,
@@ -74,8 +78,12 @@ class Rig:
 
     @property
     def outbox(self) -> Outbox:
-        assert self.pipeline.outbox is not None
-        return self.pipeline.outbox
+        assert isinstance(self.pipeline.delivery, ExactlyOnce)
+        return self.pipeline.delivery.outbox
+
+    def summary(self) -> Summary:
+        """The run's figures as the stop line reports them (read from the metrics)."""
+        return summary(self.metrics)
 
     def verdict_offsets(self, tp: TopicPartition = P0, *, producer: FakeProducer | None = None):
         """Offsets of ``tp`` whose verdicts were acknowledged, in acknowledgement order."""
@@ -96,7 +104,8 @@ def make(
     exactly_once: bool = False,
     limits: dict[str, int] | None = None,
     dead_letter_max_bytes: int | None = None,
-    batcher: FakeClassifier | None = None,
+    classify_with: FakeClassifier | None = None,
+    breaker: CircuitBreaker | None = None,
     **overrides: Any,
 ) -> Rig:
     config: dict[str, Any] = {
@@ -113,16 +122,30 @@ def make(
     producer, txn = FakeProducer(), FakeProducer()
     classifier = FakeClassifier()
     metrics = Metrics()
+    publisher = Publisher(producer, Topics(VERDICTS, USAGE, DLQ), limits)  # type: ignore[arg-type]
+    # What consumer.app chooses from MODSTREAM_DELIVERY.
+    delivery = (
+        ExactlyOnce(publisher, Outbox(txn, settings.group_id), metrics)  # type: ignore[arg-type]
+        if exactly_once
+        else AtLeastOnce(publisher, consumer, metrics)  # type: ignore[arg-type]
+    )
+    stages = Stages(
+        settings,
+        admitter=admitter(),
+        classify=(classify_with or classifier).classify,
+        publisher=publisher,
+        delivery=delivery,
+        metrics=metrics,
+        policy_version=classifier.policy.version,
+        dead_letter_max_bytes=dead_letter_max_bytes,
+    )
     pipeline = Pipeline(
         settings,
         consumer=consumer,  # type: ignore[arg-type]
-        publisher=Publisher(producer, Topics(VERDICTS, USAGE, DLQ), limits),  # type: ignore[arg-type]
-        admitter=admitter(),
-        classifier=classifier,  # type: ignore[arg-type]
+        stages=stages,
+        delivery=delivery,
+        breaker=breaker or classifier.breaker,
         metrics=metrics,
-        outbox=Outbox(txn, settings.group_id) if exactly_once else None,  # type: ignore[arg-type]
-        dead_letter_max_bytes=dead_letter_max_bytes,
-        batcher=batcher,  # type: ignore[arg-type]
     )
     consumer.listener = Rebalance(pipeline.on_revoked, pipeline.on_assigned)
     # An empty poll waits this long for records: short, so a stop is noticed at once.
@@ -328,7 +351,7 @@ async def test_revoke_after_the_grace_period_commits_what_is_done_and_cancels_th
     rig.consumer.fill(P1, range(2))
     rig.classifier.block(0, 2)  # never finishes
     async with running(rig) as task:
-        await eventually(lambda: rig.pipeline.stats.verdicts == 5, what="all but P0@2")
+        await eventually(lambda: rig.summary().verdicts == 5, what="all but P0@2")
         await rig.consumer.rebalance(revoke={P0})
         assert rig.consumer.ok_commits() == [{P0: 2}]
         assert (0, 2) in rig.classifier.cancelled
@@ -388,7 +411,7 @@ async def test_commits_only_assigned_partitions() -> None:
             lambda: rig.pipeline.tracker.committable() == {P0: 3, P1: 2}, what="all done"
         )
         rig.consumer.unassign(P1)  # mid-rebalance: gone before any callback ran
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         assert rig.consumer.ok_commits() == [{P0: 3}]
     assert rig.consumer.illegal_state_errors == 0
     assert all(c.outcome == "ok" for c in rig.consumer.commits)
@@ -407,7 +430,7 @@ async def test_revoke_during_a_slow_transaction_waits_instead_of_overlapping_it(
             what="the commit loop's transaction is committing",
         )
         revoke = asyncio.create_task(rig.consumer.rebalance(revoke={P0}))
-        await eventually(lambda: rig.pipeline._commit_lock._waiters, what="revoke waits")
+        await eventually(lambda: rig.pipeline.committer._lock._waiters, what="revoke waits")
         assert len(rig.txn.transactions) == 1  # the revoke did not begin a second one
         gate.set()
         async with asyncio.timeout(5):
@@ -430,7 +453,7 @@ async def test_outbox_commits_outputs_and_offsets_in_one_transaction() -> None:
     async with running(rig):
         await eventually(lambda: len(rig.outbox) == 3, what="staged")
         assert rig.txn.transactions == []  # nothing sent before its transaction
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         assert len(rig.outbox) == 0
     [txn] = [t for t in rig.txn.transactions if t.records]
     assert txn.outcome == "committed"
@@ -448,11 +471,11 @@ async def test_outbox_keeps_outputs_of_a_failed_transaction_for_the_next_one() -
     async with running(rig) as task:
         await eventually(lambda: len(rig.outbox) == 3, what="staged")
         rig.txn.txn_commit_errors.append(KafkaTimeoutError())
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         assert [t.outcome for t in rig.txn.transactions] == ["error: KafkaTimeoutError"]
         assert len(rig.outbox) == 3
         assert rig.metric("modstream_commit_failures_total") == 1
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         assert len(rig.outbox) == 0
         assert not task.done()
     last = rig.txn.transactions[1]
@@ -469,7 +492,7 @@ async def test_outbox_drops_a_revoked_partitions_outputs() -> None:
         await eventually(lambda: len(rig.outbox) == 4, what="P0@1..3 and P1@0 staged")
         await rig.consumer.rebalance(revoke={P0})
         assert len(rig.outbox) == 1  # P1's
-        assert rig.pipeline._occupied() == 1
+        assert rig.pipeline.delivery.held(rig.pipeline.tracker) == 1
     sent = [r.json()["source"] for r in rig.txn.sent if r.topic == VERDICTS]
     assert [(s["partition"], s["offset"]) for s in sent] == [(1, 0)]
     assert rig.txn.committed_transactions()[-1].offsets == {P1: 1}
@@ -486,12 +509,12 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
     rig.classifier.on(0, 5, Behaviour(gate=old_gate, uncancellable=True), Behaviour(gate=new_gate))
     async with running(rig) as task, released_at_exit(old_gate, new_gate):
         await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         assert rig.consumer.ok_commits() == [{P0: 5}]
         with capture_logs() as logs:
             rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
             await eventually(lambda: rig.classifier.calls[(0, 5)] == 2, what="5 redone")
-            await eventually(lambda: rig.pipeline.stats.verdicts == 15, what="3,4,6..9 redone")
+            await eventually(lambda: rig.summary().verdicts == 15, what="3,4,6..9 redone")
         [warning] = [e for e in logs if e["log_level"] == "warning"]
         assert warning["event"] == (
             "offsets went backwards (seek, offset reset or re-assignment): restarting the "
@@ -502,7 +525,7 @@ async def test_offset_reset_retracks_the_partition_and_ignores_late_old_work() -
         assert rig.metric("modstream_partition_resets_total") == 1
         assert rig.pipeline.tracker.commit_point(P0) == 5
         old_gate.set()  # the old, uncancellable work completes late
-        await eventually(lambda: rig.pipeline.stats.verdicts == 16, what="old done")
+        await eventually(lambda: rig.summary().verdicts == 16, what="old done")
         assert rig.pipeline.tracker.in_flight(P0) == 1  # the new 5 is still in flight
         assert rig.pipeline.tracker.commit_point(P0) == 5
         new_gate.set()
@@ -535,7 +558,7 @@ async def test_a_verdict_kafka_refuses_for_good_becomes_a_publish_dead_letter(at
     assert sorted(rig.verdict_offsets()) == [0, 2]
     assert rig.consumer.committed(P0) == 3
     assert rig.metric("modstream_dead_letters_total", stage="publish", reason="publish_rejected")
-    assert rig.pipeline.stats.dead_letters == 1 and rig.pipeline.stats.verdicts == 2
+    assert rig.summary().dead_letters == 1 and rig.summary().verdicts == 2
 
 
 async def test_an_output_over_the_topic_limit_is_dead_lettered_cut_to_the_dlq_limit() -> None:
@@ -661,7 +684,7 @@ async def test_an_open_circuit_stops_intake_and_a_closed_one_resumes_it() -> Non
         "intake paused: the model provider is down (circuit open)",
         "intake resumed: the model provider answers again",
     ]
-    assert rig.pipeline.stats.dead_letters == 0
+    assert rig.summary().dead_letters == 0
 
 
 async def test_exit_when_idle_waits_for_an_assignment_and_for_the_window_to_empty() -> None:
@@ -733,7 +756,7 @@ async def test_a_message_in_flight_too_long_is_logged_once() -> None:
             )
             commits = len(rig.consumer.commits)
             await eventually(lambda: len(rig.consumer.polls) > commits + 5, what="time passes")
-            await eventually(lambda: rig.pipeline.stats.commits >= 1, what="commit loop ran")
+            await eventually(lambda: rig.summary().commits >= 1, what="commit loop ran")
             gate.set()
     stuck = [e for e in logs if e["event"] == "message stuck in flight"]
     assert len(stuck) == 1
@@ -767,8 +790,10 @@ async def test_undecodable_and_unclassifiable_inputs_become_dead_letters_of_thei
     usage = [r.json()["source"]["offset"] for r in rig.producer.on(USAGE)]
     assert sorted(usage) == [1, 2]
     assert rig.verdict_offsets() == [2]
-    assert rig.pipeline.stats.dead_letter_reasons == {"decode": 1, "invalid_reply": 1}
     assert rig.metric("modstream_dead_letters_total", stage="decode", reason="decode") == 1
+    labels = {"stage": "classify", "reason": "invalid_reply"}
+    assert rig.metric("modstream_dead_letters_total", **labels) == 1
+    assert rig.summary().dead_letters == 2
 
 
 async def test_a_dead_letter_the_dlq_refuses_stops_the_service() -> None:
@@ -824,8 +849,7 @@ async def test_redacted_dead_letters_carry_no_payload_and_reasons_are_counted() 
     dead = [r.json() for r in rig.producer.on(DLQ)]
     assert len(dead) == 2
     assert all(d["payload_b64"] is None and d["payload_redacted"] for d in dead)
-    assert rig.pipeline.stats.dead_letter_reasons == {"decode": 2}
-    assert rig.pipeline.stats.dead_letters == 2
+    assert rig.summary().dead_letters == 2
     assert rig.metric("modstream_dead_letters_total", stage="decode", reason="decode") == 2
 
 
@@ -866,7 +890,7 @@ async def test_stop_waits_for_in_flight_work_only_for_the_grace_period() -> None
     rig.classifier.block(0, 1)  # never finishes
     with capture_logs() as logs:
         async with running(rig) as task:
-            await eventually(lambda: rig.pipeline.stats.verdicts == 2, what="0 and 2 done")
+            await eventually(lambda: rig.summary().verdicts == 2, what="0 and 2 done")
         assert task.done() and task.exception() is None
     assert (0, 1) in rig.classifier.cancelled
     assert rig.consumer.committed(P0) == 1  # up to the unfinished one: it is redelivered
@@ -875,9 +899,9 @@ async def test_stop_waits_for_in_flight_work_only_for_the_grace_period() -> None
     assert warning["grace_s"] == 0.2
 
 
-async def test_a_batcher_classifies_instead_of_the_classifier_when_configured() -> None:
+async def test_the_pipeline_classifies_with_the_callable_it_is_handed() -> None:
     batched = FakeClassifier()  # stands in for consumer.model.batch.Batcher (same classify())
-    rig = make(batcher=batched)
+    rig = make(classify_with=batched)
     rig.consumer.fill(P0, range(2))
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.commit_point(P0) == 2, what="done")
@@ -937,9 +961,9 @@ async def test_a_failed_lag_read_skips_that_partition_only(error: Exception) -> 
     async with running(rig):
         await eventually(lambda: len(rig.consumer.polls) >= 2, what="a fetch response")
         rig.consumer.position_errors.append(error)  # the first partition asked fails
-        await rig.pipeline._observe_lag()  # the commit loop's lag reading, one round
+        await rig.pipeline.committer.observe_lag()  # the commit loop's lag reading, one round
         assert sorted(lag_of(rig, tp) is None for tp in (P0, P1)) == [False, True]
-        await rig.pipeline._observe_lag()
+        await rig.pipeline.committer.observe_lag()
         assert [lag_of(rig, tp) for tp in (P0, P1)] == [0, 0]
 
 
@@ -951,15 +975,15 @@ async def test_revoked_partitions_still_listed_as_assigned_report_no_lag() -> No
     for tp in (P0, P1, p2):
         rig.consumer.fill(tp, range(2))
     async with running(rig):
-        await eventually(lambda: rig.pipeline.stats.verdicts == 6, what="all done")
-        await rig.pipeline.commit()  # lag is reported from the acknowledged commit
+        await eventually(lambda: rig.summary().verdicts == 6, what="all done")
+        await rig.pipeline.committer.commit()  # lag is reported from the acknowledged commit
         await rig.pipeline.on_revoked({P0})
         await rig.pipeline.on_revoked({P1})
-        await rig.pipeline._observe_lag()
+        await rig.pipeline.committer.observe_lag()
         assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [True, True, False]
         rig.consumer.unassign(P1)  # P1 went to another member, P0 came back
         await rig.pipeline.on_assigned({P0})
-        await rig.pipeline._observe_lag()
+        await rig.pipeline.committer.observe_lag()
         assert [lag_of(rig, tp) is None for tp in (P0, P1, p2)] == [False, True, False]
 
 
@@ -1001,9 +1025,8 @@ def test_an_open_circuit_resumes_intake_for_a_probe_once_its_wait_is_over() -> N
     the fetch loop's second), and says so; the circuit is still open, so not "answers again"."""
 
     async def play(loop: VirtualTimeLoop) -> None:
-        rig = make()
         breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=loop.time)
-        rig.classifier.breaker = breaker
+        rig = make(breaker=breaker)
         for _ in range(3):
             breaker.failure()
         opened_at = loop.time()
@@ -1032,14 +1055,14 @@ async def test_the_run_summary_and_the_counters_count_every_input_once() -> None
     rig.consumer.add(P1, 1)
     async with running(rig):
         await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 3, P1: 2}, what="all")
-        await rig.pipeline.commit()
+        await rig.pipeline.committer.commit()
         rig.consumer.add(P0, 3)
         await eventually(lambda: rig.pipeline.tracker.committable() == {P0: 4}, what="3 done")
-        await rig.pipeline.commit()
-    stats = rig.pipeline.stats
-    assert (stats.fetched, stats.verdicts, stats.dead_letters) == (6, 5, 1)
-    assert stats.usage_events == 5  # one model call per classified input, none for the other
-    assert stats.commits == len(rig.consumer.ok_commits()) == 2  # nothing left for the last
+        await rig.pipeline.committer.commit()
+    assert rig.summary() == Summary(fetched=6, verdicts=5, dead_letters=1, commits=2)
+    assert len(rig.consumer.ok_commits()) == 2  # nothing left for the last
+    # One model call per classified input, none for the other.
+    assert len(rig.producer.on(USAGE)) == 5
     assert rig.metric("modstream_messages_fetched_total") == 6
     assert rig.metric("modstream_messages_processed_total", outcome="verdict") == 5
     assert rig.metric("modstream_messages_processed_total", outcome="dead_letter") == 1
@@ -1060,7 +1083,7 @@ async def test_an_offset_commit_the_group_may_not_make_stops_the_service_saying_
     assert isinstance(error, BrokerRejected)
     assert "Kafka refused an offset commit: GroupAuthorizationFailedError" in error.message
     assert len(rig.consumer.commits) == 1  # fatal: no final commit afterwards
-    assert rig.pipeline.stats.commits == 0
+    assert rig.summary().commits == 0
 
 
 async def test_an_input_over_the_token_limit_becomes_a_dead_letter_of_stage_admit() -> None:
@@ -1096,9 +1119,9 @@ async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignore
             await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         assert rig.metric("modstream_partition_resets_total") == 2
         for late in gates[:2]:
-            verdicts = rig.pipeline.stats.verdicts
+            verdicts = rig.summary().verdicts
             late.set()
-            await eventually(lambda n=verdicts: rig.pipeline.stats.verdicts == n + 1, what="late")
+            await eventually(lambda n=verdicts: rig.summary().verdicts == n + 1, what="late")
             assert rig.pipeline.tracker.in_flight(P0) == 1  # the third run of 5 still counts
             assert rig.pipeline.tracker.commit_point(P0) == 5
         gates[2].set()
@@ -1164,4 +1187,4 @@ async def test_exit_when_idle_counts_from_the_assignment_even_with_nothing_to_fe
             await rig.pipeline.run(rig.stop, exit_when_idle=0.05)  # returns by itself
     [idle] = [e for e in logs if e["event"] == "idle, stopping"]
     assert idle["idle_s"] == 0.05
-    assert rig.consumer.polls and rig.pipeline.stats.fetched == 0
+    assert rig.consumer.polls and rig.summary().fetched == 0
