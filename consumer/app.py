@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from consumer import __version__
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, first_fatal
 from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.pacing import pace_metadata_refresh
 from consumer.kafka.topics import MAX_REQUEST_BYTES, check_topics, output_limits
@@ -147,9 +147,9 @@ async def serve(
             await pipeline.run(stop, exit_when_idle=exit_when_idle)
         except ExceptionGroup as group:
             # The task group wraps a fatal error (401/403, fenced) from a task: surface it.
-            fatal = group.subgroup(lambda e: getattr(e, "fatal", False))
+            fatal = first_fatal(group)
             if fatal is not None:
-                raise _first(fatal) from None
+                raise fatal from None
             raise
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -228,11 +228,6 @@ def _quiet_kafka_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any
         log.debug("aiokafka left a failed future unobserved", error=repr(error))
         return
     loop.default_exception_handler(context)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def run_consumer(

@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, ParamSpec
+from typing import Annotated, NoReturn, ParamSpec
 
 import typer
 
-from consumer.errors import ConfigError, ModstreamError
+from consumer.errors import ConfigError, ModstreamError, first_fatal
 from consumer.settings import load_settings
 
 P = ParamSpec("P")
@@ -50,13 +50,22 @@ def command(
             try:
                 run(*args, **kwargs)
             except ModstreamError as exc:
-                typer.secho(f"modstream: {exc}", fg=typer.colors.RED, err=True)
-                raise typer.Exit(exc.exit_code) from None
+                _exit(exc)
+            except ExceptionGroup as group:  # a task group's (replay's): its fatal error
+                fatal = first_fatal(group)
+                if not isinstance(fatal, ModstreamError):
+                    raise
+                _exit(fatal)
 
         app.command(name)(exits)
         return run
 
     return register
+
+
+def _exit(exc: ModstreamError) -> NoReturn:
+    typer.secho(f"modstream: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(exc.exit_code) from None
 
 
 @command()

@@ -165,6 +165,18 @@ class RebalanceFailed(FatalError, kind="rebalance_failed"):
     """A rebalance callback failed unexpectedly; aiokafka would swallow it, so we stop."""
 
 
+def first_fatal(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first fatal error in ``group``, or ``None``.
+
+    A task group wraps what its tasks raise; a fatal error (401/403, fenced, misconfigured)
+    must still reach the process's exit code, not hide in the group's traceback.
+    """
+    found: BaseException | None = group.subgroup(lambda e: getattr(e, "fatal", False))
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 def _as_is(loc: str) -> str:
     return loc
 

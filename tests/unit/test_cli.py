@@ -7,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import consumer.cli as cli
 from consumer.cli import app
+from consumer.errors import ProviderAuthError
 from schemas.export import schema_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +127,25 @@ def test_a_bad_option_value_exits_2_naming_it() -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "not an ISO-8601 time: 'soon'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_fatal_error_inside_a_task_group_exits_with_its_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # replay runs its work in a task group: a 401 there is a group, not a ProviderAuthError.
+    monkeypatch.setattr(cli, "app", typer.Typer())
+
+    @cli.command("boom")
+    def boom() -> None:
+        raise ExceptionGroup("tasks", [ProviderAuthError("the provider rejected the key")])
+
+    @cli.command("other")
+    def other() -> None:
+        raise ExceptionGroup("tasks", [ValueError("a bug")])
+
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["boom"])
+    assert result.exit_code == ProviderAuthError.exit_code == 3
+    assert "the provider rejected the key" in result.output
+    bug = runner.invoke(cli.app, ["other"])
+    assert isinstance(bug.exception, ExceptionGroup)  # not ours: the traceback stays

@@ -83,3 +83,11 @@ def test_an_error_with_no_location_is_named_as_the_whole() -> None:
         "knobs: Value error, seven is not a rate"
     )
     assert describe_validation_error(exc).startswith("value: ")
+
+
+def test_first_fatal_finds_the_fatal_error_a_task_group_wrapped() -> None:
+    fatal = consumer.errors.FatalError("key rejected")
+    nested = ExceptionGroup("outer", [ValueError("other"), ExceptionGroup("inner", [fatal])])
+    assert consumer.errors.first_fatal(nested) is fatal
+    transient = ExceptionGroup("g", [consumer.errors.TransientError("timeout"), ValueError()])
+    assert consumer.errors.first_fatal(transient) is None
