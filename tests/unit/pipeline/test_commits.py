@@ -70,7 +70,7 @@ class Rig:
         self.woken = 0
         self.committer = Committer(
             load_settings(**settings),
-            consumer=self.consumer,  # type: ignore[arg-type]
+            consumer=self.consumer,
             tracker=self.tracker,
             delivery=self.delivery,
             metrics=self.metrics,

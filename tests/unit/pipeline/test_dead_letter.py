@@ -114,7 +114,7 @@ def test_fit_shortens_a_long_error_message_and_reply() -> None:
 
 
 #: Any text that can be encoded: control characters (6 bytes in JSON) and 4-byte UTF-8 included.
-ASCII = st.characters(blacklist_categories=("Cs",))
+ASCII = st.characters(exclude_categories=["Cs"])
 
 
 @st.composite

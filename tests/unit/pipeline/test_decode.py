@@ -19,7 +19,9 @@ from tests.unit.bad_inputs import BAD_INPUTS, MAX_CASE_BYTES, REASONS, BadInput,
 LIMIT = 1_000_000
 
 
-def envelope(value: bytes | None, *, topic: str = "in", partition: int = 3, offset: int = 7):
+def envelope(
+    value: bytes | None, *, topic: str = "in", partition: int = 3, offset: int = 7
+) -> Envelope:
     return Envelope(
         topic=topic,
         partition=partition,
@@ -297,7 +299,7 @@ def test_fuzz_request_shaped_json(value: dict[str, object], ascii_only: bool) ->
     only_our_errors(dump(value, ascii_only))
 
 
-clean_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=50)
+clean_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=50)
 
 
 @FUZZ

@@ -51,19 +51,19 @@ def records(env: Envelope) -> list[OutRecord]:
     request = ModerationRequest(id="m", text="hi")
     admitted = Admitted(request, "hi", None, truncated=False, content_tokens=1)
     verdict, usage = verdict_for(admitted, env.source), [usage_for(env.source, "m")]
-    return Publisher(None, TOPICS).records(env, verdict=verdict, usage=usage)  # type: ignore[arg-type]
+    return Publisher(None, TOPICS).records(env, verdict=verdict, usage=usage)
 
 
 def at_least_once(
     producer: FakeProducer, consumer: FakeConsumer, metrics: Metrics | None = None
 ) -> AtLeastOnce:
-    publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
-    return AtLeastOnce(publisher, consumer, metrics or Metrics())  # type: ignore[arg-type]
+    publisher = Publisher(producer, TOPICS)
+    return AtLeastOnce(publisher, consumer, metrics or Metrics())
 
 
 def exactly_once(producer: FakeProducer, txn: FakeProducer) -> ExactlyOnce:
-    publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
-    return ExactlyOnce(publisher, Outbox(txn, "group"), Metrics())  # type: ignore[arg-type]
+    publisher = Publisher(producer, TOPICS)
+    return ExactlyOnce(publisher, Outbox(txn, "group"), Metrics())
 
 
 # ---- at least once -------------------------------------------------------------------------
@@ -157,7 +157,7 @@ async def test_exactly_once_stages_a_dead_letter_too() -> None:
     delivery = exactly_once(producer, txn)
     env = envelope()
     dead = dead_letter(env, DecodeError("bad"), stage="decode", policy_version="p")
-    await delivery.deliver(env, Publisher(None, TOPICS).records(env, dead=dead))  # type: ignore[arg-type]
+    await delivery.deliver(env, Publisher(None, TOPICS).records(env, dead=dead))
     assert producer.sent == []  # no usage: nothing goes out at once
     await delivery.commit({TP: 1})
     assert [r.topic for r in txn.committed_transactions()[0].records] == ["dlq"]

@@ -207,7 +207,9 @@ partitions = st.sampled_from([A, B, C])
 
 
 @st.composite
-def workloads(draw: st.DrawFn) -> tuple[dict[TopicPartition, list[int]], list[tuple]]:
+def workloads(
+    draw: st.DrawFn,
+) -> tuple[dict[TopicPartition, list[int]], list[tuple[TopicPartition, int]]]:
     """Increasing offsets with gaps per partition, and a shuffled completion order."""
     offsets: dict[TopicPartition, list[int]] = {}
     for tp in draw(st.sets(partitions, min_size=1)):

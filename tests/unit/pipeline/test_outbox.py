@@ -42,7 +42,7 @@ def out(topic: str = "verdicts", value: bytes = b"{}", key: bytes | None = b"k")
 
 
 def test_outbox_len_counts_staged_inputs() -> None:
-    outbox = Outbox(FakeProducer(), "g")  # type: ignore[arg-type]
+    outbox = Outbox(FakeProducer(), "g")
     outbox.stage(TP, 0, [out(), out()])
     outbox.stage(TP, 1, [])
     outbox.stage(TopicPartition("in", 1), 0, [out()])
@@ -55,7 +55,7 @@ def test_outbox_len_counts_staged_inputs() -> None:
 
 async def test_outbox_commits_the_outputs_below_the_commit_point_with_the_offsets() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "group-1")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "group-1")
     other = TopicPartition("in", 1)
     outbox.stage(TP, 0, [out(value=b"0")])
     outbox.stage(TP, 1, [out(value=b"1a"), out("dlq", value=b"1b")])
@@ -86,7 +86,7 @@ async def test_a_failed_transaction_keeps_its_outputs_and_raises_ours(
     error: KafkaError, ours: type[ModstreamError]
 ) -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     outbox.stage(TP, 0, [out(value=b"0")])
     producer.txn_commit_errors.append(error)
     with pytest.raises(ours) as info:
@@ -107,7 +107,7 @@ async def test_a_failed_transaction_keeps_its_outputs_and_raises_ours(
 
 async def test_a_producer_in_a_fatal_state_cannot_begin_a_transaction() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     outbox.stage(TP, 0, [out()])
     producer._txn_manager.fatal = True  # after an earlier fence: begin asserts
     with pytest.raises(ProducerFencedError) as info:
@@ -119,7 +119,7 @@ async def test_a_producer_in_a_fatal_state_cannot_begin_a_transaction() -> None:
 
 async def test_outbox_commits_offsets_of_a_partition_with_nothing_staged() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     await outbox.commit({TP: 5})  # e.g. the start position, before anything finished
     [txn] = producer.transactions
     assert txn.outcome == "committed" and txn.records == [] and txn.offsets == {TP: 5}
@@ -127,7 +127,7 @@ async def test_outbox_commits_offsets_of_a_partition_with_nothing_staged() -> No
 
 async def test_outbox_sends_each_record_with_its_key_and_headers() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     record = OutRecord("verdicts", b"key-1", b"{}", [("modstream-event-id", b"e1")])
     outbox.stage(TP, 0, [record])
     await outbox.commit({TP: 1})
@@ -142,7 +142,7 @@ async def test_outbox_sends_each_record_with_its_key_and_headers() -> None:
 
 async def test_an_error_that_leaves_the_transaction_state_fatal_is_a_fenced_producer() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     outbox.stage(TP, 0, [out()])
     gate = producer.txn_commit_gate = asyncio.Event()
     producer.txn_commit_errors.append(KafkaTimeoutError())  # looks retriable, is not now
@@ -163,7 +163,7 @@ async def test_an_error_that_leaves_the_transaction_state_fatal_is_a_fenced_prod
 
 async def test_an_overlapping_transaction_is_a_fatal_state_not_a_crash() -> None:
     producer = FakeProducer()
-    outbox = Outbox(producer, "g")  # type: ignore[arg-type]
+    outbox = Outbox(producer, "g")
     outbox.stage(TP, 0, [out()])
     gate = producer.txn_commit_gate = asyncio.Event()
     first = asyncio.create_task(outbox.commit({TP: 1}))

@@ -13,7 +13,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -85,7 +85,9 @@ class Rig:
         """The run's figures as the stop line reports them (read from the metrics)."""
         return summary(self.metrics)
 
-    def verdict_offsets(self, tp: TopicPartition = P0, *, producer: FakeProducer | None = None):
+    def verdict_offsets(
+        self, tp: TopicPartition = P0, *, producer: FakeProducer | None = None
+    ) -> list[int]:
         """Offsets of ``tp`` whose verdicts were acknowledged, in acknowledgement order."""
         records = (producer or self.producer).on(VERDICTS)
         return [
@@ -122,12 +124,12 @@ def make(
     producer, txn = FakeProducer(), FakeProducer()
     classifier = FakeClassifier()
     metrics = Metrics()
-    publisher = Publisher(producer, Topics(VERDICTS, USAGE, DLQ), limits)  # type: ignore[arg-type]
+    publisher = Publisher(producer, Topics(VERDICTS, USAGE, DLQ), limits)
     # What consumer.app chooses from MODSTREAM_DELIVERY.
     delivery = (
-        ExactlyOnce(publisher, Outbox(txn, settings.group_id), metrics)  # type: ignore[arg-type]
+        ExactlyOnce(publisher, Outbox(txn, settings.group_id), metrics)
         if exactly_once
-        else AtLeastOnce(publisher, consumer, metrics)  # type: ignore[arg-type]
+        else AtLeastOnce(publisher, consumer, metrics)
     )
     stages = Stages(
         settings,
@@ -141,7 +143,7 @@ def make(
     )
     pipeline = Pipeline(
         settings,
-        consumer=consumer,  # type: ignore[arg-type]
+        consumer=consumer,
         stages=stages,
         delivery=delivery,
         breaker=breaker or classifier.breaker,
@@ -186,7 +188,7 @@ def fatal_of(exc: BaseException) -> BaseException:
     return exc
 
 
-def offset_of(offset: int, partition: int = 0):
+def offset_of(offset: int, partition: int = 0) -> Callable[[bytes], bool]:
     """A producer-error matcher: the output of this input."""
 
     def match(value: bytes) -> bool:
@@ -430,7 +432,7 @@ async def test_revoke_during_a_slow_transaction_waits_instead_of_overlapping_it(
             what="the commit loop's transaction is committing",
         )
         revoke = asyncio.create_task(rig.consumer.rebalance(revoke={P0}))
-        await eventually(lambda: rig.pipeline.committer._lock._waiters, what="revoke waits")
+        await eventually(lambda: bool(rig.pipeline.committer._lock._waiters), what="revoke waits")
         assert len(rig.txn.transactions) == 1  # the revoke did not begin a second one
         gate.set()
         async with asyncio.timeout(5):
@@ -1115,13 +1117,13 @@ async def test_after_two_offset_resets_late_work_of_either_earlier_run_is_ignore
         await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         for run in (2, 3):
             rig.consumer.seek(P0, 3)  # an offset reset: 3..9 come again
-            await eventually(lambda n=run: rig.classifier.calls[(0, 5)] == n, what="5 redone")
+            await eventually(lambda: rig.classifier.calls[(0, 5)] == run, what="5 redone")  # noqa: B023  (awaited here, in this iteration)
             await eventually(lambda: rig.pipeline.tracker.in_flight() == 1, what="all but 5")
         assert rig.metric("modstream_partition_resets_total") == 2
         for late in gates[:2]:
             verdicts = rig.summary().verdicts
             late.set()
-            await eventually(lambda n=verdicts: rig.summary().verdicts == n + 1, what="late")
+            await eventually(lambda: rig.summary().verdicts == verdicts + 1, what="late")  # noqa: B023  (awaited here)
             assert rig.pipeline.tracker.in_flight(P0) == 1  # the third run of 5 still counts
             assert rig.pipeline.tracker.commit_point(P0) == 5
         gates[2].set()
@@ -1172,7 +1174,8 @@ async def test_a_plain_text_input_is_classified_as_text_when_so_configured() -> 
 
 async def test_the_broker_gauge_reads_the_pipelines_own_consumer() -> None:
     rig = make()
-    conn = SimpleNamespace(up=True, connected=lambda: conn.up)
+    conn = SimpleNamespace(up=True)
+    conn.connected = lambda: conn.up
     rig.consumer._client = SimpleNamespace(_conns={(0, "default"): conn})  # type: ignore[attr-defined]
     assert rig.metric("modstream_broker_up") == 1
     conn.up = False

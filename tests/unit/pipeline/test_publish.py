@@ -28,7 +28,7 @@ from consumer.pipeline.admit import Admitted
 from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES, OutRecord, Publisher, Topics
 from consumer.pipeline.source import Envelope
-from schemas import DeadLetter, ModerationRequest
+from schemas import DeadLetter, ModerationRequest, Verdict
 from tests.unit.kafka_fakes import FakeProducer, usage_for, verdict_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,7 +47,7 @@ def envelope(
     return Envelope("in", 0, offset, key, value, headers, 1_700_000_000_000)
 
 
-def verdict(env: Envelope, content_id: str = "m7"):
+def verdict(env: Envelope, content_id: str = "m7") -> Verdict:
     request = ModerationRequest(id=content_id, text="hello")
     admitted = Admitted(request, "hello", None, truncated=False, content_tokens=1)
     return verdict_for(admitted, env.source)
@@ -64,7 +64,7 @@ def test_records_are_keyed_by_the_input_key_and_headed_with_schema_and_event_id(
     env = envelope()
     v = verdict(env)
     usage = [usage_for(env.source, "m7", 1), usage_for(env.source, "m7", 2)]
-    records = Publisher(FakeProducer(), TOPICS).records(env, verdict=v, usage=usage)  # type: ignore[arg-type]
+    records = Publisher(FakeProducer(), TOPICS).records(env, verdict=v, usage=usage)
     assert [r.topic for r in records] == ["verdicts", "usage", "usage"]
     assert all(r.key == b"user-1" for r in records)
     assert records[0].headers == [
@@ -80,14 +80,14 @@ def test_records_are_keyed_by_the_input_key_and_headed_with_schema_and_event_id(
 
 def test_records_without_an_input_key_are_keyed_by_the_content_id() -> None:
     env = envelope(key=None)
-    records = Publisher(FakeProducer(), TOPICS).records(env, verdict=verdict(env, "content-42"))  # type: ignore[arg-type]
+    records = Publisher(FakeProducer(), TOPICS).records(env, verdict=verdict(env, "content-42"))
     assert [r.key for r in records] == [b"content-42"]
 
 
 def test_a_dead_letter_record_goes_to_the_dlq_topic_with_its_schema_header() -> None:
     env = envelope(key=None)
     dead = dead_letter(env, DecodeError("bad"), stage="decode", policy_version="p1")
-    [record] = Publisher(FakeProducer(), TOPICS).records(env, dead=dead)  # type: ignore[arg-type]
+    [record] = Publisher(FakeProducer(), TOPICS).records(env, dead=dead)
     assert record.topic == "dlq" and record.key is None  # no verdict: no content id
     assert ("modstream-schema", b"DeadLetter/1") in record.headers
     assert DeadLetter.model_validate_json(record.value) == dead
@@ -104,29 +104,29 @@ def _size(record: OutRecord) -> int:
 
 def test_size_check_refuses_an_output_over_its_topics_limit_and_only_then() -> None:
     env = envelope()
-    publisher = Publisher(FakeProducer(), TOPICS)  # type: ignore[arg-type]
+    publisher = Publisher(FakeProducer(), TOPICS)
     [record] = publisher.records(env, verdict=verdict(env))
     size = _size(record)
-    at_limit = Publisher(FakeProducer(), TOPICS, {"verdicts": size})  # type: ignore[arg-type]
+    at_limit = Publisher(FakeProducer(), TOPICS, {"verdicts": size})
     assert at_limit.records(env, verdict=verdict(env))  # exactly the limit: taken
-    over = Publisher(FakeProducer(), TOPICS, {"verdicts": size - 1})  # type: ignore[arg-type]
+    over = Publisher(FakeProducer(), TOPICS, {"verdicts": size - 1})
     with pytest.raises(PublishRejected) as info:
         over.records(env, verdict=verdict(env))
     assert f"{size} bytes" in info.value.message and "'verdicts'" in info.value.message
     assert not info.value.retriable and not info.value.fatal
     # A limit on another topic does not apply.
-    other = Publisher(FakeProducer(), TOPICS, {"usage": 10})  # type: ignore[arg-type]
+    other = Publisher(FakeProducer(), TOPICS, {"usage": 10})
     assert other.records(env, verdict=verdict(env))
 
 
 def test_size_check_counts_the_key_and_the_headers() -> None:
     env = envelope(key=b"k" * 300)
-    [record] = Publisher(FakeProducer(), TOPICS).records(env, verdict=verdict(env))  # type: ignore[arg-type]
+    [record] = Publisher(FakeProducer(), TOPICS).records(env, verdict=verdict(env))
     assert _size(record) > len(record.value) + RECORD_OVERHEAD_BYTES + 300
     limit = len(record.value) + RECORD_OVERHEAD_BYTES + 300  # value and key, no headers
     with pytest.raises(PublishRejected):
-        Publisher(FakeProducer(), TOPICS, {"verdicts": limit}).records(env, verdict=verdict(env))  # type: ignore[arg-type]
-    no_key = Publisher(FakeProducer(), TOPICS, {"verdicts": limit - 299})  # type: ignore[arg-type]
+        Publisher(FakeProducer(), TOPICS, {"verdicts": limit}).records(env, verdict=verdict(env))
+    no_key = Publisher(FakeProducer(), TOPICS, {"verdicts": limit - 299})
     with pytest.raises(PublishRejected):
         no_key.records(env, verdict=verdict(env))
 
@@ -137,7 +137,7 @@ def test_size_check_counts_the_key_and_the_headers() -> None:
 async def test_publish_returns_only_once_every_record_is_acknowledged() -> None:
     producer = FakeProducer()
     gate = producer.ack_gates["usage"] = asyncio.Event()
-    publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
+    publisher = Publisher(producer, TOPICS)
     task = asyncio.create_task(publisher.publish([out("verdicts"), out("usage")]))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -165,6 +165,6 @@ async def test_publish_translates_kafka_errors(
     producer = FakeProducer()
     producer.fail("verdicts", error, at=at)
     with pytest.raises(ours) as info:
-        await Publisher(producer, TOPICS).publish([out("verdicts")])  # type: ignore[arg-type]
+        await Publisher(producer, TOPICS).publish([out("verdicts")])
     assert info.value.__cause__ is error
     assert info.value.message.startswith(f"Kafka refused an output: {type(error).__name__}")

@@ -67,7 +67,7 @@ def rig() -> tuple[Stages, RecordedDelivery, FakeClassifier, Metrics]:
         load_settings(),
         admitter=admitter(),
         classify=classifier.classify,
-        publisher=Publisher(None, Topics(*TOPICS)),  # type: ignore[arg-type]
+        publisher=Publisher(None, Topics(*TOPICS)),
         delivery=delivery,
         metrics=metrics,
         policy_version=classifier.policy.version,
