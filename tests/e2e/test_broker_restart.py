@@ -41,8 +41,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumer.ops.metrics import Metrics, kafka_connected
-from tests.e2e.harness import Run, expected_offsets, outcomes_per_offset
-from tests.e2e.test_core import clean_values
+from tests.e2e.harness import Run, clean_values, expected_offsets, outcomes_per_offset
 from tests.fake_server import fake_openai_server
 from tests.kafka_script import RUN_DIR, NoFreeSlot, claim_slot, run_kafka_sh
 

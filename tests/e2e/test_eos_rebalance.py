@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset
-from tests.e2e.test_core import clean_values
+from tests.e2e.harness import Run, clean_values, expected_offsets, new_run, outcomes_per_offset
 from tests.fake_server import fake_openai_server
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]

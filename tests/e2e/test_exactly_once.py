@@ -15,8 +15,7 @@ import signal
 import pytest
 
 from consumer.testing.fake_openai import FakeAdmin
-from tests.e2e.harness import expected_offsets, new_run, outcomes_per_offset
-from tests.e2e.test_core import clean_values
+from tests.e2e.harness import clean_values, expected_offsets, new_run, outcomes_per_offset
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(600)

@@ -19,8 +19,7 @@ import pytest
 
 from consumer.app import serve
 from consumer.testing.fake_openai import FakeAdmin
-from tests.e2e.harness import new_run, until
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import assert_nothing_lost, clean_values, new_run, until
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)

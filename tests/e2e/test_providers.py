@@ -21,8 +21,7 @@ import pytest
 from consumer.app import serve
 from consumer.testing.fake_openai import FakeAdmin
 from schemas import UsageOutcome
-from tests.e2e.harness import Run, new_run
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import Run, assert_nothing_lost, clean_values, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)

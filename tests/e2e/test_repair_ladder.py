@@ -22,8 +22,7 @@ from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 from consumer.testing.fake_openai.reply import content_value, context_for, last_user_text
 from consumer.tools.sample import CLEAN, HARMFUL
 from schemas import UsageOutcome
-from tests.e2e.harness import new_run
-from tests.e2e.test_core import assert_nothing_lost
+from tests.e2e.harness import assert_nothing_lost, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)

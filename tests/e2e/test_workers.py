@@ -24,8 +24,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import Run, expected_offsets, new_run, outcomes_per_offset, until
-from tests.e2e.test_core import clean_values
+from tests.e2e.harness import (
+    Run,
+    clean_values,
+    expected_offsets,
+    new_run,
+    outcomes_per_offset,
+    until,
+)
 from tests.fake_server import fake_openai_server, free_port
 
 pytestmark = pytest.mark.timeout(420)
