@@ -193,7 +193,7 @@ async def test_consumer_joins_and_leaves_mid_run(kafka_bootstrap: str) -> None:
         )
         if undrained or failed:
             print(f"\n{len(undrained)} undrained revokes, {failed} failed commits")
-            await assert_nothing_lost(run, max_duplicates=sum(ends.values()), ends=ends)
+            await assert_nothing_lost(run, max_duplicates=None, ends=ends)
         else:
             await assert_nothing_lost(run, max_duplicates=0, ends=ends)
 
