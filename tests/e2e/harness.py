@@ -468,10 +468,11 @@ async def kill_at_random_progress(
     """
     redone = 0
     seen: Counter[tuple[int, int]] = Counter()
+    total = sum((await run.end_offsets()).values())
     for kill in range(1, kills + 1):
         victim = run.start(name=f"victim {kill}", **env)
         try:
-            await _kill_after_progress(run, victim, rng.randint(*step), within=within)
+            await _kill_after_progress(run, victim, rng.randint(*step), total, within=within)
         finally:
             victim.kill_if_running()
         past, seen = await outcomes_past_commit(run, seen)
@@ -479,29 +480,47 @@ async def kill_at_random_progress(
     return redone
 
 
-async def _kill_after_progress(run: Run, victim: Consumer, progress: int, *, within: float) -> None:
+async def _kill_after_progress(
+    run: Run, victim: Consumer, progress: int, total: int, *, within: float
+) -> None:
+    async def wait(check: Callable[[], Awaitable[bool]], what: str) -> None:
+        await until(what, check, within=within, unless=victim.exited, context=victim.tail)
+
     async def assigned() -> bool:
         return victim.assignments() > 0
 
     # Once it owns partitions, the killed predecessors' last commits have long settled (joining
     # waits out their session timeout), so what is committed from here on is the victim's work.
-    await until(
-        f"{victim.name} assigned partitions",
-        assigned,
-        within=within,
-        unless=victim.exited,
-        context=victim.tail,
-    )
+    await wait(assigned, f"{victim.name} assigned partitions")
     target = await run.committed_total() + progress
+    assert target < total, f"{victim.name} would die after the end of the input ({total})"
 
     async def progressed() -> bool:
         return await run.committed_total() >= target
 
-    await until(
-        f"{victim.name} to commit {progress} more offsets (to {target})",
-        progressed,
-        within=within,
-        unless=victim.exited,
-        context=victim.tail,
-    )
+    await wait(progressed, f"{victim.name} to commit {progress} more offsets (to {target})")
     await victim.sigkill()
+
+
+async def finish(run: Run, ends: dict[int, int], *, within: float = 300, **env: str) -> None:
+    """Start a consumer, wait until the group has committed every offset up to ``ends``, stop
+    it with SIGTERM and check it exits 0 (a wait on the commits, not on an idle timeout: a
+    killed member may hold partitions for a session timeout, and an idle exit can come early).
+    """
+    last = run.start(name="the last consumer", **env)
+    try:
+
+        async def all_committed() -> bool:
+            return await run.committed() == ends
+
+        await until(
+            "the last consumer to commit every offset",
+            all_committed,
+            within=within,
+            unless=last.exited,
+            context=last.tail,
+        )
+        code = await last.stop()
+    finally:
+        last.kill_if_running()
+    assert code == 0, last.tail()

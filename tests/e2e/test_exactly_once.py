@@ -17,6 +17,7 @@ from consumer.testing.fake_openai import FakeAdmin
 from tests.e2e.harness import (
     assert_nothing_lost,
     clean_values,
+    finish,
     kill_at_random_progress,
     new_run,
     until,
@@ -41,26 +42,11 @@ async def test_three_sigkills_no_duplicates_no_loss(kafka_bootstrap: str) -> Non
         }
         # Each victim is killed once it has committed 200..1000 more offsets (random): three
         # kills leave at least 2,000 of the 5,000 for the last instance, so each lands mid-run.
+        print(f"\nseed {seed}")
         await kill_at_random_progress(
             run, kills=3, step=(200, 1000), rng=random.Random(seed), env=env
         )
-        final = run.start(name="final", **env)
-        try:
-
-            async def all_committed() -> bool:
-                return await run.committed() == ends
-
-            await until(
-                f"the last instance to commit every offset (seed {seed})",
-                all_committed,
-                within=300,
-                unless=final.exited,
-                context=final.tail,
-            )
-            code = await final.stop()
-        finally:
-            final.kill_if_running()
-        assert code == 0, final.tail()
+        await finish(run, ends, **env)
 
         summary = await assert_nothing_lost(run, max_duplicates=0, ends=ends)  # read_committed
 
