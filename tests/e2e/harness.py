@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ class Run:
         finally:
             await admin.close()
 
-    async def produce(self, values: list[bytes | None], *, keyed: bool = True) -> None:
+    async def produce(self, values: Sequence[bytes | None], *, keyed: bool = True) -> None:
         """Write ``values`` round-robin over the input partitions."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=10)
         async with producer:
@@ -502,7 +502,9 @@ async def _kill_after_progress(
     await victim.sigkill()
 
 
-async def finish(run: Run, ends: dict[int, int], *, within: float = 300, **env: str) -> None:
+async def finish(
+    run: Run, ends: dict[int, int], env: dict[str, str], *, within: float = 300
+) -> None:
     """Start a consumer, wait until the group has committed every offset up to ``ends``, stop
     it with SIGTERM and check it exits 0 (a wait on the commits, not on an idle timeout: a
     killed member may hold partitions for a session timeout, and an idle exit can come early).

@@ -83,7 +83,7 @@ async def test_sigkill_five_times_loses_nothing(kafka_bootstrap: str) -> None:
         redone = await kill_at_random_progress(
             run, kills=5, step=(100, 500), rng=random.Random(seed), env=env
         )
-        await finish(run, ends, **env)
+        await finish(run, ends, env)
 
         # The repeats are exactly the outcomes a victim wrote past its last commit (its window,
         # and what finished since its last commit, up to a commit interval's worth): measured

@@ -46,7 +46,7 @@ async def test_three_sigkills_no_duplicates_no_loss(kafka_bootstrap: str) -> Non
         await kill_at_random_progress(
             run, kills=3, step=(200, 1000), rng=random.Random(seed), env=env
         )
-        await finish(run, ends, **env)
+        await finish(run, ends, env)
 
         summary = await assert_nothing_lost(run, max_duplicates=0, ends=ends)  # read_committed
 

@@ -121,7 +121,7 @@ async def test_outage_opens_circuit_pauses_intake_and_recovers(kafka_bootstrap: 
             async with FakeAdmin(url) as admin:
 
                 async def working() -> bool:
-                    return (await admin.stats())["by_outcome"].get("ok", 0) >= 100
+                    return int((await admin.stats())["by_outcome"].get("ok", 0)) >= 100
 
                 await until(
                     "the first answered calls",
