@@ -1,7 +1,7 @@
 # modstream developer entry points. `make test` is what CI runs (.ci/run).
 #
 #   make install     .venv with python3.11 and the project (editable, dev extras)
-#   make lint        ruff check, ruff format --check, mypy --strict
+#   make lint        ruff check, ruff format --check, mypy --strict (consumer, schemas, tests)
 #   make test        install, lint, then unit + integration + e2e tests (starts its own broker)
 #   make demo        the pipeline end to end on a local broker (deploy/demo.sh)
 #   make bench       benchmarks (not part of `make test`)
@@ -47,6 +47,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict consumer schemas
+	$(VENV)/bin/mypy tests  # strict too (pyproject), with overrides for untyped test-only libraries
 
 # Resolve the broker's jars up front, so the first integration test's timeout does not
 # include a Maven download on a fresh clone.

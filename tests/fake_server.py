@@ -50,12 +50,33 @@ def knob_env(knobs: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _ready(origin: str) -> bool:
+def health_answers(origin: str) -> bool:
+    """The fake at ``origin`` (``http://host:port``) answers ``/_fake/health``."""
     try:
         with urllib.request.urlopen(origin + "/_fake/health", timeout=1) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def wait_until_ready(
+    name: str, process: subprocess.Popen[Any], ready: Callable[[], bool], *, within: float
+) -> None:
+    """Poll ``ready()`` until true (every 50 ms: the poll interval, not a wait for anything);
+    raise ``RuntimeError`` naming ``name`` if ``process`` exits first or ``within`` seconds
+    pass."""
+    deadline = time.monotonic() + within
+    while not ready():
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(f"{name} exited with {code} before it answered")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer within {within:.0f} s")
+        time.sleep(0.05)
+
+
+#: The older private name, which tests/unit and tests/benchmarks still import.
+_ready = health_answers
 
 
 @contextlib.contextmanager
@@ -77,15 +98,12 @@ def served(
             command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + startup_timeout
-            while not ready():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    log = output.read().decode(errors="replace")
-                    code = process.poll()
-                    state = f"exited with {code}" if code is not None else "timed out"
-                    raise RuntimeError(f"{name} {state} before it answered:\n{log}")
-                time.sleep(0.05)
+            try:
+                wait_until_ready(name, process, ready, within=startup_timeout)
+            except RuntimeError as exc:
+                output.seek(0)
+                log = output.read().decode(errors="replace")
+                raise RuntimeError(f"{exc}:\n{log}") from None
             yield process
         finally:
             if process.poll() is None:
@@ -115,7 +133,7 @@ def fake_openai_server(
     with served(
         "fake-openai",
         command,
-        lambda: _ready(origin),
+        lambda: health_answers(origin),
         env=env,
         startup_timeout=startup_timeout,
         stop_timeout=stop_timeout,

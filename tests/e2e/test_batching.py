@@ -18,8 +18,7 @@ from consumer.app import serve
 from consumer.testing.fake_openai.admin import FakeAdmin
 from consumer.tools.report import Summary
 from consumer.tools.sample import CLEAN, HARMFUL
-from tests.e2e.harness import Run, new_run
-from tests.e2e.test_core import assert_nothing_lost
+from tests.e2e.harness import Run, assert_nothing_lost, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)

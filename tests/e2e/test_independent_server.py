@@ -53,8 +53,7 @@ from aiohttp import web
 
 from consumer.app import serve
 from schemas import UsageOutcome
-from tests.e2e.harness import new_run
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import assert_nothing_lost, clean_values, new_run
 from tests.fake_server import free_port, served
 
 pytestmark = pytest.mark.timeout(300)

@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.testing.fake_openai import FakeAdmin
-from tests.e2e.harness import Run, new_run, until
+from tests.e2e.harness import Consumer, Endpoints, Run, new_run, until
 from tests.fake_server import fake_openai_server, free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,74 +35,6 @@ PARTITIONS = 6
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-@dataclass
-class Scrape:
-    """One /metrics response: sample values by name and labels."""
-
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-    @classmethod
-    def parse(cls, text: str) -> Scrape:
-        samples = {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-        return cls(samples)
-
-    def get(self, name: str, **labels: str) -> float:
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
-        return {labels: v for (n, labels), v in self.samples.items() if n == name}
-
-    def total(self, name: str, **labels: str) -> float:
-        wanted = set(labels.items())
-        return sum(v for lbl, v in self.series(name).items() if wanted <= lbl)
-
-
-class Endpoints:
-    """The consumer's operations server, over real HTTP."""
-
-    def __init__(self, port: int) -> None:
-        self.origin = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def status(self, path: str) -> tuple[int, Any] | None:
-        """(status, JSON body), or None while nothing listens yet."""
-        try:
-            async with self.session.get(self.origin + path) as response:
-                return response.status, await response.json()
-        except aiohttp.ClientConnectionError:
-            return None
-
-    async def scrape(self) -> Scrape:
-        async with self.session.get(self.origin + "/metrics") as response:
-            assert response.status == 200
-            return Scrape.parse(await response.text())
-
-
-class Stderr:
-    """Drains a process's stderr in a thread, so a chatty process never blocks on the pipe."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stderr is not None
-        self._stream = process.stderr
-        self.data = b""
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        self.data = self._stream.read()
-
-    def text(self) -> str:
-        self._thread.join(timeout=30)
-        return self.data.decode(errors="replace")
 
 
 class HoldRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -141,8 +66,8 @@ def messages(n: int) -> list[bytes | None]:
     ]
 
 
-def spawn(run: Run, port: int, **env: str) -> subprocess.Popen[bytes]:
-    return run.spawn(
+def spawn(run: Run, port: int, **env: str) -> Consumer:
+    return run.start(
         MODSTREAM_METRICS_PORT=str(port),
         MODSTREAM_METRICS_HOST="127.0.0.1",
         OPENAI_API_KEY=API_KEY,
@@ -178,14 +103,14 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
             enable_auto_commit=False,
         )
         await holder.start()
-        process: subprocess.Popen[bytes] | None = None
+        consumer: Consumer | None = None
         try:
             holder.subscribe([run.input_topic], listener=hold)
             await asyncio.wait_for(hold.assigned.wait(), 60)
             assert len(hold.assignments[-1]) == PARTITIONS
 
             # 1. Not ready while waiting for partitions: the holder blocks the rebalance.
-            process = spawn(
+            consumer = spawn(
                 run,
                 port,
                 MODSTREAM_MAX_IN_FLIGHT="50",
@@ -194,14 +119,14 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
                 MODSTREAM_CIRCUIT_RESET_S="0.2",
                 MODSTREAM_RETRY_MAX_BACKOFF_S="0.5",
             )
-            stderr = Stderr(process)
 
             async def alive() -> bool:
-                assert process is not None and process.poll() is None, stderr.text()[-3000:]
                 answer = await ops.status("/healthz")
                 return answer is not None and answer[0] == 200
 
-            await until("/healthz answers", alive, within=60)
+            await until(
+                "/healthz answers", alive, within=60, unless=consumer.exited, context=consumer.tail
+            )
             await asyncio.wait_for(hold.revoking.wait(), 60)  # modstream has joined the group
             answer = await ops.status("/readyz")
             assert answer is not None
@@ -226,7 +151,13 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
                     and scrape.get("modstream_assigned_partitions") == PARTITIONS
                 )
 
-            await until("ready with every partition", ready_with_all_partitions, within=90)
+            await until(
+                "ready with every partition",
+                ready_with_all_partitions,
+                within=90,
+                unless=consumer.exited,
+                context=consumer.tail,
+            )
             assert (await ops.status("/readyz")) == (200, {"status": "ready"})
 
             # 3. A provider outage: messages arrive, none completes, lag shows, still ready.
@@ -243,7 +174,12 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
                     and scrape.get("modstream_circuit_state", state="closed") == 0
                 )
 
-            await until("lag, retries and an open circuit during the outage", outage_visible)
+            await until(
+                "lag, retries and an open circuit during the outage",
+                outage_visible,
+                unless=consumer.exited,
+                context=consumer.tail,
+            )
             during = await ops.scrape()
             assert during.get("modstream_messages_processed_total", outcome="verdict") == 0
             assert during.get("modstream_messages_in_flight") > 0
@@ -272,7 +208,12 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
                     and all(v == 0 for v in lags.values())
                 )
 
-            await until("every message processed and lag zero", all_done_and_caught_up)
+            await until(
+                "every message processed and lag zero",
+                all_done_and_caught_up,
+                unless=consumer.exited,
+                context=consumer.tail,
+            )
             assert seen == sorted(seen), "a counter went backwards"
             after = await ops.scrape()
             assert after.get("modstream_messages_fetched_total") == MESSAGES
@@ -297,14 +238,12 @@ async def test_metrics_move_lag_falls_to_zero_and_ready_after_assignment(
             assert committed == await run.end_offsets(), "the lag metric agrees with the group"
 
             # 5. A clean stop; then the logs.
-            process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(process.wait, 60)
-            text = stderr.text()
-            assert process.returncode == 0, text[-3000:]
+            code = await consumer.stop(60)
+            text = consumer.logs.text()
+            assert code == 0, text[-3000:]
         finally:
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+            if consumer is not None:
+                consumer.kill_if_running()
             hold.release.set()
             await holder.stop()
             await admin.close()
@@ -324,9 +263,9 @@ async def test_a_rejected_key_stops_the_consumer_without_logging_it(kafka_bootst
         run = new_run(kafka_bootstrap, url, partitions=1)
         await run.create_topics()
         await run.produce(messages(3))
-        process = spawn(run, free_port())
-        _, raw = await asyncio.to_thread(process.communicate, timeout=120)
-    text = raw.decode(errors="replace")
-    assert process.returncode == 3, text[-3000:]  # a fatal error: exit 3 with a clear message
+        consumer = spawn(run, free_port())
+        code = await consumer.wait(120)
+    text = consumer.logs.text()
+    assert code == 3, text[-3000:]  # a fatal error: exit 3 with a clear message
     assert "401" in text and "OPENAI_API_KEY" in text
     assert_no_secret_or_content(text)

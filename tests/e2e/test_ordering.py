@@ -8,8 +8,7 @@ from collections import defaultdict
 import pytest
 
 from consumer.app import serve, summary
-from tests.e2e.harness import new_run
-from tests.e2e.test_core import assert_nothing_lost
+from tests.e2e.harness import assert_nothing_lost, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)

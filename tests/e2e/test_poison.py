@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
 from consumer.app import serve
 from consumer.testing.fake_openai import FakeAdmin
-from tests.e2e.harness import new_run, until
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import assert_nothing_lost, clean_values, new_run, until
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -137,7 +137,7 @@ async def test_an_outage_of_comparable_length_dead_letters_nothing(
     ids=["unknown-model-404", "unsupported-parameter-400"],
 )
 async def test_misconfiguration_stops_the_service_with_exit_3(
-    kafka_bootstrap: str, knobs: dict[str, str], env: dict[str, str], expected: list[str]
+    kafka_bootstrap: str, knobs: dict[str, Any], env: dict[str, str], expected: list[str]
 ) -> None:
     with fake_openai_server(**knobs) as url:
         run = new_run(kafka_bootstrap, url, partitions=2)

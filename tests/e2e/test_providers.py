@@ -20,9 +20,9 @@ import pytest
 
 from consumer.app import serve
 from consumer.testing.fake_openai import FakeAdmin
+from consumer.tools.report import Summary
 from schemas import UsageOutcome
-from tests.e2e.harness import Run, new_run
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import assert_nothing_lost, clean_values, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,29 +36,32 @@ def chat_client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def moderate(run: Run, chat_client: str, **overrides: Any) -> None:
-    await run.create_topics()
-    await run.produce(clean_values(COUNT))
-    settings = run.settings(concurrency=8, max_in_flight=64, chat_client=chat_client, **overrides)
-    await serve(settings, exit_when_idle=2)
-    await assert_nothing_lost(run)
-
-
-async def chat_bodies(url: str) -> list[dict[str, Any]]:
-    async with FakeAdmin(url) as admin:
-        logged = await admin.requests(limit=10_000)
-    return [r["body"] for r in logged if r["path"].endswith("/chat/completions")]
+async def moderated(
+    kafka_bootstrap: str, chat_client: str, fake: dict[str, Any], **overrides: Any
+) -> tuple[Summary, list[dict[str, Any]]]:
+    """COUNT messages through modstream (``overrides`` on its settings) against a fake with
+    ``fake``'s knobs: nothing lost, no dead letter, one verdict each. Returns what the run
+    wrote and the chat request bodies the fake received."""
+    with fake_openai_server(latency_ms=2, **fake) as url:
+        run = new_run(kafka_bootstrap, url, partitions=3)
+        await run.create_topics()
+        await run.produce(clean_values(COUNT))
+        settings = run.settings(
+            concurrency=8, max_in_flight=64, chat_client=chat_client, **overrides
+        )
+        await serve(settings, exit_when_idle=2)
+        summary = await assert_nothing_lost(run)
+        async with FakeAdmin(url) as admin:
+            logged = await admin.requests(limit=10_000)
+    assert summary.dead_letters == []
+    assert len(summary.verdicts) == COUNT
+    return summary, [r["body"] for r in logged if r["path"].endswith("/chat/completions")]
 
 
 async def test_gpt_5_mini_moderates_with_reasoning(kafka_bootstrap: str, chat_client: str) -> None:
-    with fake_openai_server(latency_ms=2, seed=3, reasoning_rules=True) as url:
-        run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, chat_client, model="gpt-5-mini")
-        summary = await run.outputs()
-        bodies = await chat_bodies(url)
-
-    assert summary.dead_letters == []
-    assert len(summary.verdicts) == COUNT
+    summary, bodies = await moderated(
+        kafka_bootstrap, chat_client, {"seed": 3, "reasoning_rules": True}, model="gpt-5-mini"
+    )
     assert {v.model for v in summary.verdicts} == {"gpt-5-mini"}
     assert len(summary.usage) == COUNT
     for usage in summary.usage:
@@ -77,14 +80,9 @@ async def test_gpt_5_mini_moderates_with_reasoning(kafka_bootstrap: str, chat_cl
 async def test_each_response_format_gives_valid_verdicts(
     kafka_bootstrap: str, mode: str, chat_client: str
 ) -> None:
-    with fake_openai_server(latency_ms=2, seed=4) as url:
-        run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, chat_client, response_format=mode)
-        summary = await run.outputs()
-        bodies = await chat_bodies(url)
-
-    assert summary.dead_letters == []
-    assert len(summary.verdicts) == COUNT
+    summary, bodies = await moderated(
+        kafka_bootstrap, chat_client, {"seed": 4}, response_format=mode
+    )
     assert all(u.outcome == UsageOutcome.OK for u in summary.usage)
     expected = {"json_schema": "json_schema", "json_object": "json_object", "text": None}[mode]
     sent = {(b.get("response_format") or {}).get("type") for b in bodies}
@@ -96,14 +94,12 @@ async def test_each_response_format_gives_valid_verdicts(
 async def test_auto_steps_down_from_a_server_that_rejects_json_schema(
     kafka_bootstrap: str, chat_client: str
 ) -> None:
-    with fake_openai_server(latency_ms=2, seed=5, reject_json_schema=True) as url:
-        run = new_run(kafka_bootstrap, url, partitions=3)
-        await moderate(run, chat_client, response_format="auto")
-        summary = await run.outputs()
-        bodies = await chat_bodies(url)
-
-    assert summary.dead_letters == []
-    assert len(summary.verdicts) == COUNT
+    summary, bodies = await moderated(
+        kafka_bootstrap,
+        chat_client,
+        {"seed": 5, "reject_json_schema": True},
+        response_format="auto",
+    )
     rejected = [u for u in summary.usage if u.outcome == UsageOutcome.REJECTED]
     # only the calls already on their way when the first rejection came back (concurrency 8)
     assert 1 <= sum(u.calls for u in rejected) <= 8

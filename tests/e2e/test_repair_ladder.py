@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,7 @@ from consumer.model.policy import PromptBuilder, load_policy, load_prompt
 from consumer.testing.fake_openai.reply import content_value, context_for, last_user_text
 from consumer.tools.sample import CLEAN, HARMFUL
 from schemas import UsageOutcome
-from tests.e2e.harness import new_run
-from tests.e2e.test_core import assert_nothing_lost
+from tests.e2e.harness import assert_nothing_lost, new_run
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,7 +58,7 @@ def expected_scores(builder: PromptBuilder, text: str) -> dict[str, float]:
 async def test_every_malformed_kind_at_4_percent_dead_letters_under_half_a_percent(
     kafka_bootstrap: str,
 ) -> None:
-    knobs = dict.fromkeys(MALFORMED_KNOBS, 0.04)
+    knobs: dict[str, Any] = dict.fromkeys(MALFORMED_KNOBS, 0.04)
     with fake_openai_server(latency_ms=1, latency_dist="exponential", seed=13, **knobs) as url:
         run = new_run(kafka_bootstrap, url, partitions=6)
         await run.create_topics()

@@ -10,21 +10,28 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from consumer.app import serve
 from consumer.testing.fake_openai import FakeAdmin
-from tests.e2e.harness import expected_offsets, new_run, outcomes_per_offset
-from tests.e2e.test_core import assert_nothing_lost, clean_values
+from tests.e2e.harness import (
+    assert_nothing_lost,
+    clean_values,
+    expected_offsets,
+    new_run,
+    outcomes_per_offset,
+    until,
+)
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(600)
 
 
 async def test_chaos_storm_loses_nothing_and_accounts_every_token(kafka_bootstrap: str) -> None:
-    knobs = {
+    knobs: dict[str, Any] = {
         "p_429": 0.30,
         "retry_after_mode": "mixed",
         "retry_after_s": 0.05,
@@ -91,42 +98,86 @@ async def test_tpm_budget_matching_the_provider_avoids_429s(kafka_bootstrap: str
 
 
 async def test_outage_opens_circuit_pauses_intake_and_recovers(kafka_bootstrap: str) -> None:
+    concurrency, threshold, probes = 8, 10, 3
     with fake_openai_server(latency_ms=5, seed=9) as url:
         run = new_run(kafka_bootstrap, url, partitions=3)
         await run.create_topics()
         await run.produce(clean_values(3000))
-        process = run.spawn(
+        consumer = run.start(
             "--exit-when-idle",
             "5",
-            MODSTREAM_CONCURRENCY="8",
+            MODSTREAM_CONCURRENCY=str(concurrency),
             MODSTREAM_MAX_IN_FLIGHT="32",
+            MODSTREAM_CIRCUIT_FAILURE_THRESHOLD=str(threshold),
             MODSTREAM_CIRCUIT_RESET_S="2",
             MODSTREAM_RETRY_MAX_BACKOFF_S="2",
             MODSTREAM_LOG_LEVEL="INFO",
         )
-        async with FakeAdmin(url) as admin:
-            await asyncio.sleep(4)
-            assert process.poll() is None
-            await admin.patch(outage=True)
-            await asyncio.sleep(60)
-            during = await admin.stats()
-            await admin.patch(outage=False)
-        _, stderr = await asyncio.to_thread(process.communicate, timeout=400)
-        assert process.returncode == 0, stderr.decode()[-3000:]
 
-        events = [json.loads(line)["event"] for line in stderr.decode().splitlines() if line]
+        def logged(event: str) -> int:
+            return len(consumer.logs.events(event))
+
+        paused = "intake paused: the model provider is down (circuit open)"
+        resumed = "intake resumed: the model provider answers again"
+        try:
+            async with FakeAdmin(url) as admin:
+
+                async def working() -> bool:
+                    return int((await admin.stats())["by_outcome"].get("ok", 0)) >= 100
+
+                await until(
+                    "the first answered calls",
+                    working,
+                    unless=consumer.exited,
+                    context=consumer.tail,
+                )
+                await admin.patch(outage=True)
+
+                async def failed_503() -> int:
+                    return int((await admin.stats())["by_outcome"].get("503", 0))
+
+                def half_opened(times: int) -> Callable[[], Awaitable[bool]]:
+                    async def check() -> bool:
+                        return logged("circuit half_open") >= times
+
+                    return check
+
+                # The outage lasts until the circuit has opened, intake has paused, and three
+                # probes have failed (each half-open, then open again for twice as long: 2, 4,
+                # 8 s): the messages in flight waited through all of it.
+                await until(
+                    "the first probe (circuit half_open)",
+                    half_opened(1),
+                    unless=consumer.exited,
+                    context=consumer.tail,
+                )
+                first_half_opens = logged("circuit half_open")  # before the count: none left out
+                first_503s = await failed_503()
+                await until(
+                    f"{probes} failed probes",
+                    half_opened(probes),
+                    unless=consumer.exited,
+                    context=consumer.tail,
+                )
+                probe_503s = await failed_503() - first_503s
+                half_opens = logged("circuit half_open") - first_half_opens  # after the count
+                await admin.patch(outage=False)
+            code = await consumer.wait(400)
+        finally:
+            consumer.kill_if_running()
+        assert code == 0, consumer.tail()
+
+        events = [e["event"] for e in consumer.logs.records()]
         assert "circuit open" in events
         assert "circuit half_open" in events
         assert "circuit closed" in events
-        paused = "intake paused: the model provider is down (circuit open)"
-        resumed = "intake resumed: the model provider answers again"
         assert paused in events and resumed in events
         assert events.index(paused) < events.index(resumed)
-        # While open, only probes reach the provider: far fewer than the work waiting.
-        assert during["by_outcome"].get("503", 0) < 200
+        # While open, only probes reach the provider: from the first half-open on, one call per
+        # half-open (the first one's may come after the first count).
+        assert probe_503s <= half_opens + 1, (probe_503s, half_opens)
 
-        await assert_nothing_lost(run)
-        summary = await run.outputs()
+        summary = await assert_nothing_lost(run)
         assert summary.dead_letters == []
         assert len(summary.verdicts) == 3000
 

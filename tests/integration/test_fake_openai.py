@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from consumer.model.tokens import count_tokens
 from consumer.testing.fake_openai import FakeAdmin, FakeConfig, running_fake
 from consumer.testing.fake_openai.reply import malformed
-from tests.fake_server import fake_openai_server, free_port
+from tests.fake_server import fake_openai_server, free_port, health_answers, wait_until_ready
 
 MODEL = "gpt-4o-mini"
 SYSTEM = "You are a content-moderation classifier. Reply with JSON only."
@@ -497,12 +495,10 @@ def test_cli_exits_cleanly_on_sigterm_and_rejects_bad_knobs() -> None:
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        # Only once it answers are its signal handlers in place: a SIGTERM before that is not
+        # the clean stop under test.
+        origin = f"http://127.0.0.1:{port}"
+        wait_until_ready("fake-openai", process, lambda: health_answers(origin), within=30)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import MakeTopic
+from tests.e2e.harness import until
 
 TIMEOUT_S = 30.0
 
@@ -84,12 +85,15 @@ async def _settled_offset(admin: AIOKafkaAdminClient, group: str, tp: TopicParti
     with OffsetFetch v1-v3 (no ``require_stable``, KIP-447), so right after a commit the old
     offset can still be served: poll briefly, and fail if it never settles.
     """
-    deadline = time.monotonic() + 10
-    while True:
-        offset = (await _committed(admin, group)).get(tp, -1)
-        if offset >= 0 or time.monotonic() > deadline:
-            return offset
-        await asyncio.sleep(0.05)
+    found = -1
+
+    async def settled() -> bool:
+        nonlocal found
+        found = (await _committed(admin, group)).get(tp, -1)
+        return found >= 0
+
+    await until(f"a committed offset of {tp} for {group}", settled, within=10, every=0.05)
+    return found
 
 
 async def test_manual_commit_and_resume_in_group(

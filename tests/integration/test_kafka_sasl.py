@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -251,6 +252,22 @@ async def topic(sasl_broker: SaslBroker) -> AsyncIterator[str]:
     yield name
 
 
+async def read_until(options: dict[str, Any], topic: str, value: bytes) -> list[bytes]:
+    """Partition 0 of ``topic`` from the beginning over ``options``, until ``value`` is read
+    (each fetch waits up to 500 ms for records) or 30 s have passed; what was read."""
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    async with consumer:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while value not in seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            seen.extend(r.value for r in batch.get(tp, []) if r.value is not None)
+    return seen
+
+
 # ---- kafka_options -----------------------------------------------------------------------
 
 
@@ -282,17 +299,7 @@ async def test_right_password_round_trips_a_record(
     value = f"over {mechanism}".encode()
     async with AIOKafkaProducer(**options, acks="all", enable_idempotence=True) as producer:
         await producer.send_and_wait(topic, value)
-    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
-    async with consumer:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        seen: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while value not in seen and time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            seen.extend(r.value for r in batch.get(tp, []) if r.value is not None)
-    assert value in seen
+    assert value in await read_until(options, topic, value)
 
 
 # ---- a wrong password ----------------------------------------------------------------------
@@ -458,16 +465,7 @@ async def test_tls_with_a_client_certificate_round_trips_a_record(
     options = kafka_options(tls_settings(sasl_broker))
     async with AIOKafkaProducer(**options, acks="all") as producer:
         await producer.send_and_wait(topic, b"over TLS")
-    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
-    async with consumer:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        seen: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while b"over TLS" not in seen and time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            seen.extend(r.value for r in batch.get(tp, []) if r.value is not None)
+    seen = await read_until(options, topic, b"over TLS")
     assert b"over TLS" in seen
 
 
