@@ -16,7 +16,7 @@ import re
 import string
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import (
@@ -257,22 +257,26 @@ def _load_yaml(path: Path | None, default: str) -> Any:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
 
 
+#: A policy file's model (Policy or Prompt).
+Loaded = TypeVar("Loaded", bound=BaseModel)
+
+
 def load_policy(path: Path | None = None) -> Policy:
     """The policy in ``path``, or the built-in OpenAI-taxonomy default."""
-    try:
-        return Policy.model_validate(_load_yaml(path, "policy.default.yaml"))
-    except ValidationError as exc:
-        problems = describe_validation_error(exc, whole="policy")
-        raise ConfigError(f"invalid policy {path or 'default'}: {problems}") from exc
+    return _validated(Policy, path, "policy")
 
 
 def load_prompt(path: Path | None = None) -> Prompt:
     """The prompt in ``path``, or the built-in default."""
+    return _validated(Prompt, path, "prompt")
+
+
+def _validated(model: type[Loaded], path: Path | None, what: str) -> Loaded:
     try:
-        return Prompt.model_validate(_load_yaml(path, "prompt.default.yaml"))
+        return model.model_validate(_load_yaml(path, f"{what}.default.yaml"))
     except ValidationError as exc:
-        problems = describe_validation_error(exc, whole="prompt")
-        raise ConfigError(f"invalid prompt {path or 'default'}: {problems}") from exc
+        problems = describe_validation_error(exc, whole=what)
+        raise ConfigError(f"invalid {what} {path or 'default'}: {problems}") from exc
 
 
 def prompt_file(version_or_path: str) -> Path:
