@@ -112,6 +112,9 @@ async def test_outage_opens_circuit_pauses_intake_and_recovers(kafka_bootstrap: 
             MODSTREAM_CIRCUIT_RESET_S="2",
             MODSTREAM_RETRY_MAX_BACKOFF_S="2",
             MODSTREAM_LOG_LEVEL="INFO",
+            # The circuit's transitions are counted from its log lines: none may be collapsed
+            # into a later line's repeated=N (they are warnings, and they repeat).
+            MODSTREAM_LOG_REPEAT_INTERVAL_S="0",
         )
 
         def logged(event: str) -> int:
