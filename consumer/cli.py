@@ -24,6 +24,7 @@ from typing import Annotated, NoReturn, ParamSpec
 
 import typer
 
+from consumer import __version__
 from consumer.errors import ConfigError, ModstreamError, first_fatal
 from consumer.settings import load_settings
 
@@ -36,6 +37,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"modstream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version, exit."
+        ),
+    ] = False,
+) -> None:
+    """Kafka content-moderation stream processor."""
 
 
 def command(
@@ -130,7 +149,7 @@ def fake_openai(
 
 @command()
 def topics(
-    partitions: Annotated[int, typer.Option(help="Partitions for new topics.")] = 6,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions for new topics.")] = 6,
 ) -> None:
     """Create the input, verdict, usage and dead-letter topics that don't exist yet."""
     from consumer.kafka.topics import ensure_topics
@@ -141,7 +160,7 @@ def topics(
 
 @command()
 def sample(
-    count: Annotated[int, typer.Option(help="Records to produce.")] = 200,
+    count: Annotated[int, typer.Option(min=1, help="Records to produce.")] = 200,
     seed: Annotated[int, typer.Option(help="Corpus seed.")] = 7,
 ) -> None:
     """Produce a mixed sample corpus (clean, harmful, poison) to the input topic."""

@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 import consumer.cli as cli
+from consumer import __version__
 from consumer.cli import app
 from consumer.errors import ProviderAuthError
 from schemas.export import schema_files
@@ -149,3 +150,22 @@ def test_a_fatal_error_inside_a_task_group_exits_with_its_code(
     assert "the provider rejected the key" in result.output
     bug = runner.invoke(cli.app, ["other"])
     assert isinstance(bug.exception, ExceptionGroup)  # not ours: the traceback stays
+
+
+def test_version_prints_the_package_version() -> None:
+    result = _run(str(MODSTREAM), "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"modstream {__version__}"
+
+
+@pytest.mark.parametrize(("command", "option"), [("topics", "--partitions"), ("sample", "--count")])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_count_below_one_is_refused_before_any_broker_is_asked(
+    command: str, option: str, value: str
+) -> None:
+    # topics --partitions 0 used to print "created:" for topics that were not created, and
+    # sample --count -1 exited 0 having produced nothing.
+    result = _run(str(MODSTREAM), command, option, value)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert option in result.stderr and "greater than or equal to 1" in result.stderr
+    assert "created" not in result.stdout
