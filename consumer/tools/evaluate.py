@@ -10,6 +10,8 @@ Labels: the verdict carries the input's ``metadata``; ``metadata[FIELD]`` names 
 categories (``"violence"``, ``"harmful:violence"``, ``"hate,violence"``) or ``"clean"``.
 Categories are compared at their top level (``violence/graphic`` counts as ``violence``).
 The metrics are written out here (they are a few lines each) and tested against scikit-learn.
+Each input counts once (its last verdict; a topic replayed into twice holds two) and each model
+call once (by ``event_id``); a ``--labels`` field no verdict carries is an error.
 """
 
 from __future__ import annotations
@@ -117,6 +119,30 @@ class RunReport:
     tokens_per_1k: float | None = None
     cost_per_1k: float | None = None
     cache_hits: int = 0
+    duplicates: int = 0
+
+
+def latest_per_input(verdicts: list[Verdict]) -> tuple[list[Verdict], int]:
+    """One verdict per input (source topic, partition, offset), the last read winning; and
+    how many were dropped. A verdict topic replayed into twice holds each input twice: scored
+    as they stand, support and cost per message would count them twice."""
+    latest = {(v.source.topic, v.source.partition, v.source.offset): v for v in verdicts}
+    return list(latest.values()), len(verdicts) - len(latest)
+
+
+def distinct_calls(usage: list[UsageEvent]) -> list[UsageEvent]:
+    """One usage event per model call (``event_id``): a re-published event counts once."""
+    return list({u.event_id: u for u in usage}.values())
+
+
+def check_label_field(verdicts: list[Verdict], field_name: str) -> None:
+    """A ``--labels`` field no verdict carries is a typo, not a run without labels."""
+    seen = {key for v in verdicts for key in v.metadata}
+    if field_name not in seen:
+        keys = ", ".join(sorted(seen)) or "none"
+        raise ConfigError(
+            f"no verdict carries metadata[{field_name!r}]; the metadata keys seen: {keys}"
+        )
 
 
 def evaluate_labels(report: RunReport, verdicts: list[Verdict], field_name: str) -> None:
@@ -165,8 +191,10 @@ def evaluate_run(
     labels: str | None = None,
     baseline: list[Verdict] | None = None,
 ) -> RunReport:
-    """Everything ``eval`` reports for one verdict topic."""
-    report = RunReport(name=name, verdicts=len(verdicts))
+    """Everything ``eval`` reports for one verdict topic, one verdict per input."""
+    verdicts, duplicates = latest_per_input(verdicts)
+    usage = distinct_calls(usage)
+    report = RunReport(name=name, verdicts=len(verdicts), duplicates=duplicates)
     report.cache_hits = sum(v.cache_hit for v in verdicts)
     live = [v.latency_ms for v in verdicts if not v.cache_hit]
     report.latency_ms = {f"p{q}": percentile(live, q) for q in (50, 90, 99)}
@@ -195,6 +223,8 @@ def summary_rows(reports: list[RunReport]) -> list[tuple[str, list[str]]]:
         ("verdicts", [f"{r.verdicts:,}" for r in reports]),
         ("cache hits", [f"{r.cache_hits:,}" for r in reports]),
     ]
+    if any(r.duplicates for r in reports):
+        rows.insert(1, ("repeats dropped", [f"{r.duplicates:,}" for r in reports]))
     if any(r.flagged for r in reports):
         rows.append(("labelled", [f"{r.labelled:,}" for r in reports]))
         for metric in ("precision", "recall", "f1"):
@@ -283,6 +313,8 @@ async def run_eval(
         found = await read_events(settings, topic, Verdict)
         if not found:
             raise ConfigError(f"no verdicts in {topic!r} (does the topic exist?)")
+        if labels:
+            check_label_field(found, labels)
         usage = await read_events(settings, f"{topic}.usage", UsageEvent)
         reports.append(evaluate_run(topic, found, usage, labels=labels, baseline=base))
         verdicts[topic] = found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
-from consumer.tools.evaluate import binary_scores, cohen_kappa, label_categories, percentile
+from consumer.errors import ConfigError
+from consumer.tools.evaluate import (
+    binary_scores,
+    check_label_field,
+    cohen_kappa,
+    evaluate_run,
+    label_categories,
+    latest_per_input,
+    percentile,
+    summary_rows,
+)
+from schemas import Action, Source, UsageEvent, Verdict
 
 pairs = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=200)
 
@@ -72,3 +84,57 @@ def test_percentile_of_nothing_is_nan() -> None:
 )
 def test_label_categories(value: object, expected: set[str] | None) -> None:
     assert label_categories(value) == expected  # type: ignore[arg-type]
+
+
+def _verdict(offset: int, *, partition: int = 0, label: str = "clean") -> Verdict:
+    # Only the fields eval reads; the verdicts' validation is tested with the schemas.
+    fields: dict[str, Any] = {
+        "source": Source(topic="in", partition=partition, offset=offset),
+        "metadata": {"label": label},
+        "categories": {},
+        "flagged": False,
+        "action": Action.ALLOW,
+        "cache_hit": False,
+        "latency_ms": 10.0,
+    }
+    return Verdict.model_construct(**fields)
+
+
+def _usage(event_id: str, cost: float) -> UsageEvent:
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "cost_usd": cost,
+    }
+    return UsageEvent.model_construct(**fields)
+
+
+def test_a_topic_replayed_into_twice_is_scored_once_per_input() -> None:
+    first = [_verdict(o, partition=p) for p in (0, 1) for o in range(5)]
+    again = [_verdict(o, partition=p, label="violence") for p in (0, 1) for o in range(5)]
+    usage = [_usage(f"u{i}", 0.001) for i in range(10)]
+    report = evaluate_run("eval.x", first + again, usage + usage, labels="label")
+    assert report.verdicts == 10 and report.duplicates == 10
+    assert report.labelled == 10  # the last verdict of each input won: all labelled violence
+    assert report.flagged is not None and report.flagged.recall == 0.0
+    # Ten distinct calls at $0.001 for ten inputs, however often they were re-published.
+    assert report.cost_per_1k == pytest.approx(1.0)
+    assert ("repeats dropped", ["10"]) in summary_rows([report])
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 20)), max_size=60))
+def test_latest_per_input_keeps_exactly_one_per_offset_and_the_last(
+    sources: list[tuple[int, int]],
+) -> None:
+    verdicts = [_verdict(o, partition=p, label=str(i)) for i, (p, o) in enumerate(sources)]
+    kept, dropped = latest_per_input(verdicts)
+    assert len(kept) == len(set(sources)) and dropped == len(sources) - len(kept)
+    last = {(p, o): str(i) for i, (p, o) in enumerate(sources)}
+    assert {(v.source.partition, v.source.offset): v.metadata["label"] for v in kept} == last
+
+
+def test_a_labels_field_no_verdict_carries_is_an_error_naming_the_keys_seen() -> None:
+    with pytest.raises(ConfigError, match=r"metadata\['lable'\].*seen: label"):
+        check_label_field([_verdict(0)], "lable")
+    check_label_field([_verdict(0)], "label")  # present: no error
