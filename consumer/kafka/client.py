@@ -34,8 +34,9 @@ KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer)
 #: a broker that answers the probe is only slow, and its start is awaited to the end.
 SLOW_START_S = 5.0
 
-#: aiokafka's line per bootstrap server that failed, logged only while a client starts: a
-#: start that fails says the same, for every server, in its one error (``start_kafka``).
+#: aiokafka's line per bootstrap server that failed (its client module logs as "aiokafka"),
+#: written only while a client starts: a start that fails says the same, for every server, in
+#: its one error (``start_kafka``); one that succeeds through another server needs neither.
 _BOOTSTRAP_LINES = frozenset(
     {'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s'}
 )
@@ -45,7 +46,7 @@ def _not_a_bootstrap_line(record: logging.LogRecord) -> bool:
     return record.msg not in _BOOTSTRAP_LINES
 
 
-logging.getLogger("aiokafka.client").addFilter(_not_a_bootstrap_line)
+logging.getLogger("aiokafka").addFilter(_not_a_bootstrap_line)
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:

@@ -44,14 +44,16 @@ class Unreachable:
 
 
 async def kafka_start_problem(
-    options: dict[str, Any], *, timeout_s: float = PROBE_TIMEOUT_S
+    options: dict[str, Any], *, timeout_s: float | None = None
 ) -> ConfigError | None:
     """Why no Kafka client can start with ``options``; ``None`` when a server answers now.
 
-    Each bootstrap server is asked in turn (at most ``timeout_s`` per step). A credentials,
-    SASL or TLS problem is named as soon as one server shows it; otherwise, when no server
-    answers, the error lists each server with its reason (unknown host, refused, no answer).
+    Each bootstrap server is asked in turn (at most ``timeout_s``, default
+    :data:`PROBE_TIMEOUT_S`, per step). A credentials, SASL or TLS problem is named as soon as
+    one server shows it; otherwise, when no server answers, the error lists each server with
+    its reason (unknown host, refused, no answer).
     """
+    timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     servers = options["bootstrap_servers"]
     unreachable: list[Unreachable] = []
     for host, port, _ in collect_hosts(servers):

@@ -67,8 +67,11 @@ class Creation:
         """The refusals as one error, or ``None`` when there were none."""
         if not self.failed:
             return None
-        reasons = "; ".join(f"{name}: {why}" for name, why in self.failed.items())
-        return ConfigError(f"Kafka did not create {len(self.failed)} topic(s): {reasons}")
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.failed.items():
+            by_reason.setdefault(why, []).append(name)
+        reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+        return ConfigError(f"Kafka refused to create {reasons}")
 
 
 async def create_topics(options: dict[str, Any], topics: list[NewTopic]) -> Creation:

@@ -179,24 +179,21 @@ def render(summary: Summary, console: Console | None = None) -> None:
     """Print the summary as tables a person can read at a glance: those of the topics read."""
     console = console or Console()
     read = summary.read
-    if read is None:
-        _verdict_tables(summary, console, "")
-        _dead_letter_table(summary, console, "")
-        _usage_table(summary, console, "")
-    else:
-        if read.verdicts is not None:
-            _verdict_tables(summary, console, f" from {read.verdicts.topic}")
-        if read.dead_letters is not None:
-            _dead_letter_table(summary, console, f" from {read.dead_letters.topic}")
-        if read.usage is not None:
-            _usage_table(summary, console, f" from {read.usage.topic}")
+    if read is not None:
+        console.print("read " + ", ".join(s.topic for s in read.sources()), style="dim")
+    if read is None or read.verdicts is not None:
+        _verdict_tables(summary, console)
+    if read is None or read.dead_letters is not None:
+        _dead_letter_table(summary, console)
+    if read is None or read.usage is not None:
+        _usage_table(summary, console)
     if summary.unreadable:
         console.print(f"[yellow]{summary.unreadable} output records did not match the schemas")
 
 
-def _verdict_tables(summary: Summary, console: Console, where: str) -> None:
+def _verdict_tables(summary: Summary, console: Console) -> None:
     actions = Counter(v.action.value for v in summary.verdicts)
-    table = Table(title=f"Verdicts ({len(summary.verdicts)}){where}")
+    table = Table(title=f"Verdicts ({len(summary.verdicts)})")
     table.add_column("action")
     table.add_column("count", justify="right")
     for action in ("allow", "review", "block"):
@@ -214,11 +211,11 @@ def _verdict_tables(summary: Summary, console: Console, where: str) -> None:
     console.print(cats)
 
 
-def _dead_letter_table(summary: Summary, console: Console, where: str) -> None:
+def _dead_letter_table(summary: Summary, console: Console) -> None:
     by_reason: dict[tuple[str, str], list[DeadLetter]] = {}
     for d in summary.dead_letters:
         by_reason.setdefault((d.stage, shorten(d.error_message)), []).append(d)
-    dead = Table(title=f"Dead letters ({len(summary.dead_letters)}){where}")
+    dead = Table(title=f"Dead letters ({len(summary.dead_letters)})")
     dead.add_column("stage")
     dead.add_column("reason")  # rich wraps it at words when the terminal is narrow
     dead.add_column("count", justify="right")
@@ -229,13 +226,13 @@ def _dead_letter_table(summary: Summary, console: Console, where: str) -> None:
     console.print(dead)
 
 
-def _usage_table(summary: Summary, console: Console, where: str) -> None:
+def _usage_table(summary: Summary, console: Console) -> None:
     prompt = sum(u.prompt_tokens for u in summary.usage)
     completion = sum(u.completion_tokens for u in summary.usage)
     cached = sum(u.cached_tokens for u in summary.usage)
     cost = sum(u.cost_usd or 0.0 for u in summary.usage)
     outcomes = Counter(u.outcome.value for u in summary.usage)
-    usage = Table(title=f"Model calls ({len(summary.usage)}){where}")
+    usage = Table(title=f"Model calls ({len(summary.usage)})")
     usage.add_column("prompt tokens", justify="right")
     usage.add_column("completion tokens", justify="right")
     usage.add_column("cached", justify="right")
