@@ -118,7 +118,7 @@ kafka-down:
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down
 
 schema: install
-	$(VENV)/bin/modstream schema
+	$(VENV)/bin/modstream schema --out schemas/json
 
 # Test brokers another session still holds (its lock in .run) are left alone.
 clean:

@@ -20,23 +20,84 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec
+from typing import Annotated, Any, NoReturn, ParamSpec
 
 import typer
+import typer.core
 
 from consumer import __version__
 from consumer.errors import ConfigError, ModstreamError, first_fatal
-from consumer.settings import load_settings
+from consumer.settings import Settings
+from consumer.settings import load_settings as _read_settings
 
 P = ParamSpec("P")
 
+#: The commands in the order a user meets them, under the heading of ``--help`` they go in.
+_PANELS = {
+    "topics": "Run",
+    "sample": "Run",
+    "consume": "Run",
+    "report": "Look",
+    "top": "Look",
+    "replay": "Evaluate",
+    "eval": "Evaluate",
+    "schema": "Develop",
+    "fake-openai": "Develop",
+}
+
+
+def _flags_without_type(params: list[Any]) -> list[Any]:
+    """An on/off flag takes no value: show no ``<bool>`` for it in ``--help``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose flags show no type in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The parameters, flags without a type."""
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group: commands listed in the order of :data:`_PANELS`, flags as above."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The parameters, flags without a type."""
+        return _flags_without_type(super().get_params(ctx))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The commands in the order a user meets them."""
+        order = list(_PANELS)
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
 app = typer.Typer(
     name="modstream",
-    help="Kafka content-moderation stream processor.",
+    help="Kafka content-moderation stream processor.\n\nEvery setting is a MODSTREAM_* "
+    "environment variable, listed with its default in the README's Configuration section.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings (``MODSTREAM_*`` plus ``overrides``), with logging set up from them.
+
+    Every command logs like ``consume`` does (level, format, secrets masked): a tool that
+    left structlog unconfigured printed every debug line, through replay's progress bar too.
+    """
+    from consumer.ops.logs import configure_logging
+
+    settings = _read_settings(**overrides)
+    configure_logging(settings)
+    return settings
 
 
 def _print_version(asked: bool) -> None:
@@ -76,7 +137,8 @@ def command(
                     raise
                 _exit(fatal)
 
-        app.command(name)(exits)
+        shown = name or run.__name__.replace("_", "-")
+        app.command(name, cls=_Command, rich_help_panel=_PANELS.get(shown))(exits)
         return run
 
     return register
@@ -102,7 +164,12 @@ def consume(
         ),
     ] = None,
 ) -> None:
-    """Consume the input topic, classify, publish verdicts and usage, commit."""
+    """Consume the input topic, classify, publish verdicts and usage, commit.
+
+    Configured by MODSTREAM_* environment variables (Kafka, provider, model, delivery, limits):
+    the README's Configuration section lists each with its default; a bad or unknown one stops
+    the start with a line naming it.
+    """
     from consumer.ops.workers import WorkerRole, supervise
 
     settings = load_settings() if workers is None else load_settings(workers=workers)
@@ -116,12 +183,12 @@ def consume(
 
 @command()
 def schema(
-    out: Annotated[Path | None, typer.Option(help="Directory (default: schemas/json).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory to write them to.")] = Path("."),
 ) -> None:
-    """Write the JSON Schema files of the event contracts."""
-    from schemas.export import JSON_DIR, write_schema_files
+    """Write the JSON Schema files of the event contracts (make schema: into schemas/json)."""
+    from schemas.export import write_schema_files
 
-    for path in write_schema_files(out or JSON_DIR):
+    for path in write_schema_files(out):
         typer.echo(str(path))
 
 
@@ -140,7 +207,8 @@ def fake_openai(
 ) -> None:
     """Serve an OpenAI-compatible fake (NOT a model) for tests, the demo and benchmarks.
 
-    Faults and latency are set by MODSTREAM_FAKE_* variables; see consumer/testing/fake_openai.
+    Faults and latency are set by MODSTREAM_FAKE_* variables (or PATCH /_fake/config while it
+    runs), listed in the README's "The fake model" section.
     """
     from consumer.testing.fake_openai.server import FakeConfig, serve
 
