@@ -222,5 +222,5 @@ def test_every_command_sets_up_logging_from_the_settings(monkeypatch: pytest.Mon
     cli.load_settings()
     assert structlog.is_configured()
     # At WARNING, a debug line (replay's "model call failed, retrying") is filtered out.
-    assert not structlog.get_logger().is_enabled_for(10)  # type: ignore[attr-defined]
+    assert not structlog.get_logger().is_enabled_for(10)
     structlog.reset_defaults()
