@@ -183,6 +183,33 @@ class RepeatFilter:
         return True
 
 
+class RetriedCoordinatorLookup(logging.Filter):
+    """aiokafka's "Group Coordinator Request failed" for an error it retries, as info.
+
+    A fresh broker creates ``__consumer_offsets`` on the first lookup and answers
+    ``GroupCoordinatorNotAvailable`` until it has: aiokafka logs that at ERROR and retries. Said
+    at ERROR, a normal start looks broken (every ``make demo`` on a new broker printed it); a
+    lookup that keeps failing still shows, as the stuck/lag reports and at INFO. A failure
+    aiokafka does not retry stays an error.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a retried lookup failure when the configured level is above INFO."""
+        if record.name != "aiokafka.consumer.group_coordinator" or not str(record.msg).startswith(
+            "Group Coordinator Request failed"
+        ):
+            return True
+        error = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if not getattr(error, "retriable", False):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return self.level <= logging.INFO
+
+
 def _add_repeated(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Copy the count :meth:`RepeatFilter.filter` left on a stdlib record into its line."""
     record = event.get("_record")
@@ -255,6 +282,7 @@ def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.m
             ],
         )
     )
+    handler.addFilter(RetriedCoordinatorLookup(level))
     handler.addFilter(repeats)  # before formatting: a dropped repeat is never rendered
     root = logging.getLogger()
     for old in root.handlers[:]:
