@@ -205,8 +205,8 @@ class Replayer:
                 raise
         if plan is None:
             return False
-        self.result.messages += 1
         await plan
+        self.result.messages += 1  # done: a record cancelled in flight was not replayed
         return True
 
     async def _decide(self, envelope: Envelope) -> _Plan | None:
