@@ -262,7 +262,13 @@ def _when(text: str | None) -> datetime | None:
 def replay(
     topic: Annotated[str, typer.Option(help="Topic to replay.")],
     to_topic: Annotated[str, typer.Option(help="Evaluation topic for the verdicts.")],
-    from_offset: Annotated[int | None, typer.Option(help="First offset, every partition.")] = None,
+    from_offset: Annotated[
+        str | None,
+        typer.Option(
+            help="First offset: N for every partition, or P:N,P:N for those partitions only "
+            "(what a stopped replay prints to resume)."
+        ),
+    ] = None,
     from_time: Annotated[str | None, typer.Option(help="First record time (ISO-8601).")] = None,
     to_offset: Annotated[int | None, typer.Option(help="End offset (exclusive).")] = None,
     to_time: Annotated[str | None, typer.Option(help="End time (ISO-8601, exclusive).")] = None,
@@ -276,11 +282,30 @@ def replay(
     cache_topic: Annotated[
         str, typer.Option(help="Compacted topic holding the verdict cache ('' for none).")
     ] = "modstream.verdict-cache",
+    max_outage: Annotated[
+        float,
+        typer.Option(min=0.1, help="Stop when the model has been unreachable this many seconds."),
+    ] = 60.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write to --to-topic even if it (or its .usage) is --topic or a service topic.",
+        ),
+    ] = False,
 ) -> None:
-    """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
+    """Re-run a topic range through a candidate model, prompt or policy (no group offsets).
+
+    Exit codes: 0 the whole range replayed; 2 a setting or option is wrong (a --to-topic
+    that is a service topic, say); 3 fatal (the model unreachable for --max-outage seconds, a
+    rejected key); 4 stopped early by --max-cost (the summary says where to resume); 1 any
+    other error.
+    """
+    from consumer.errors import FatalError
     from consumer.model.policy import prompt_file
-    from consumer.tools.replay import ReplayRequest, run_replay
+    from consumer.tools.replay import STOPPED_EARLY_EXIT, ReplayRequest, parse_offsets, run_replay
     from consumer.tools.replay_view import ProgressBar, render_result
+    from consumer.tools.replayer import StopReason
 
     overrides: dict[str, object] = {}
     if model:
@@ -293,15 +318,22 @@ def replay(
     request = ReplayRequest(
         topic=topic,
         to_topic=to_topic,
-        from_offset=from_offset,
+        from_offset=parse_offsets(from_offset) if from_offset is not None else None,
         from_time=_when(from_time),
         to_offset=to_offset,
         to_time=_when(to_time),
         max_cost=max_cost,
         dry_run=dry_run,
         cache_topic=cache_topic or None,
+        max_outage_s=max_outage,
+        force=force,
     )
-    render_result(asyncio.run(run_replay(settings, request, progress=ProgressBar())), request)
+    result = asyncio.run(run_replay(settings, request, progress=ProgressBar()))
+    render_result(result, request)
+    if result.stopped is StopReason.MODEL_UNREACHABLE:
+        raise FatalError(result.outage or "the model was unreachable")
+    if result.stopped is StopReason.BUDGET:
+        raise typer.Exit(STOPPED_EARLY_EXIT)
 
 
 @command("eval")
