@@ -83,7 +83,8 @@ def write_line(line: Progress) -> None:
 
 def log_line(line: Progress) -> None:
     """The structured form: a ``progress`` log line carrying every figure."""
-    log.info("progress", **line._asdict() | {"rate": round(line.rate, 2)})
+    rounded = {"rate": round(line.rate, 2), "cost_usd": round(line.cost_usd, 6)}
+    log.info("progress", **line._asdict() | rounded)
 
 
 async def report(
@@ -91,14 +92,16 @@ async def report(
     interval_s: float,
     emit: Callable[[Progress], None],
     *,
+    since: tuple[Totals, float] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> None:
     """Emit a progress line every ``interval_s`` seconds, until cancelled.
 
-    ``clock`` (the running loop's time by default) measures the rate's interval.
+    ``clock`` (the running loop's time by default) measures the rate's interval; ``since``:
+    the totals the first line's rate counts from, and when they were read (default: now).
     """
     time = clock or asyncio.get_running_loop().time
-    before, then = metrics.totals(), time()
+    before, then = since or (metrics.totals(), time())
     last: Progress | None = None
     while True:
         await asyncio.sleep(interval_s)
@@ -116,7 +119,10 @@ async def progress_lines(settings: Settings, metrics: Metrics) -> AsyncIterator[
         yield
         return
     emit = write_line if on_terminal(settings) else log_line
-    task = asyncio.create_task(report(metrics, settings.progress_interval_s, emit), name="progress")
+    since = metrics.totals(), asyncio.get_running_loop().time()  # the block's start, not the task's
+    task = asyncio.create_task(
+        report(metrics, settings.progress_interval_s, emit, since=since), name="progress"
+    )
     try:
         yield
     finally:
