@@ -4,7 +4,8 @@ The stages call typed methods (``metrics.verdict()``, ``metrics.model_call(usage
 never touch a prometheus-client object; every metric lives in the object's own
 ``CollectorRegistry`` (never the global default one), so tests can build as many as they like.
 ``consumer.ops.health`` serves the registry on ``/metrics``; the families are declared in
-:mod:`consumer.ops.families`.
+:mod:`consumer.ops.families`. Readers in the process (the stop line, the progress line) take
+:meth:`Metrics.totals`, a typed snapshot, rather than reading samples by name.
 
 =========================================  =======  ==============================================
 metric                                     type     labels, meaning

@@ -94,9 +94,9 @@ async def test_progress_lines_while_a_backlog_drains_and_top_shows_it(
             assert shown.returncode == 0, shown.stderr
             lag_rows = re.findall(rf"{re.escape(run.input_topic)}\W+(\d+)\W+([\d,]+)", shown.stdout)
             assert sorted(int(p) for p, _ in lag_rows) == list(range(PARTITIONS)), shown.stdout
-            processed = re.search(r"processed\s+([\d,]+) \(", shown.stdout)
-            assert processed is not None, shown.stdout
-            assert 0 < int(processed.group(1).replace(",", "")) <= MESSAGES
+            done = re.search(r"processed\s+([\d,]+) \(", shown.stdout)
+            assert done is not None, shown.stdout
+            assert 0 < int(done.group(1).replace(",", "")) <= MESSAGES
             assert re.search(r"rate\s+[\d,.]+ msg/s", shown.stdout), shown.stdout
             assert re.search(r"circuit\s+closed", shown.stdout), shown.stdout
 
