@@ -182,6 +182,22 @@ def consume(
 
 
 @command()
+def top(
+    metrics_url: Annotated[
+        str,
+        typer.Option(help="A running consumer's operations port (MODSTREAM_METRICS_PORT)."),
+    ] = "http://127.0.0.1:9400",
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame (two scrapes a second apart), exit.")
+    ] = False,
+) -> None:
+    """Watch a running consumer: rate, lag per partition, in flight, circuit, retries, cost."""
+    from consumer.ops.top import run_top
+
+    run_top(metrics_url, once=once)
+
+
+@command()
 def schema(
     out: Annotated[Path, typer.Option(help="Directory to write them to.")] = Path("."),
 ) -> None:
