@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 import structlog
-from aiokafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    GroupAuthorizationFailedError,
+    NodeNotReadyError,
+)
 
 from consumer.ops.logs import RetriedCoordinatorLookup, configure_logging
 from consumer.settings import LogFormat, Settings
@@ -178,8 +182,9 @@ def test_a_retried_coordinator_lookup_is_info_not_an_error(level: int, shown: bo
 
 
 def test_a_coordinator_failure_aiokafka_gives_up_on_stays_an_error() -> None:
-    record = _coordinator_record(GroupAuthorizationFailedError())
-    assert RetriedCoordinatorLookup(logging.WARNING).filter(record) is True
-    assert record.levelname == "ERROR"
+    for error in (GroupAuthorizationFailedError(), NodeNotReadyError()):  # NodeNotReady: an outage
+        record = _coordinator_record(error)
+        assert RetriedCoordinatorLookup(logging.WARNING).filter(record) is True
+        assert record.levelname == "ERROR"
     other = logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, "Other failure", (), None)
     assert RetriedCoordinatorLookup(logging.WARNING).filter(other) is True
