@@ -234,12 +234,22 @@ def fake_openai(
 @command()
 def topics(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions for new topics.")] = 6,
+    replication_factor: Annotated[
+        int, typer.Option(min=1, help="Replicas of each new topic (at most the brokers).")
+    ] = 1,
 ) -> None:
     """Create the input, verdict, usage and dead-letter topics that don't exist yet."""
     from consumer.kafka.topics import ensure_topics
 
-    created = asyncio.run(ensure_topics(load_settings(), partitions=partitions))
-    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+    done = asyncio.run(
+        ensure_topics(load_settings(), partitions=partitions, replication_factor=replication_factor)
+    )
+    if done.created:
+        typer.echo(f"created: {', '.join(done.created)}")
+    if (problem := done.error()) is not None:
+        raise problem
+    if not done.created:
+        typer.echo(f"all topics exist: {', '.join(done.existed)}")
 
 
 @command()
@@ -250,18 +260,46 @@ def sample(
     """Produce a mixed sample corpus (clean, harmful, poison) to the input topic."""
     from consumer.tools.sample import corpus, produce
 
-    records = list(corpus(count, seed=seed))
-    sent = asyncio.run(produce(load_settings(), records))
-    kinds = Counter(r.kind.split(":")[0] for r in records)
-    typer.echo(f"produced {sent} records: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    settings = load_settings()
+    done = asyncio.run(produce(settings, list(corpus(count, seed=seed))))
+    kinds = Counter(r.kind.split(":")[0] for r in done.acknowledged)
+    counts = ", ".join(f"{k} {n}" for k, n in kinds.items())
+    typer.echo(f"produced {len(done.acknowledged)} records to {settings.input_topic}: {counts}")
+    if done.error is not None:
+        raise done.error
 
 
 @command()
-def report() -> None:
+def report(
+    verdicts: Annotated[
+        str | None,
+        typer.Option(
+            help="Verdict topic; then --usage defaults to VERDICTS.usage, as `replay "
+            "--to-topic` writes them (default: MODSTREAM_VERDICT_TOPIC).",
+            show_default=False,
+        ),
+    ] = None,
+    usage: Annotated[
+        str | None,
+        typer.Option(help="Usage topic ('' for none).", show_default=False),
+    ] = None,
+    dead_letters: Annotated[
+        str | None,
+        typer.Option(
+            help="Dead-letter topic ('' for none; default: MODSTREAM_DLQ_TOPIC without "
+            "--verdicts, else none).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Summarise the verdict, usage and dead-letter topics (reads them from the start)."""
-    from consumer.tools.report import render, summarise
+    from consumer.tools.report import ReportTopics, render, summarise
 
-    render(asyncio.run(summarise(load_settings())))
+    settings = load_settings()
+    chosen = ReportTopics.choose(
+        settings, verdicts=verdicts, usage=usage, dead_letters=dead_letters
+    )
+    render(asyncio.run(summarise(settings, chosen)))
 
 
 def _when(text: str | None) -> datetime | None:

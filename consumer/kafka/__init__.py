@@ -2,10 +2,12 @@
 
 ::
 
-    client     the options every client shares (security, retries); start-up with a clear
-               error for bad credentials or TLS
+    client     the options every client shares (security, retries); every client's start,
+               bounded, with one clear error when it fails
+    diagnosis  why a start failed: unknown host, refused, no answer, SASL, TLS
     translate  aiokafka's errors in our terms: retried, dead-lettered or fatal
-    topics     the topics modstream reads and writes: checked at start-up, created on demand,
-               their size limits read
+    topics     the topics modstream reads and writes: checked before use, created on demand
+               (each broker answer read), their size limits read
+    ranges     a topic range read to its end (report, eval, replay, the verdict cache)
     pacing     paces aiokafka's metadata refresh while the broker is away
 """

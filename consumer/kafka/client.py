@@ -1,27 +1,52 @@
-"""Kafka clients from the settings: the options every client shares, started with a clear error."""
+"""Kafka clients from the settings: the options every client shares, started with a clear error.
+
+Every client modstream starts (the consumer and producers of ``consume`` and ``replay``, the
+admin client behind topics, the range readers of ``report`` and ``eval``, the producer of
+``sample``) starts through :func:`start_kafka`, so a broker that cannot be reached or refuses
+us is one :class:`~consumer.errors.ConfigError` line (:mod:`consumer.kafka.diagnosis`) in every
+command, within seconds. Only the start: once a client runs, a broker that goes away is
+transient and retried (:mod:`consumer.kafka.translate`, :mod:`consumer.kafka.pacing`).
+"""
 
 from __future__ import annotations
 
-import ssl
-from contextlib import AsyncExitStack, suppress
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.conn import collect_hosts, create_conn
-from aiokafka.errors import (
-    IllegalSaslStateError,
-    KafkaConnectionError,
-    KafkaError,
-    SaslAuthenticationFailed,
-    UnsupportedSaslMechanismError,
-)
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
-from aiokafka.protocol.metadata import MetadataRequest
 
 from consumer.errors import ConfigError
+from consumer.kafka.diagnosis import kafka_start_problem
 from consumer.settings import Settings
 
+__all__ = ["admin_client", "enter_kafka", "kafka_options", "kafka_start_problem", "start_kafka"]
+
 KafkaClient = TypeVar("KafkaClient", AIOKafkaProducer, AIOKafkaConsumer)
+
+#: How long a start may take before the servers are asked directly whether any answers.
+#: aiokafka itself waits ``request_timeout_ms`` (40 s) per server and step for a silent one;
+#: a broker that answers the probe is only slow, and its start is awaited to the end.
+SLOW_START_S = 5.0
+
+#: aiokafka's line per bootstrap server that failed (its client module logs as "aiokafka"),
+#: written only while a client starts: a start that fails says the same, for every server, in
+#: its one error (``start_kafka``); one that succeeds through another server needs neither.
+_BOOTSTRAP_LINES = frozenset(
+    {'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s'}
+)
+
+
+def _not_a_bootstrap_line(record: logging.LogRecord) -> bool:
+    return record.msg not in _BOOTSTRAP_LINES
+
+
+logging.getLogger("aiokafka").addFilter(_not_a_bootstrap_line)
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -61,90 +86,60 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def kafka_start_problem(options: dict[str, Any]) -> ConfigError | None:
-    """Why Kafka refused us at start-up, when it is a credentials or TLS problem.
+async def start_kafka(
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, options: dict[str, Any]
+) -> None:
+    """Start ``client`` (built from ``options``); when it cannot, a ConfigError that says why.
 
-    aiokafka logs the real cause of a failed bootstrap (a SASL or TLS error) and raises a bare
-    "Unable to bootstrap from [...]". Connect to each bootstrap server once more, directly, and
-    turn an authentication or TLS failure, or a listener that drops plain requests (it wants
-    SASL or TLS), into a ``ConfigError`` that names it; ``None`` when the servers are simply
-    unreachable (or answer now). The message never holds the password.
+    Refused, unknown host, no answer, SASL or TLS: one line naming the bootstrap servers and
+    the settings to check (:func:`~consumer.kafka.diagnosis.kafka_start_problem`). A failed
+    start leaves nothing open.
     """
-    mechanism = options.get("sasl_mechanism")
-    for host, port, _ in collect_hosts(options["bootstrap_servers"]):
-        where = f"Kafka at {host}:{port}"
-        try:
-            conn = await create_conn(
-                host,
-                port,
-                client_id=options["client_id"],
-                request_timeout_ms=10_000,
-                ssl_context=options.get("ssl_context"),
-                security_protocol=options["security_protocol"],
-                sasl_mechanism=mechanism,
-                sasl_plain_username=options.get("sasl_plain_username"),
-                sasl_plain_password=options.get("sasl_plain_password"),
-            )
-            # Connected, yet the bootstrap failed: a SASL listener accepts a plain connection
-            # (and even ApiVersions), then drops it on the first real request.
-            try:
-                await conn.send(MetadataRequest([]))
-            finally:
-                conn.close()
-        except SaslAuthenticationFailed as exc:
-            return ConfigError(
-                f"{where} rejected the SASL {mechanism} login of user "
-                f"{options.get('sasl_plain_username')!r}: {exc}. Check MODSTREAM_SASL_USERNAME, "
-                "MODSTREAM_SASL_PASSWORD and MODSTREAM_SASL_MECHANISM"
-            )
-        except (UnsupportedSaslMechanismError, IllegalSaslStateError) as exc:
-            return ConfigError(
-                f"{where} does not accept SASL {mechanism} on this listener: {exc}. Check "
-                "MODSTREAM_SASL_MECHANISM, MODSTREAM_SECURITY_PROTOCOL and the port"
-            )
-        except (ssl.SSLError, KafkaConnectionError) as exc:
-            # create_conn raises KafkaConnectionError only once the TCP connection is up.
-            tls = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-            if isinstance(tls, ssl.SSLError):
-                return ConfigError(
-                    f"TLS with {where} failed: {tls}. Check that the listener speaks TLS, "
-                    "MODSTREAM_SSL_CAFILE (the broker's CA) and, when the broker wants a client "
-                    "certificate, MODSTREAM_SSL_CERTFILE / MODSTREAM_SSL_KEYFILE"
-                )
-            protocol = options["security_protocol"]
-            unused = (
-                f" (MODSTREAM_SASL_MECHANISM is set, but {protocol} never logs in)"
-                if mechanism and not protocol.startswith("SASL")
-                else ""
-            )
-            return ConfigError(
-                f"{where} accepted a {protocol} connection, then closed it on the first "
-                "request: the listener probably expects SASL or TLS. Check "
-                "MODSTREAM_SECURITY_PROTOCOL (SASL_PLAINTEXT, SASL_SSL or SSL) and the port"
-                + unused
-            )
-        except ConnectionResetError:
-            if options.get("ssl_context") is None:
-                continue
-            return ConfigError(
-                f"{where} reset the connection during the TLS handshake: the listener probably "
-                "does not speak TLS. Check MODSTREAM_SECURITY_PROTOCOL and the port"
-            )
-        except (OSError, KafkaError, TimeoutError):
-            continue
-    return None
+    try:
+        await _start(client, options)
+    except BaseException:
+        with suppress(Exception):  # a failed start leaves the client's own resources open
+            await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        raise
+
+
+async def _start(
+    client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient, options: dict[str, Any]
+) -> None:
+    starting = asyncio.ensure_future(client.start())
+    try:
+        done, _ = await asyncio.wait({starting}, timeout=SLOW_START_S)
+        if not done and (problem := await kafka_start_problem(options)) is not None:
+            raise problem
+        await starting
+    except KafkaConnectionError as exc:
+        found = await kafka_start_problem(options)
+        raise found or ConfigError(
+            f"Kafka at {options['bootstrap_servers']} answers, yet the client could not start "
+            f"({exc}); the broker may still be starting. Check MODSTREAM_KAFKA_BOOTSTRAP_SERVERS "
+            "and try again"
+        ) from exc
+    finally:
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting})
 
 
 async def enter_kafka(
     stack: AsyncExitStack, client: KafkaClient, options: dict[str, Any]
 ) -> KafkaClient:
-    """Start a Kafka client on ``stack``; a credentials or TLS failure is a clear ConfigError."""
+    """Start a Kafka client (:func:`start_kafka`) and stop it when ``stack`` closes."""
+    await start_kafka(client, options)
+    stack.push_async_callback(client.stop)
+    return client
+
+
+@asynccontextmanager
+async def admin_client(options: dict[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started (:func:`start_kafka`) and closed on leaving."""
+    admin = AIOKafkaAdminClient(**options)
+    await start_kafka(admin, options)
     try:
-        return await stack.enter_async_context(client)
-    except KafkaConnectionError as exc:
-        with suppress(Exception):
-            await client.stop()  # a failed start leaves the client's own resources open
-        problem = await kafka_start_problem(options)
-        if problem is None:
-            raise
-        raise problem from exc
+        yield admin
+    finally:
+        await admin.close()

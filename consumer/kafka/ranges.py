@@ -10,10 +10,12 @@ so nothing here joins (or moves) a consumer group.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any, Literal, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from consumer.kafka.client import enter_kafka
 from consumer.kafka.topics import topic_partitions
 
 #: A record as aiokafka hands it on, with the raw bytes modstream reads.
@@ -75,7 +77,8 @@ async def read_topics(
         isolation_level=isolation_level,
         **consumer_options,
     )
-    async with consumer:
+    async with AsyncExitStack() as stack:
+        await enter_kafka(stack, consumer, options)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

@@ -1,61 +1,125 @@
-"""Create the topics modstream reads and writes (for the demo, tests and first set-up).
+"""The topics modstream reads and writes: checked before use, created on demand, size limits read.
 
 Production clusters usually manage topics elsewhere; ``modstream topics`` is the convenience for
-everyone else. Existing topics are left as they are.
+everyone else. Existing topics are left as they are. Every command names a topic it needs that
+does not exist in the same words (:func:`missing_topics`) before it waits on one: aiokafka
+would otherwise wait ``request_timeout_ms`` for its metadata, logging each attempt.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from consumer.errors import ConfigError
-from consumer.kafka.client import kafka_options
+from consumer.kafka.client import admin_client, kafka_options
 from consumer.pipeline.publish import Topics
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+#: What to do about a missing topic of the settings.
+CREATE_HINT = "create it with `modstream topics`"
+
+
+def missing_topics(
+    wanted: Mapping[str, str], existing: Collection[str], *, hint: str = CREATE_HINT
+) -> ConfigError | None:
+    """The error for those of ``wanted`` (what names it, e.g. ``MODSTREAM_INPUT_TOPIC`` or
+    ``--verdicts``, to the topic) not in ``existing``; ``None`` when every one exists.
+    ``hint`` says what to do, for one topic (``it``; made plural for several)."""
+    missing = [f"{topic} ({name})" for name, topic in wanted.items() if topic not in existing]
+    if not missing:
+        return None
+    if len(missing) == 1:
+        return ConfigError(f"topic does not exist: {missing[0]}; {hint}")
+    plural = hint.replace(" it ", " them ")
+    return ConfigError(f"topics do not exist: {', '.join(missing)}; {plural}")
+
+
+async def require_topics(
+    options: dict[str, Any], wanted: Mapping[str, str], *, hint: str = CREATE_HINT
+) -> None:
+    """Raise :func:`missing_topics`'s error when one of ``wanted`` does not exist."""
+    async with admin_client(options) as admin:
+        existing = set(await admin.list_topics())
+    if (problem := missing_topics(wanted, existing, hint=hint)) is not None:
+        raise problem
+
+
+@dataclass
+class Creation:
+    """What the broker answered to a creation: the topics it made, those that already
+    existed, and each one it refused with its reason."""
+
+    created: list[str] = field(default_factory=list)
+    existed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def error(self) -> ConfigError | None:
+        """The refusals as one error, or ``None`` when there were none."""
+        if not self.failed:
+            return None
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.failed.items():
+            by_reason.setdefault(why, []).append(name)
+        reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+        return ConfigError(f"Kafka refused to create {reasons}")
+
+
+async def create_topics(options: dict[str, Any], topics: list[NewTopic]) -> Creation:
+    """Create those of ``topics`` that don't exist yet, reading each answer's error code."""
+    done = Creation()
+    async with admin_client(options) as admin:
+        existing = set(await admin.list_topics())
+        done.existed = [t.name for t in topics if t.name in existing]
+        missing = [t for t in topics if t.name not in existing]
+        if not missing:
+            return done
+        response = await admin.create_topics(missing)
+    for name, code, *message in response.topic_errors:  # v0 has no message
+        error = for_code(code)
+        if code == 0:
+            done.created.append(name)
+        elif error is TopicAlreadyExistsError:  # another process made it since our list
+            done.existed.append(name)
+        else:
+            done.failed[name] = f"{error.message} ({(message and message[0]) or error.description})"
+    return done
+
 
 async def create_missing(options: dict[str, Any], topics: list[NewTopic]) -> list[str]:
-    """Create those of ``topics`` that don't exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t.name not in existing]
-        if missing:
-            # Another process may create one between our list and create: that is fine.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-        return [t.name for t in missing]
-    finally:
-        await admin.close()
+    """Create those of ``topics`` that don't exist yet; return the names created.
+
+    A topic the broker refuses to create (an invalid name, a replication factor it cannot
+    meet, no ACL) is a :class:`~consumer.errors.ConfigError` naming it and the reason.
+    """
+    done = await create_topics(options, topics)
+    if (problem := done.error()) is not None:
+        raise problem
+    return done.created
 
 
 async def ensure_topics(
     settings: Settings, *, partitions: int = 6, replication_factor: int = 1
-) -> list[str]:
-    """Create the input, verdict, usage and dead-letter topics that are missing; return them."""
+) -> Creation:
+    """Create the input, verdict, usage and dead-letter topics that are missing."""
     names = [settings.input_topic, settings.verdict_topic, settings.usage_topic, settings.dlq_topic]
     topics = [NewTopic(name, partitions, replication_factor) for name in names]
-    return await create_missing(kafka_options(settings), topics)
+    return await create_topics(kafka_options(settings), topics)
 
 
 async def topic_partitions(options: dict[str, Any], topic: str) -> list[TopicPartition]:
     """The partitions of ``topic`` (empty when it does not exist), asked of the broker."""
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
+    async with admin_client(options) as admin:
         described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     return sorted(
         TopicPartition(topic, p["partition"])
         for t in described
@@ -74,16 +138,14 @@ DEFAULT_TOPIC_MAX_BYTES = 1_048_588
 
 async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
     """Fail at start-up, naming the topic, rather than block on a missing one later."""
-    existing = await consumer.topics()
     wanted = {
         "MODSTREAM_INPUT_TOPIC": settings.input_topic,
         "MODSTREAM_VERDICT_TOPIC": settings.verdict_topic,
         "MODSTREAM_USAGE_TOPIC": settings.usage_topic,
         "MODSTREAM_DLQ_TOPIC": settings.dlq_topic,
     }
-    missing = [f"{name}={topic}" for name, topic in wanted.items() if topic not in existing]
-    if missing:
-        raise ConfigError("topics do not exist on the broker: " + ", ".join(missing))
+    if (problem := missing_topics(wanted, await consumer.topics())) is not None:
+        raise problem
 
 
 async def output_limits(options: dict[str, Any], topics: Topics) -> dict[str, int]:
@@ -94,7 +156,7 @@ async def output_limits(options: dict[str, Any], topics: Topics) -> dict[str, in
     found: dict[str, int] = {}
     admin = AIOKafkaAdminClient(**options)
     try:
-        await admin.start()
+        await admin.start()  # after the consumer's start: the broker is known to answer
         wanted = {"max.message.bytes": None}
         resources = [ConfigResource(ConfigResourceType.TOPIC, n, wanted) for n in names]
         for response in await admin.describe_configs(resources):

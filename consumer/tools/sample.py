@@ -7,14 +7,20 @@ server's keyword heuristic (or a real model's judgement), not to shock anyone re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
-from consumer.kafka.client import kafka_options
+from consumer.errors import ModstreamError
+from consumer.kafka.client import enter_kafka, kafka_options
+from consumer.kafka.topics import require_topics
+from consumer.kafka.translate import translate
 from consumer.settings import Settings
 
 CLEAN = [
@@ -74,12 +80,37 @@ def corpus(count: int, *, seed: int = 7, poison_share: float = 0.05) -> Iterator
         yield SampleRecord(key, json.dumps(body).encode(), kind)
 
 
-async def produce(settings: Settings, records: list[SampleRecord]) -> int:
-    """Write ``records`` to the input topic; return how many the broker acknowledged."""
+@dataclass
+class Produced:
+    """What the broker acknowledged of a sample, and why the rest was refused."""
 
-    producer = AIOKafkaProducer(**kafka_options(settings), acks="all", linger_ms=20)
-    async with producer:
+    acknowledged: list[SampleRecord] = field(default_factory=list)
+    #: The first refusal in our terms, naming how many records were refused; None if none.
+    error: ModstreamError | None = None
+
+
+async def produce(settings: Settings, records: list[SampleRecord]) -> Produced:
+    """Write ``records`` to the input topic, which must exist; say which the broker acked.
+
+    The topic is checked first: a producer would wait ``request_timeout_ms`` (40 s) for the
+    metadata of a topic that does not exist, logging each attempt, before it failed.
+    """
+    options = kafka_options(settings)
+    await require_topics(options, {"MODSTREAM_INPUT_TOPIC": settings.input_topic})
+    async with AsyncExitStack() as stack:
+        producer = AIOKafkaProducer(**options, acks="all", linger_ms=20)
+        await enter_kafka(stack, producer, options)
         futures = [await producer.send(settings.input_topic, r.value, key=r.key) for r in records]
-        for future in futures:
-            await future
-    return len(futures)
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+    done = Produced([r for r, a in zip(records, answers, strict=True) if not _failed(a)])
+    refused = [a for a in answers if _failed(a)]
+    if refused:
+        first = refused[0]
+        if not isinstance(first, KafkaError):
+            raise first  # not Kafka's answer: a bug, with its traceback
+        done.error = translate(first, f"{len(refused)} of {len(records)} sample records")
+    return done
+
+
+def _failed(answer: object) -> bool:
+    return isinstance(answer, BaseException)

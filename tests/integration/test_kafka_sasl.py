@@ -353,7 +353,10 @@ async def test_an_unreachable_broker_is_not_called_a_credentials_problem(
 ) -> None:
     options = kafka_options(sasl_settings(sasl_broker, "SCRAM-SHA-256"))
     options["bootstrap_servers"] = f"127.0.0.1:{free_port()}"
-    assert await kafka_start_problem(options) is None
+    problem = await kafka_start_problem(options)
+    assert problem is not None
+    assert "connection refused" in problem.message
+    assert "SASL" not in problem.message
 
 
 @pytest.mark.timeout(60)
