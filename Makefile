@@ -26,6 +26,7 @@ PYTEST_ARGS ?=
 # workers, each with a broker of its own (tests/conftest.py), halve the suite's wall time even
 # on two cores. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
+KEEP ?= 0
 
 .PHONY: help install lint test soak bench mutation demo kafka-up kafka-down kafka-jars schema clean
 
@@ -109,7 +110,7 @@ mutation: install
 	cd .run/mutation && $(MUTMUT) run --max-children 2 && $(MUTMUT) results
 
 demo: install
-	bash deploy/demo.sh
+	KEEP=$(KEEP) bash deploy/demo.sh
 
 kafka-up: install
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) up
@@ -118,7 +119,7 @@ kafka-down:
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) down
 
 schema: install
-	$(VENV)/bin/modstream schema
+	$(VENV)/bin/modstream schema --out schemas/json
 
 # Test brokers another session still holds (its lock in .run) are left alone.
 clean:

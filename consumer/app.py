@@ -29,6 +29,7 @@ from consumer.model.chat_client import sender
 from consumer.ops.health import HealthServer, kafka_readiness
 from consumer.ops.logs import configure_logging
 from consumer.ops.metrics import Metrics
+from consumer.ops.progress import progress_lines
 from consumer.ops.workers import WorkerRole
 from consumer.pipeline.delivery import AtLeastOnce, ExactlyOnce
 from consumer.pipeline.outbox import Outbox
@@ -125,6 +126,8 @@ async def serve(
         consumer.subscribe(
             [settings.input_topic], listener=Rebalance(pipeline.on_revoked, pipeline.on_assigned)
         )
+        # Entered last, left first: the lines run through the drain, stop before the clients.
+        await stack.enter_async_context(progress_lines(settings, metrics))
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_kafka_futures)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -169,14 +172,8 @@ class Summary(NamedTuple):
 
 def summary(metrics: Metrics) -> Summary:
     """The run's figures so far, read from ``metrics`` (the pipeline keeps no counts of its own)."""
-    read = metrics.registry.get_sample_value
-    processed = "modstream_messages_processed_total"
-    return Summary(
-        fetched=int(read("modstream_messages_fetched_total") or 0),
-        verdicts=int(read(processed, {"outcome": "verdict"}) or 0),
-        dead_letters=int(read(processed, {"outcome": "dead_letter"}) or 0),
-        commits=int(read("modstream_commit_duration_seconds_count") or 0),  # acknowledged
-    )
+    totals = metrics.totals()
+    return Summary(totals.fetched, totals.verdicts, totals.dead_letters, totals.commits)
 
 
 async def _enter_producer(

@@ -20,23 +20,84 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec
+from typing import Annotated, Any, NoReturn, ParamSpec
 
 import typer
+import typer.core
 
 from consumer import __version__
 from consumer.errors import ConfigError, ModstreamError, first_fatal
-from consumer.settings import load_settings
+from consumer.settings import Settings
+from consumer.settings import load_settings as _read_settings
 
 P = ParamSpec("P")
 
+#: The commands in the order a user meets them, under the heading of ``--help`` they go in.
+_PANELS = {
+    "topics": "Run",
+    "sample": "Run",
+    "consume": "Run",
+    "report": "Look",
+    "top": "Look",
+    "replay": "Evaluate",
+    "eval": "Evaluate",
+    "schema": "Develop",
+    "fake-openai": "Develop",
+}
+
+
+def _flags_without_type(params: list[Any]) -> list[Any]:
+    """An on/off flag takes no value: show no ``<bool>`` for it in ``--help``."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose flags show no type in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The parameters, flags without a type."""
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group: commands listed in the order of :data:`_PANELS`, flags as above."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The parameters, flags without a type."""
+        return _flags_without_type(super().get_params(ctx))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The commands in the order a user meets them."""
+        order = list(_PANELS)
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
 app = typer.Typer(
     name="modstream",
-    help="Kafka content-moderation stream processor.",
+    help="Kafka content-moderation stream processor.\n\nEvery setting is a MODSTREAM_* "
+    "environment variable, listed with its default in the README's Configuration section.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings (``MODSTREAM_*`` plus ``overrides``), with logging set up from them.
+
+    Every command logs like ``consume`` does (level, format, secrets masked): a tool that
+    left structlog unconfigured printed every debug line, through replay's progress bar too.
+    """
+    from consumer.ops.logs import configure_logging
+
+    settings = _read_settings(**overrides)
+    configure_logging(settings)
+    return settings
 
 
 def _print_version(asked: bool) -> None:
@@ -76,7 +137,8 @@ def command(
                     raise
                 _exit(fatal)
 
-        app.command(name)(exits)
+        shown = name or run.__name__.replace("_", "-")
+        app.command(name, cls=_Command, rich_help_panel=_PANELS.get(shown))(exits)
         return run
 
     return register
@@ -102,7 +164,12 @@ def consume(
         ),
     ] = None,
 ) -> None:
-    """Consume the input topic, classify, publish verdicts and usage, commit."""
+    """Consume the input topic, classify, publish verdicts and usage, commit.
+
+    Configured by MODSTREAM_* environment variables (Kafka, provider, model, delivery, limits):
+    the README's Configuration section lists each with its default; a bad or unknown one stops
+    the start with a line naming it.
+    """
     from consumer.ops.workers import WorkerRole, supervise
 
     settings = load_settings() if workers is None else load_settings(workers=workers)
@@ -115,13 +182,29 @@ def consume(
 
 
 @command()
-def schema(
-    out: Annotated[Path | None, typer.Option(help="Directory (default: schemas/json).")] = None,
+def top(
+    metrics_url: Annotated[
+        str,
+        typer.Option(help="A running consumer's operations port (MODSTREAM_METRICS_PORT)."),
+    ] = "http://127.0.0.1:9400",
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame (two scrapes a second apart), exit.")
+    ] = False,
 ) -> None:
-    """Write the JSON Schema files of the event contracts."""
-    from schemas.export import JSON_DIR, write_schema_files
+    """Watch a running consumer: rate, lag per partition, in flight, circuit, retries, cost."""
+    from consumer.ops.top import run_top
 
-    for path in write_schema_files(out or JSON_DIR):
+    run_top(metrics_url, once=once)
+
+
+@command()
+def schema(
+    out: Annotated[Path, typer.Option(help="Directory to write them to.")] = Path("."),
+) -> None:
+    """Write the JSON Schema files of the event contracts (make schema: into schemas/json)."""
+    from schemas.export import write_schema_files
+
+    for path in write_schema_files(out):
         typer.echo(str(path))
 
 
@@ -140,7 +223,8 @@ def fake_openai(
 ) -> None:
     """Serve an OpenAI-compatible fake (NOT a model) for tests, the demo and benchmarks.
 
-    Faults and latency are set by MODSTREAM_FAKE_* variables; see consumer/testing/fake_openai.
+    Faults and latency are set by MODSTREAM_FAKE_* variables (or PATCH /_fake/config while it
+    runs), listed in the README's "The fake model" section.
     """
     from consumer.testing.fake_openai.server import FakeConfig, serve
 
@@ -232,7 +316,13 @@ def _when(text: str | None) -> datetime | None:
 def replay(
     topic: Annotated[str, typer.Option(help="Topic to replay.")],
     to_topic: Annotated[str, typer.Option(help="Evaluation topic for the verdicts.")],
-    from_offset: Annotated[int | None, typer.Option(help="First offset, every partition.")] = None,
+    from_offset: Annotated[
+        str | None,
+        typer.Option(
+            help="First offset: N for every partition, or P:N,P:N for those partitions only "
+            "(what a stopped replay prints to resume)."
+        ),
+    ] = None,
     from_time: Annotated[str | None, typer.Option(help="First record time (ISO-8601).")] = None,
     to_offset: Annotated[int | None, typer.Option(help="End offset (exclusive).")] = None,
     to_time: Annotated[str | None, typer.Option(help="End time (ISO-8601, exclusive).")] = None,
@@ -246,11 +336,30 @@ def replay(
     cache_topic: Annotated[
         str, typer.Option(help="Compacted topic holding the verdict cache ('' for none).")
     ] = "modstream.verdict-cache",
+    max_outage: Annotated[
+        float,
+        typer.Option(min=0.1, help="Stop when the model has been unreachable this many seconds."),
+    ] = 60.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write to --to-topic even if it (or its .usage) is --topic or a service topic.",
+        ),
+    ] = False,
 ) -> None:
-    """Re-run a topic range through a candidate model, prompt or policy (no group offsets)."""
+    """Re-run a topic range through a candidate model, prompt or policy (no group offsets).
+
+    Exit codes: 0 the whole range replayed; 2 a setting or option is wrong (a --to-topic
+    that is a service topic, say); 3 fatal (the model unreachable for --max-outage seconds, a
+    rejected key); 4 stopped early by --max-cost (the summary says where to resume); 1 any
+    other error.
+    """
+    from consumer.errors import FatalError
     from consumer.model.policy import prompt_file
-    from consumer.tools.replay import ReplayRequest, run_replay
+    from consumer.tools.replay import STOPPED_EARLY_EXIT, ReplayRequest, parse_offsets, run_replay
     from consumer.tools.replay_view import ProgressBar, render_result
+    from consumer.tools.replayer import StopReason
 
     overrides: dict[str, object] = {}
     if model:
@@ -263,15 +372,22 @@ def replay(
     request = ReplayRequest(
         topic=topic,
         to_topic=to_topic,
-        from_offset=from_offset,
+        from_offset=parse_offsets(from_offset) if from_offset is not None else None,
         from_time=_when(from_time),
         to_offset=to_offset,
         to_time=_when(to_time),
         max_cost=max_cost,
         dry_run=dry_run,
         cache_topic=cache_topic or None,
+        max_outage_s=max_outage,
+        force=force,
     )
-    render_result(asyncio.run(run_replay(settings, request, progress=ProgressBar())), request)
+    result = asyncio.run(run_replay(settings, request, progress=ProgressBar()))
+    render_result(result, request)
+    if result.stopped is StopReason.MODEL_UNREACHABLE:
+        raise FatalError(result.outage or "the model was unreachable")
+    if result.stopped is StopReason.BUDGET:
+        raise typer.Exit(STOPPED_EARLY_EXIT)
 
 
 @command("eval")

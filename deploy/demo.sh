@@ -4,7 +4,8 @@
 # Starts Apache Kafka (from Maven Central jars) and the fake OpenAI server unless they are
 # already there (with OPENAI_API_KEY set, the real provider at OPENAI_BASE_URL is used instead),
 # creates fresh demo topics, produces ~200 mixed messages, runs `modstream consume` until idle,
-# prints what came out, and stops whatever it started.
+# prints what came out and the commands to look at it again, and stops whatever it started
+# (KEEP=1 leaves the broker and the fake server running, so those commands work afterwards).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -16,7 +17,9 @@ fake_port=${DEMO_FAKE_PORT:-8400}
 
 started_kafka=0
 fake_pid=
+keep=${KEEP:-0}
 cleanup() {
+  if [ "$keep" = 1 ]; then return; fi
   [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null || true
   if [ "$started_kafka" = 1 ]; then KAFKA_PYTHON=$py deploy/kafka/kafka.sh down >/dev/null; fi
 }
@@ -75,3 +78,27 @@ echo "consumer exited 0 after $((SECONDS - start)) s (including the 3 s idle wai
 
 step "What came out"
 "$ms" report
+
+step "Look again"
+bootstrap=${MODSTREAM_KAFKA_BOOTSTRAP_SERVERS:-localhost:${KAFKA_PORT:-9092}}
+if [ "$keep" = 1 ]; then
+  kept="The broker (localhost:${KAFKA_PORT:-9092})"
+  [ -n "$fake_pid" ] && kept="$kept and the fake server (pid $fake_pid, port $fake_port)"
+  echo "$kept keep running (KEEP=1): stop them with 'make kafka-down' and 'kill $fake_pid'."
+else
+  echo "The broker and the fake server are stopped now; 'make demo KEEP=1' keeps them, then:"
+fi
+# The fake's key is no secret; a real one is never printed (it is in the caller's environment).
+model_env=
+[ -n "$fake_pid" ] && model_env="OPENAI_BASE_URL=$OPENAI_BASE_URL OPENAI_API_KEY=$OPENAI_API_KEY "
+cat <<EOF
+  export ${model_env}MODSTREAM_KAFKA_BOOTSTRAP_SERVERS=$bootstrap \\
+    MODSTREAM_INPUT_TOPIC=$MODSTREAM_INPUT_TOPIC \\
+    MODSTREAM_VERDICT_TOPIC=$MODSTREAM_VERDICT_TOPIC MODSTREAM_USAGE_TOPIC=$MODSTREAM_USAGE_TOPIC \\
+    MODSTREAM_DLQ_TOPIC=$MODSTREAM_DLQ_TOPIC
+  modstream report     # this summary again
+  modstream replay --topic $MODSTREAM_INPUT_TOPIC --to-topic demo.$run.eval --dry-run
+  modstream replay --topic $MODSTREAM_INPUT_TOPIC --to-topic demo.$run.eval
+  modstream eval --verdicts demo.$run.eval --baseline $MODSTREAM_VERDICT_TOPIC
+(modstream is .venv/bin/modstream; a replay takes --model, --prompt-version or --policy to try a candidate)
+EOF

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import shutil
 import time
@@ -29,6 +30,7 @@ from typing import IO
 
 import pytest
 import pytest_asyncio
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hypothesis import settings
 
@@ -50,6 +52,23 @@ settings.load_profile("modstream")
 _broker_note: list[str] = []
 
 MakeTopic = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Every test leaves structlog and the root logger as it found them.
+
+    Each command sets up logging from its settings (``consumer.cli.load_settings``), on the
+    stderr of the moment: a test that runs one in-process (CliRunner, configure_logging) would
+    otherwise leave later tests of the same worker writing to a stream pytest has closed.
+    """
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,6 +12,10 @@ is the one retry layer, so every retry re-acquires concurrency and token budget.
 - a failure that looks like poison rather than an outage ends the retries with a
   ``PersistentFailure`` (the rule in :mod:`consumer.model.watches`); when no other traffic can
   tell the two apart, a witness call does (:meth:`ModelCalls._witness`).
+
+Each failure reaches the breaker with its cause (:func:`consumer.model.provider.cause_of`: what
+the call ran into, the status, a short message and the base URL, never the key), and the
+retry's debug line carries it too.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from consumer.model.chat_client import Completion
 from consumer.model.circuit import CircuitBreaker
 from consumer.model.ledger import Recorder
 from consumer.model.limit import Limiter
+from consumer.model.provider import cause_of
 from consumer.model.watches import PoisonWatch
 from consumer.retry import retried
 
@@ -183,7 +188,17 @@ class ModelCalls:
                 self.on_retry(exc)
             if isinstance(exc, RateLimited):
                 self.limiter.concurrency.on_overload()
-            log.debug("model call failed, retrying", kind=exc.kind, attempt=state.attempt_number)
+            log.debug(
+                "model call failed, retrying",
+                kind=exc.kind,
+                attempt=state.attempt_number,
+                **self._cause(exc),
+            )
+
+    def _cause(self, error: BaseException) -> dict[str, object]:
+        """What the failed call behind ``error`` ran into, as log fields (never the key)."""
+        client = self.chat_call.client
+        return cause_of(error, base_url=client.base_url, secret=client.api_key).fields()
 
     async def _attempt(self, send: Callable[[], Awaitable[T]], watch: PoisonWatch) -> T:
         """One HTTP call, gated by the circuit breaker (``send`` takes the limiter slot)."""
@@ -196,8 +211,9 @@ class ModelCalls:
             # message's own failures cannot keep the circuit open for good.
             try:
                 await self._witness_call(watch.record)
-            except ProviderUnavailable:
-                self.breaker.failure(self._witness_lock)  # the witness is a caller of its own
+            except ProviderUnavailable as exc:
+                # The witness is a caller of its own.
+                self.breaker.failure(self._witness_lock, cause=self._cause(exc))
                 watch.probe_failed = True
                 raise
             except ModstreamError:
@@ -207,8 +223,8 @@ class ModelCalls:
             probe = False
         try:
             completion = await send()
-        except ProviderUnavailable:
-            self.breaker.failure(watch)
+        except ProviderUnavailable as exc:
+            self.breaker.failure(watch, cause=self._cause(exc))
             watch.probe_failed = probe  # next time, let another message probe first
             raise
         finally:

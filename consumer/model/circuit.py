@@ -25,13 +25,18 @@ Poison versus outage (see :mod:`consumer.model.watches`): the breaker counts eve
 ``poison_attempts`` only when the breaker is still closed after it and has seen a success since
 that message's previous failure (other messages get through meanwhile); an opening during its
 retries resets the message's count. In an outage nothing succeeds, so nothing counts.
+
+Each line the breaker logs on opening, on a probe (half-open) and on a failed probe (open again)
+carries the last failure's cause as the caller described it (``failure(cause=...)``: what it ran
+into, the HTTP status, a short message and the base URL, from
+:func:`consumer.model.provider.cause_of`), so an outage says why and where, never with the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 
 import structlog
@@ -81,6 +86,8 @@ class CircuitBreaker:
         self.successes = 0
         #: Times the circuit opened, ever (an opening resets a message's poison count).
         self.openings = 0
+        #: The last failure's cause, as log fields (see ``failure``); empty before any.
+        self.last_cause: Mapping[str, object] = {}
 
     @property
     def is_closed(self) -> bool:
@@ -159,14 +166,20 @@ class CircuitBreaker:
             self._reset_s = self.base_reset_s
             self._set(CircuitState.CLOSED)
 
-    def failure(self, caller: object | None = None) -> None:
-        """A call failed with ProviderUnavailable; ``caller`` says whose (one message's calls).
+    def failure(
+        self, caller: object | None = None, *, cause: Mapping[str, object] | None = None
+    ) -> None:
+        """A call failed with ProviderUnavailable; ``caller`` says whose (one message's calls),
+        ``cause`` what it ran into, as log fields without secrets (the breaker's lines carry the
+        last one).
 
         From closed, the circuit opens only when the run of failures comes from at least
         :data:`DISTINCT_CALLERS_TO_OPEN` different callers: a message or two failing again and
         again (poison) must not stop intake, an outage fails everyone. ``None``: a caller of
         its own.
         """
+        if cause is not None:
+            self.last_cause = cause
         self._failures += 1
         self._failing.add(id(caller) if caller is not None else -self._failures)
         if self.state is CircuitState.HALF_OPEN:
@@ -188,11 +201,14 @@ class CircuitBreaker:
     def _set(self, state: CircuitState) -> None:
         if state is self.state:
             return
+        # Closing needs no cause; opening and probing say what the provider last did.
+        cause = {} if state is CircuitState.CLOSED else self.last_cause
         log.warning(
             "circuit " + state.value,
             previous=self.state.value,
             consecutive_failures=self._failures,
             retry_in_s=self._reset_s if state is CircuitState.OPEN else None,
+            **cause,
         )
         self.state = state
         if self._on_change is not None:

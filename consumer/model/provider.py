@@ -10,12 +10,19 @@ message names the model and the base URL (without credentials), never the API ke
 :class:`~consumer.errors.RequestRejected`; :func:`rejection_signature` gives what makes two 400s
 "the same error" (status, code, param, the provider's message text), so classify can tell a
 parameter the provider rejects for every message from one message's bad content.
+
+:func:`cause_of` says what a failed call ran into (connection refused, timeout, status 503...)
+with the base URL, as log fields: the circuit breaker's lines carry it, so an outage says why.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
 import math
+import socket
+import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -91,8 +98,11 @@ def translate(
         if status == 429:
             return RateLimited(detail, retry_after=wait)
         if status in (401, 403):
+            where = "" if base_url is None else f" at {public_url(base_url)}"
             return ProviderAuthError(
-                f"{detail}. Check OPENAI_API_KEY / OPENAI_BASE_URL and access to the model."
+                f"HTTP {status} from the model provider{where}: "
+                f"{provider_text(exc).rstrip('.')}. Check OPENAI_API_KEY (or "
+                "MODSTREAM_OPENAI_API_KEY), OPENAI_BASE_URL and access to the model."
             )
         if status in (408, 409) or status >= 500:
             return ProviderUnavailable(detail, retry_after=wait)
@@ -107,6 +117,95 @@ def translate(
             )
         return RequestRejected(detail)
     return ProviderUnavailable(f"unexpected error from the model client: {exc!r}")
+
+
+def provider_text(exc: openai.APIStatusError) -> str:
+    """The provider's own words for an error reply: the body's ``message``, else the SDK's
+    text without its ``Error code: 401 -`` prefix."""
+    body = exc.body
+    text = body.get("message") if isinstance(body, dict) else None
+    if isinstance(text, str) and text:
+        return text
+    return exc.message.removeprefix(f"Error code: {exc.status_code} - ")
+
+
+#: The longest provider message a :class:`Cause` keeps (a gateway may answer with a page).
+_DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """What one failed provider call ran into, safe to log: never the key.
+
+    ``cause``: connection refused, unknown host, timeout, tls error, status 503...;
+    ``status``: the HTTP status, when there was an answer; ``detail``: a short message;
+    ``base_url``: where the call went, without credentials or query.
+    """
+
+    cause: str
+    status: int | None
+    detail: str
+    base_url: str | None
+
+    def fields(self) -> dict[str, object]:
+        """The cause as structured log fields."""
+        return {
+            "cause": self.cause,
+            "status": self.status,
+            "detail": self.detail,
+            "base_url": self.base_url,
+        }
+
+
+def cause_of(error: BaseException, *, base_url: object = None, secret: str = "") -> Cause:
+    """What the failed call behind ``error`` (one of ours, raised ``from`` openai's) ran into.
+
+    ``secret`` (the API key) is masked should the provider's text echo it.
+    """
+    origin = error.__cause__ if isinstance(error.__cause__, openai.OpenAIError) else error
+    status = origin.status_code if isinstance(origin, openai.APIStatusError) else None
+    if isinstance(origin, openai.APIStatusError):
+        kind, detail = f"status {status}", provider_text(origin)
+    elif isinstance(origin, openai.APIConnectionError):  # a timeout is one too
+        # The transport's own words ("Cannot connect to host ..."), not the SDK's summary.
+        inner = origin.__cause__
+        kind, detail = _connection_failure(origin), str(inner) if inner else str(origin)
+    else:
+        kind, detail = getattr(error, "kind", type(error).__name__), str(error)
+    if len(secret) >= 8:  # a real key; not the placeholder a keyless local server gets
+        detail = detail.replace(secret, "***")
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[: _DETAIL_CHARS - 3] + "..."
+    url = None if base_url is None else public_url(base_url)
+    return Cause(kind, status, detail, url)
+
+
+def _connection_failure(exc: BaseException) -> str:
+    """What a connection error was, from the transport's exceptions under openai's."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen and len(seen) < 10:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    for link in seen:
+        code = link.errno if isinstance(link, OSError) else None
+        # aiohttp's ClientConnectorError is an OSError carrying the errno of the one it wraps.
+        if isinstance(link, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(link, socket.gaierror):
+            return "unknown host"
+        if isinstance(link, ssl.SSLError):
+            return "tls error"
+        if isinstance(link, ConnectionResetError) or code == errno.ECONNRESET:
+            return "connection reset"
+        if isinstance(link, TimeoutError):
+            return "timeout"
+    for link in seen:
+        if "disconnect" in type(link).__name__.lower():  # aiohttp's ServerDisconnectedError
+            return "server disconnected"
+    # The SDK under aiohttp reports a refused connection as a connect timeout: the checks
+    # above come first so that one is named for what it is.
+    return "timeout" if isinstance(exc, openai.APITimeoutError) else "connection failed"
 
 
 class Signature(NamedTuple):

@@ -7,6 +7,9 @@
     health          /metrics, /healthz and /readyz of one consumer process
     port            the operations port and its three routes, for the consumer and the supervisor
     logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
+    progress        consume's progress line every MODSTREAM_PROGRESS_INTERVAL_S
+    scrape          read a running consumer's /metrics into a typed snapshot
+    top             ``modstream top``: that snapshot as a live dashboard
     workers         ``consume --workers N``: N consumer processes under one supervisor
     worker_role     worker i's environment (index, budget share, transactional id) and its side
     restarts        after a worker exits: restart with backoff, leave it, or stop the group

@@ -30,9 +30,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
+from aiokafka.errors import CoordinatorNotAvailableError
 from structlog.typing import Processor
 
 from consumer.settings import LogFormat, Settings
@@ -183,6 +184,33 @@ class RepeatFilter:
         return True
 
 
+class RetriedCoordinatorLookup(logging.Filter):
+    """aiokafka's "Group Coordinator Request failed: ... CoordinatorNotAvailable", as info.
+
+    A fresh broker creates ``__consumer_offsets`` on the first lookup and answers
+    ``GroupCoordinatorNotAvailable`` until it has: aiokafka logs that at ERROR and retries. Said
+    at ERROR, a normal start looks broken (every ``make demo`` on a new broker printed it). Any
+    other lookup failure (a broker that went away: ``NodeNotReady``) stays an error, and is
+    collapsed with its repeats by :class:`RepeatFilter`.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a coordinator not yet available when the configured level is above INFO."""
+        if record.name != "aiokafka.consumer.group_coordinator" or not str(record.msg).startswith(
+            "Group Coordinator Request failed"
+        ):
+            return True
+        error = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if not isinstance(error, CoordinatorNotAvailableError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return self.level <= logging.INFO
+
+
 def _add_repeated(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Copy the count :meth:`RepeatFilter.filter` left on a stdlib record into its line."""
     record = event.get("_record")
@@ -199,6 +227,23 @@ def secret_values(settings: Settings) -> list[str]:
         if optional is not None:
             secrets.append(optional.get_secret_value())
     return [s for s in secrets if s]
+
+
+class _CurrentStderr:
+    """``sys.stderr`` as it is at each write, not as it was when logging was set up.
+
+    Whoever swaps the stream later is then honoured: rich's progress bar (replay) redirects
+    stderr so that log lines print above the bar, and an in-process test runner closes the
+    stream it lent to a command; a logger that kept the old stream would write to a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to the current stderr."""
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        """Flush the current stderr."""
+        sys.stderr.flush()
 
 
 def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -234,11 +279,11 @@ def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.m
         wrapper_class=structlog.make_filtering_bound_logger(level),
         # One write() per line, newline included (PrintLogger's print() makes two): lines of
         # several worker processes sharing the stream never interleave (consumer.ops.workers).
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=cast("TextIO", _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
     # Third-party stdlib loggers: warnings and above only, same stream, same processors.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -256,6 +301,7 @@ def configure_logging(settings: Settings, *, clock: Callable[[], float] = time.m
         )
     )
     handler.addFilter(repeats)  # before formatting: a dropped repeat is never rendered
+    handler.addFilter(RetriedCoordinatorLookup(level))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

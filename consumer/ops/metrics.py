@@ -4,7 +4,8 @@ The stages call typed methods (``metrics.verdict()``, ``metrics.model_call(usage
 never touch a prometheus-client object; every metric lives in the object's own
 ``CollectorRegistry`` (never the global default one), so tests can build as many as they like.
 ``consumer.ops.health`` serves the registry on ``/metrics``; the families are declared in
-:mod:`consumer.ops.families`.
+:mod:`consumer.ops.families`. Readers in the process (the stop line, the progress line) take
+:meth:`Metrics.totals`, a typed snapshot, rather than reading samples by name.
 
 =========================================  =======  ==============================================
 metric                                     type     labels, meaning
@@ -66,7 +67,39 @@ from consumer.model.circuit import CircuitState
 from consumer.ops.families import Families
 from schemas import UsageEvent, UsageOutcome
 
-__all__ = ["Metrics", "kafka_connected"]
+__all__ = ["Metrics", "Totals", "kafka_connected"]
+
+
+class Totals(NamedTuple):
+    """What a run has done so far, as its metrics count it (see :meth:`Metrics.totals`)."""
+
+    fetched: int
+    verdicts: int
+    dead_letters: int
+    commits: int  # acknowledged
+    in_flight: int
+    lag: int  # over the assigned partitions, as the committer last read it
+    tokens: int  # prompt + completion (cached tokens are part of prompt)
+    cost_usd: float
+    retries: int
+
+    @property
+    def processed(self) -> int:
+        """Messages finished: verdicts and dead letters."""
+        return self.verdicts + self.dead_letters
+
+
+def _sum(family: Any, sample: str, **labels: str) -> float:
+    """The sum of ``family``'s samples named ``sample`` whose labels include ``labels``."""
+    wanted = labels.items()
+    return float(
+        sum(
+            s.value
+            for metric in family.collect()
+            for s in metric.samples
+            if s.name == sample and wanted <= s.labels.items()
+        )
+    )
 
 
 class _ModelSeries(NamedTuple):
@@ -89,6 +122,23 @@ class Metrics:
         self._families = Families(self.registry)
         self._model_series: dict[tuple[str, UsageOutcome], _ModelSeries] = {}
         self.circuit(CircuitState.CLOSED)
+
+    def totals(self) -> Totals:
+        """A snapshot of the run's figures (the stop line's, the progress line's)."""
+        f = self._families
+        processed = "modstream_messages_processed_total"
+        return Totals(
+            fetched=int(_sum(f.fetched, "modstream_messages_fetched_total")),
+            verdicts=int(_sum(f.processed, processed, outcome="verdict")),
+            dead_letters=int(_sum(f.processed, processed, outcome="dead_letter")),
+            commits=int(_sum(f.commit_latency, "modstream_commit_duration_seconds_count")),
+            in_flight=int(_sum(f.in_flight, "modstream_messages_in_flight")),
+            lag=int(_sum(f.lag, "modstream_consumer_lag")),
+            tokens=int(_sum(f.tokens, "modstream_tokens_total", kind="prompt"))
+            + int(_sum(f.tokens, "modstream_tokens_total", kind="completion")),
+            cost_usd=_sum(f.cost, "modstream_cost_usd_total"),
+            retries=int(_sum(f.retries, "modstream_retries_total")),
+        )
 
     # -- what the consumer runs -------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The operations fields of :class:`consumer.settings.Settings`: logs, the metrics and
-health port, and the Kafka clients' retry pace during an outage."""
+"""The operations fields of :class:`consumer.settings.Settings`: logs, the progress line, the
+metrics and health port, and the Kafka clients' retry pace during an outage."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ class OperationsSettings(BaseModel):
         description="A warning or error that repeats (same logger and message, digits aside: "
         "aiokafka's reconnect errors during a broker outage) is written at most once per this "
         "many seconds; the next line carries repeated=N, the count left out. 0 writes all.",
+    )
+    progress_interval_s: Annotated[float, Field(ge=0.0)] = Field(
+        default=10.0,
+        description="consume writes a progress line (rate, in flight, lag, dead letters, "
+        "tokens, cost) every this many seconds: a short line on a terminal, else a "
+        "'progress' log line. 0 turns it off.",
     )
     kafka_retry_backoff_ms: Annotated[int, Field(ge=10, le=60_000)] = Field(
         default=100,

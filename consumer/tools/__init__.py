@@ -7,7 +7,9 @@
     replayer     the run: each record from the cache, an estimate or the model, in budget,
                  from the pipeline's parts (range reader, Classifier, verdicts, Publisher)
     replay_view  what a person sees of a replay: the progress bar, the summary table
+    round_robin  a range's partitions read in turn, so a capped replay is a fair sample
     budget       CostBudget: --max-cost, a message's worst case reserved, its cost settled
+    outage       OutageWatch: when a replay gives up on a model that answers nothing
     cache        verdicts already paid for, keyed by content, model, prompt and policy
     evaluate     replayed verdicts scored against labels or a baseline run
     plots        PNG plots for ``modstream eval`` (matplotlib, only when asked for)

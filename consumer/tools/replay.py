@@ -6,7 +6,11 @@ through the same decode, admit and classify stages as the service, and writes th
 an evaluation topic and one usage event per call to ``<topic>.usage``. A verdict cache keyed by
 (content, model, prompt version, policy version) makes a repeated replay free. ``--max-cost``
 reserves each message's worst case before calling the model and stops cleanly when the next
-message could pass the budget; ``--dry-run`` estimates tokens and cost with no model call.
+message could pass the budget (exit code 4, :data:`STOPPED_EARLY_EXIT`); the partitions are read
+in turn, so the part replayed is a fair sample. ``--dry-run`` estimates tokens and cost with no
+model call and needs no key. A ``--to-topic`` that is a topic of the service's is refused
+(:func:`check_destination`), and a model unreachable for ``--max-outage`` seconds ends the
+replay.
 
 Built from the pipeline's parts, so a replayed verdict reads like the service's: the range reader
 (:mod:`consumer.kafka.ranges`), decode and admit, the Classifier, its verdict factory and usage
@@ -25,8 +29,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 
+import httpx2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
+from openai import AsyncOpenAI
 
 from consumer.errors import ConfigError
 from consumer.kafka.client import kafka_options
@@ -37,9 +43,39 @@ from consumer.pipeline.publish import Publisher, Topics
 from consumer.settings import Settings
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replayer import Quiet, Range, Replayer, ReplayProgress, ReplayResult
+from consumer.tools.replayer import (
+    MAX_OUTAGE_S,
+    Quiet,
+    Range,
+    Replayer,
+    ReplayProgress,
+    ReplayResult,
+)
 
-__all__ = ["ReplayRequest", "resolve_range", "run_replay"]
+__all__ = [
+    "STOPPED_EARLY_EXIT",
+    "ReplayRequest",
+    "check_destination",
+    "parse_offsets",
+    "resolve_range",
+    "run_replay",
+]
+
+#: The exit code of a replay that ``--max-cost`` stopped before the end of its range.
+STOPPED_EARLY_EXIT = 4
+
+
+def parse_offsets(text: str) -> int | dict[int, int]:
+    """``--from-offset``: ``N`` (every partition) or ``P:N,P:N`` (those partitions only)."""
+    try:
+        if ":" not in text:
+            return int(text)
+        pairs = (item.split(":") for item in text.split(",") if item.strip())
+        return {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise ConfigError(
+            f"--from-offset {text!r}: give an offset (12) or partition:offset pairs (0:12,1:40)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -48,18 +84,53 @@ class ReplayRequest:
 
     topic: str
     to_topic: str
-    from_offset: int | None = None
+    #: One first offset for every partition, or per partition (only those are replayed).
+    from_offset: int | dict[int, int] | None = None
     from_time: datetime | None = None
     to_offset: int | None = None
     to_time: datetime | None = None
     max_cost: float | None = None
     dry_run: bool = False
     cache_topic: str | None = None
+    #: Seconds the model may be unreachable, nothing answered, before the replay stops.
+    max_outage_s: float = MAX_OUTAGE_S
+    #: Write to ``to_topic`` even when it is a topic of the service's (see check_destination).
+    force: bool = False
 
     @property
     def usage_topic(self) -> str:
         """Where the replay's usage events go."""
         return f"{self.to_topic}.usage"
+
+
+def check_destination(settings: Settings, request: ReplayRequest) -> None:
+    """Refuse to write a replay's verdicts or usage into a topic that is not an evaluation one.
+
+    ``--to-topic`` and ``<to-topic>.usage`` must be neither the topic replayed, nor a topic of
+    the production service (input, verdicts, usage, dead letters), nor the verdict cache:
+    evaluation events there would reach the service's downstream consumers or pollute the
+    cache. Checked before any Kafka connection; ``request.force`` skips it.
+    """
+    if request.force:
+        return
+    taken = [
+        (request.topic, "--topic, the topic replayed"),
+        (settings.input_topic, "MODSTREAM_INPUT_TOPIC"),
+        (settings.verdict_topic, "MODSTREAM_VERDICT_TOPIC"),
+        (settings.usage_topic, "MODSTREAM_USAGE_TOPIC"),
+        (settings.dlq_topic, "MODSTREAM_DLQ_TOPIC"),
+    ]
+    if request.cache_topic:
+        taken.append((request.cache_topic, "--cache-topic, the verdict cache"))
+    for written, what in ((request.to_topic, "verdicts"), (request.usage_topic, "usage events")):
+        settings_named = [name for topic, name in taken if topic == written]
+        if settings_named:
+            via = "" if written == request.to_topic else f" (--to-topic {request.to_topic!r})"
+            raise ConfigError(
+                f"replay would write its {what} to {written!r}{via}, which is "
+                f"{' and '.join(settings_named)}: choose another --to-topic, "
+                "or pass --force to write there anyway"
+            )
 
 
 async def resolve_range(consumer: AIOKafkaConsumer, request: ReplayRequest) -> Range:
@@ -80,13 +151,36 @@ async def resolve_range(consumer: AIOKafkaConsumer, request: ReplayRequest) -> R
 
     start = await at_time(request.from_time, first)
     end = await at_time(request.to_time, last)
-    if request.from_offset is not None:
+    if isinstance(request.from_offset, dict):
+        known = {tp.partition for tp in partitions}
+        if unknown := sorted(set(request.from_offset) - known):
+            raise ConfigError(
+                f"--from-offset names partitions {unknown} that {request.topic!r} does not have"
+            )
+        # Only the partitions named are replayed: the others start at their end.
+        start = {tp: request.from_offset.get(tp.partition, last[tp]) for tp in partitions}
+    elif request.from_offset is not None:
         start = {tp: request.from_offset for tp in partitions}
     if request.to_offset is not None:
         end = {tp: request.to_offset for tp in partitions}
     start = {tp: min(max(start[tp], first[tp]), last[tp]) for tp in partitions}
     end = {tp: min(max(end[tp], start[tp]), last[tp]) for tp in partitions}
     return Range(start, end)
+
+
+def no_call_client(settings: Settings) -> AsyncOpenAI:
+    """A client for ``--dry-run``: the settings' base URL (so the server kind and prices are
+    the real run's), no key, and a transport that refuses every request."""
+
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError(f"a dry run makes no model call (asked for {request.url})")
+
+    return AsyncOpenAI(
+        api_key="dry-run",
+        base_url=settings.openai_base_url,
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(refuse)),
+    )
 
 
 async def run_replay(
@@ -96,6 +190,7 @@ async def run_replay(
 
     ``progress`` is told how the replay goes (the CLI passes its progress bar); default none.
     """
+    check_destination(settings, request)
     options = kafka_options(settings)
     partitions = await topic_partitions(options, request.topic)
     if not partitions:
@@ -108,8 +203,13 @@ async def run_replay(
         if not request.dry_run:
             outputs = [NewTopic(request.to_topic, 3, 1), NewTopic(request.usage_topic, 3, 1)]
             await create_missing(options, outputs)
-        client = await stack.enter_async_context(openai_client(settings))
-        chat = await stack.enter_async_context(sender(settings.chat_client, client))
+        if request.dry_run:
+            # No key needed and no call possible: the estimate uses the tokenizer and prices.
+            client = await stack.enter_async_context(no_call_client(settings))
+            chat = None
+        else:
+            client = await stack.enter_async_context(openai_client(settings))
+            chat = await stack.enter_async_context(sender(settings.chat_client, client))
         consumer = await stack.enter_async_context(
             AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
         )
@@ -131,5 +231,6 @@ async def run_replay(
             budget=CostBudget(request.max_cost),
             progress=progress or Quiet(),
             dry_run=request.dry_run,
+            max_outage_s=request.max_outage_s,
         )
         return await replayer.run(consumer, bounds)

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.tools.replay import ReplayRequest
-from consumer.tools.replayer import ReplayResult
+from consumer.tools.replayer import ReplayResult, StopReason
 
 __all__ = ["ProgressBar", "RateColumn", "render_result"]
 
@@ -65,8 +65,11 @@ class ProgressBar:
         if self._task is not None:
             self._progress.update(self._task, advance=1, tokens=result.tokens, cost=result.cost_usd)
 
-    def stopped(self) -> None:
-        """Leave the bar as it ended."""
+    def stopped(self, reason: StopReason | None) -> None:
+        """Leave the bar as it ended: at the count replayed, saying why when it stopped early
+        (the total is what the range held, so an early stop never shows 100 %)."""
+        if self._task is not None and reason is not None:
+            self._progress.update(self._task, description=f"stopped: {reason.value}")
         self._progress.stop()
 
 
@@ -94,9 +97,20 @@ def render_result(
     for name, value in rows.items():
         table.add_row(name, value)
     console.print(table)
-    if result.stopped_at is not None:
-        where = ", ".join(f"partition {p} at offset {o}" for p, o in result.stopped_at.items())
-        console.print(
-            f"[yellow]stopped by --max-cost {request.max_cost} after ${result.cost_usd:.5f}: "
-            f"not replayed from {where}"
-        )
+    if result.stopped is None or result.stopped_at is None:
+        return
+    why = (
+        f"by --max-cost {request.max_cost} after ${result.cost_usd:.5f}"
+        if result.stopped is StopReason.BUDGET
+        else "because the model was unreachable"
+    )
+    console.print(
+        f"[yellow]stopped early {why}: {result.messages:,} replayed, "
+        f"{result.left:,} offsets left, not replayed from "
+        + ", ".join(f"partition {p} offset {o}" for p, o in result.stopped_at.items())
+    )
+    offsets = ",".join(f"{p}:{o}" for p, o in result.stopped_at.items())
+    console.print(
+        f"[yellow]resume: the same command with --from-offset {offsets} "
+        "(in place of --from-offset/--from-time)"
+    )

@@ -1,29 +1,36 @@
 """One replay's run: each record of a range from the cache, an estimate or the model, in budget.
 
 The work of ``modstream replay`` once its clients are up (:mod:`consumer.tools.replay` builds
-them and resolves the range): records come from the range reader (:mod:`consumer.kafka.ranges`),
-at most ``MODSTREAM_MAX_IN_FLIGHT`` in flight; each is decoded and admitted as the service does,
+them and resolves the range): records come from the partitions in turn
+(:mod:`consumer.tools.round_robin`, so a budget stop leaves a fair sample), at most
+``MODSTREAM_MAX_IN_FLIGHT`` in flight; each is decoded and admitted as the service does,
 then answered from the verdict cache (the verdict factory and usage ledger rebuild the hit),
 estimated (``--dry-run``), or classified by the Classifier once its worst case fits the budget
 (:mod:`consumer.tools.budget`); the verdicts and usage go out through the pipeline's
-``Publisher``. A message that does not fit a spent budget stops the replay, and the result says,
-per partition, where a later replay resumes. Progress is told to a :class:`ReplayProgress`.
+``Publisher``. What happens to each record is decided in the order read (a message waiting
+for budget holds back the ones after it), so a budget stop leaves a prefix of that order. A
+message that does not fit a spent budget stops the replay, and so does a model unreachable
+for ``max_outage_s`` (:mod:`consumer.tools.outage`; the records in flight are cancelled);
+the result says why, and per partition where a later replay resumes. Progress is told to a
+:class:`ReplayProgress`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from enum import StrEnum
+from typing import Any, Protocol, TypeAlias, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumer.errors import PermanentError
-from consumer.kafka.ranges import Record, records_in_range
+from consumer.errors import ModstreamError, PermanentError
+from consumer.kafka.ranges import Record
 from consumer.model.classify import Classifier
 from consumer.model.ledger import Tokens
 from consumer.model.tokens import chat_prompt_tokens, count_tokens
@@ -35,9 +42,11 @@ from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.tools.budget import CostBudget, Grant
 from consumer.tools.cache import VerdictCache, cache_key
+from consumer.tools.outage import OutageWatch
+from consumer.tools.round_robin import round_robin
 from schemas import UsageEvent, Verdict
 
-__all__ = ["Quiet", "Range", "ReplayProgress", "ReplayResult", "Replayer"]
+__all__ = ["Quiet", "Range", "ReplayProgress", "ReplayResult", "Replayer", "StopReason"]
 
 #: A typical reply's rationale, for the dry-run's completion estimate.
 _TYPICAL_RATIONALE = (
@@ -47,6 +56,16 @@ _TYPICAL_RATIONALE = (
 #: Records asked of the broker at once, and how long a fetch may wait for them.
 _FETCH_RECORDS = 256
 _FETCH_TIMEOUT_MS = 500
+
+#: Default of ``--max-outage``: seconds with the model unreachable before a replay gives up.
+MAX_OUTAGE_S = 60.0
+
+
+class StopReason(StrEnum):
+    """Why a replay ended before its range did."""
+
+    BUDGET = "budget"
+    MODEL_UNREACHABLE = "model unreachable"
 
 
 @dataclass
@@ -63,6 +82,12 @@ class ReplayResult:
     cost_usd: float = 0.0
     estimated: bool = False
     stopped_at: dict[int, int] | None = None  # partition -> first offset not replayed
+    #: Why the replay stopped early (None: it read its whole range).
+    stopped: StopReason | None = None
+    #: Offsets of the range not replayed (records, less any compacted away).
+    left: int = 0
+    #: For a stop on an unreachable model: the URL and the last error, in one line.
+    outage: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -79,8 +104,8 @@ class ReplayProgress(Protocol):
     def advanced(self, result: ReplayResult) -> None:
         """One more record done; ``result`` so far."""
 
-    def stopped(self) -> None:
-        """The replay ended (done, stopped by the budget, or failed)."""
+    def stopped(self, reason: StopReason | None) -> None:
+        """The replay ended: ``reason`` when it stopped early, None when done (or failed)."""
 
 
 class Quiet:
@@ -92,7 +117,7 @@ class Quiet:
     def advanced(self, result: ReplayResult) -> None:
         """Nothing to show."""
 
-    def stopped(self) -> None:
+    def stopped(self, reason: StopReason | None) -> None:
         """Nothing to show."""
 
 
@@ -123,9 +148,11 @@ class Replayer:
         budget: CostBudget,
         progress: ReplayProgress,
         dry_run: bool = False,
+        max_outage_s: float = MAX_OUTAGE_S,
     ) -> None:
         """``publisher``: where verdicts and usage go (None: write nothing); ``dry_run``:
-        estimate each message's tokens and cost instead of asking the model."""
+        estimate each message's tokens and cost instead of asking the model; ``max_outage_s``:
+        how long the model may be unreachable (nothing answered) before the replay stops."""
         self.settings = settings
         self.classifier = classifier
         self.admitter = admitter
@@ -138,6 +165,11 @@ class Replayer:
         self._settled = asyncio.Condition()  # notified whenever the budget may have room
         self._window = asyncio.Semaphore(settings.max_in_flight)
         self._stop = False
+        self._changed = asyncio.Condition()  # notified when a decision is made
+        self._order = itertools.count()  # each record's place in the order read
+        self._turn = 0  # whose decision it is
+        self.outage = OutageWatch(max_outage_s)
+        self._watch_retries()
         #: Per partition: the first offset the budget stop left out, and the next one to read.
         self._unfinished: dict[int, int] = {}
         self._read_to: dict[int, int] = {}
@@ -149,12 +181,39 @@ class Replayer:
         one = self.classifier.ledger.cost(Tokens(prompt, self.classifier.max_tokens))
         return 2 * (one or 0.0)
 
-    async def handle(self, envelope: Envelope) -> None:
-        """Decode, admit, then answer from the cache, estimate, or ask the model."""
+    async def handle(self, envelope: Envelope) -> bool:
+        """Decode, admit, then answer from the cache, estimate, or ask the model; False when
+        the record was not replayed (the replay had stopped).
+
+        Decided in the order handled (each waits for the one before it to be decided), so a
+        budget stop leaves a prefix of the order read, whatever was cached or dead-lettered.
+        """
+        place = next(self._order)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._turn == place)
+        plan = None
+        try:
+            plan = await self._decide(envelope)
+        finally:
+            try:
+                async with self._changed:
+                    self._turn += 1
+                    self._changed.notify_all()
+            except BaseException:  # cancelled here: the plan never runs
+                if plan is not None:
+                    plan.close()
+                raise
+        if plan is None:
+            return False
+        await plan
+        self.result.messages += 1  # done: a record cancelled in flight was not replayed
+        return True
+
+    async def _decide(self, envelope: Envelope) -> _Plan | None:
+        """What to do with ``envelope`` (None: not replayed; the budget is spent)."""
         if self._stop:
             self._not_replayed(envelope)
-            return
-        self.result.messages += 1
+            return None
         try:
             request = decode(
                 envelope,
@@ -163,8 +222,7 @@ class Replayer:
             )
             admitted = self.admitter.admit(request)
         except PermanentError as exc:
-            self.result.dead_letters[exc.kind] += 1
-            return
+            return self._dead_letter(exc.kind)
         builder = self.classifier.builder
         key = cache_key(
             admitted.text,
@@ -174,23 +232,33 @@ class Replayer:
             builder.policy.version,
         )
         if (hit := self.cache.get(key)) is not None:
-            self.result.cache_hits += 1
-            self.result.verdicts += 1
-            source = envelope.source
-            verdict = self.classifier.verdicts.cached(admitted, source, hit)
-            await self._publish(
-                envelope, verdict, [self.classifier.ledger.cache_hit(admitted, source)]
-            )
-            return
+            return self._cached(envelope, admitted, hit)
         if self.dry_run:
-            self._estimate(admitted)
-            return
+            return self._estimated(admitted)
         worst = self.worst_case_cost(admitted)
         if not await self._reserve(worst):
             self._stop = True
-            self.result.messages -= 1
+            self.result.stopped = self.result.stopped or StopReason.BUDGET
             self._not_replayed(envelope)
-            return
+            return None
+        return self._classified(envelope, admitted, key, worst)
+
+    async def _dead_letter(self, kind: str) -> None:
+        self.result.dead_letters[kind] += 1
+
+    async def _cached(self, envelope: Envelope, admitted: Admitted, hit: Decision) -> None:
+        self.result.cache_hits += 1
+        self.result.verdicts += 1
+        source = envelope.source
+        verdict = self.classifier.verdicts.cached(admitted, source, hit)
+        await self._publish(envelope, verdict, [self.classifier.ledger.cache_hit(admitted, source)])
+
+    async def _estimated(self, admitted: Admitted) -> None:
+        self._estimate(admitted)
+
+    async def _classified(
+        self, envelope: Envelope, admitted: Admitted, key: str, worst: float
+    ) -> None:
         cost = 0.0
         try:
             classified = await self.classifier.classify(admitted, envelope.source)
@@ -211,7 +279,7 @@ class Replayer:
         async with self._settled:
             while (grant := self.budget.reserve(amount)) is Grant.WAIT:
                 await self._settled.wait()
-        return grant is Grant.GRANTED
+        return grant is Grant.GRANTED and not self._stop
 
     async def _settle(self, amount: float, cost: float) -> None:
         async with self._settled:
@@ -256,45 +324,91 @@ class Replayer:
         await self.publisher.publish(records)
 
     async def run(self, consumer: AIOKafkaConsumer, bounds: Range) -> ReplayResult:
-        """Read the range, at most ``max_in_flight`` messages in flight."""
+        """Read the range, partitions in turn, at most ``max_in_flight`` messages in flight."""
+        tasks: set[asyncio.Task[bool]] = set()
 
-        async def one(envelope: Envelope) -> None:
-            try:
-                await self.handle(envelope)
-            finally:
-                self._window.release()
+        def done(envelope: Envelope, task: asyncio.Task[bool]) -> None:
+            # A callback, not a finally: a task cancelled before it ran has none to run.
+            tasks.discard(task)
+            self._window.release()
+            if task.cancelled():
+                self._not_replayed(envelope)
+            elif task.exception() is None and task.result():
                 self.progress.advanced(self.result)
 
         self.progress.started(bounds.total)
+        watchdog = asyncio.create_task(self._watch_outage(tasks))
         try:
-            # An async generator (typed as an iterator): closed here, a budget stop leaves early.
-            batches = cast(
-                "AsyncGenerator[list[Record], None]",
-                records_in_range(
+            # An async generator (typed as an iterator): closed here, a stop leaves early.
+            records = cast(
+                "AsyncGenerator[Record, None]",
+                round_robin(
                     consumer,
+                    bounds.start,
                     bounds.end,
-                    start=bounds.start,
                     max_records=_FETCH_RECORDS,
                     timeout_ms=_FETCH_TIMEOUT_MS,
                 ),
             )
-            async with asyncio.TaskGroup() as group, aclosing(batches):
-                async for batch in batches:
-                    for record in batch:
-                        await self._window.acquire()
-                        self._read_to[record.partition] = record.offset + 1
-                        group.create_task(one(_envelope(record)))
+            async with asyncio.TaskGroup() as group, aclosing(records):
+                async for record in records:
+                    await self._window.acquire()
                     if self._stop:
+                        self._window.release()
                         break
+                    self._read_to[record.partition] = record.offset + 1
+                    envelope = _envelope(record)
+                    task = group.create_task(self.handle(envelope))
+                    tasks.add(task)
+                    task.add_done_callback(lambda t, e=envelope: done(e, t))  # type: ignore[misc]
         finally:
-            self.progress.stopped()
+            watchdog.cancel()
+            self.progress.stopped(self.result.stopped)
         if self._stop:
             self.result.stopped_at = self._stopped_at(bounds)
+            self.result.left = sum(
+                bounds.end[tp] - self.result.stopped_at[tp.partition]
+                for tp in bounds.end
+                if tp.partition in self.result.stopped_at
+            )
         return self.result
 
+    def _watch_retries(self) -> None:
+        """Have the model calls tell :attr:`outage` of every failure they will retry."""
+        calls = self.classifier.calls
+        before = calls.on_retry
+
+        def failed(error: ModstreamError) -> None:
+            if before is not None:
+                before(error)
+            self.outage.failed(error, self.classifier.breaker.successes)
+
+        calls.on_retry = failed
+
+    async def _watch_outage(self, tasks: set[asyncio.Task[bool]]) -> None:
+        """Stop the replay once the model has been unreachable for ``max_outage_s``: no more
+        records, and the ones in flight (waiting on the circuit or a retry) cancelled."""
+        tick = min(1.0, self.outage.limit_s / 10)
+        while True:
+            if self.outage.expired(self.classifier.breaker.successes):
+                break
+            await asyncio.sleep(tick)  # a watchdog's tick: the clock is what it watches
+        self._stop = True
+        self.result.stopped = StopReason.MODEL_UNREACHABLE
+        last = self.outage.last_error
+        self.result.outage = (
+            f"the {self.classifier.where} was unreachable for {self.outage.limit_s:g} s with "
+            f"no call answered (--max-outage); last error: "
+            f"{last.kind if last else 'none'}: {last.message if last else '-'}"
+        )
+        for task in list(tasks):
+            task.cancel()
+        async with self._settled:  # a reservation waiting for room must not wait for ever
+            self._settled.notify_all()
+
     def _stopped_at(self, bounds: Range) -> dict[int, int]:
-        """Per partition with records left, the first offset the budget stop left out: where
-        a later replay resumes."""
+        """Per partition with records left, the first offset the stop left out: where a later
+        replay resumes."""
         where = {}
         for tp, start in bounds.start.items():
             left = self._unfinished.get(tp.partition, math.inf)
@@ -302,6 +416,10 @@ class Replayer:
             if first < bounds.end[tp]:
                 where[tp.partition] = int(first)
         return dict(sorted(where.items()))
+
+
+#: What a decision leaves to do: the publishing or the model call, to await.
+_Plan: TypeAlias = Coroutine[Any, Any, None]
 
 
 def _envelope(record: Record) -> Envelope:

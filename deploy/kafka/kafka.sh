@@ -56,7 +56,11 @@ resolve() {
   if [ ! -f "$lib/kafka_2.13-$(kafka_version).jar" ]; then
     echo "kafka: resolving jars from Maven Central (once)..." >&2
     rm -rf "$lib"
-    (cd "$here" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=target/lib -DincludeScope=runtime)
+    # Maven 3.9 writes colour resets even with -B and style.color=never: strip escape codes
+    # (and the empty lines they leave), keep whatever it says (an error), keep its exit code.
+    (cd "$here" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
+      -DoutputDirectory=target/lib -DincludeScope=runtime 2>&1) \
+      | { sed -e 's/\x1b\[[0-9;]*m//g' | grep -v '^[[:space:]]*$' >&2 || true; }
   fi
 }
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 import typer
 from typer.testing import CliRunner
 
@@ -169,3 +170,57 @@ def test_a_count_below_one_is_refused_before_any_broker_is_asked(
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert option in result.stderr and "greater than or equal to 1" in result.stderr
     assert "created" not in result.stdout
+
+
+def test_schema_writes_into_the_directory_it_runs_in_by_default(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(MODSTREAM), "schema"],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(schema_files())
+
+
+@pytest.mark.parametrize("command", [[], ["replay"], ["consume"], ["fake-openai"]])
+def test_help_shows_no_type_for_on_off_flags(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+    assert "<bool>" not in result.output
+
+
+def test_commands_are_listed_in_the_order_a_user_meets_them() -> None:
+    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    shown = [name for name in cli._PANELS if f" {name} " in result.output]
+    positions = [result.output.index(f" {name} ") for name in shown]
+    assert shown[:3] == ["topics", "sample", "consume"]
+    assert positions == sorted(positions)
+
+
+def test_consume_help_says_where_the_settings_are_documented() -> None:
+    result = CliRunner().invoke(app, ["consume", "--help"], terminal_width=200)
+    assert "MODSTREAM_" in result.output
+    assert "Configuration" in result.output
+
+
+def test_fake_openai_help_points_at_the_readme_not_a_source_path() -> None:
+    result = CliRunner().invoke(app, ["fake-openai", "--help"], terminal_width=200)
+    assert "MODSTREAM_FAKE_" in result.output
+    assert "README" in result.output
+    assert "consumer/testing" not in result.output
+
+
+def test_every_command_sets_up_logging_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    structlog.reset_defaults()
+    monkeypatch.setenv("MODSTREAM_OPENAI_API_KEY", "sk-test-logging")
+    monkeypatch.setenv("MODSTREAM_LOG_LEVEL", "WARNING")
+    cli.load_settings()
+    assert structlog.is_configured()
+    # At WARNING, a debug line (replay's "model call failed, retrying") is filtered out.
+    assert not structlog.get_logger().is_enabled_for(10)
+    structlog.reset_defaults()

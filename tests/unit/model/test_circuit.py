@@ -433,3 +433,36 @@ def test_every_state_change_is_reported_and_logged() -> None:
         ("circuit closed", "warning", "half_open", None),
     ]
     assert [e["consecutive_failures"] for e in logs if e["event"] == "circuit open"] == [3, 4]
+
+
+def test_open_and_probe_lines_carry_the_last_failures_cause_and_closed_none() -> None:
+    """An outage says why and where: the cause the caller gave with its last failure."""
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, reset_s=5.0, clock=clock)
+    refused = {"cause": "connection refused", "status": None, "base_url": "http://h:1/v1"}
+    unavailable = {"cause": "status 503", "status": 503, "base_url": "http://h:1/v1"}
+
+    async def play() -> None:
+        for _ in range(3):
+            breaker.failure(cause=refused)
+        clock.now += 5
+        assert await breaker.admit()
+        breaker.failure(cause=unavailable)  # the probe fails otherwise
+        clock.now += 10
+        assert await breaker.admit()
+        breaker.success()
+
+    with capture_logs() as logs:
+        asyncio.run(play())
+    lines = [
+        (e["event"], e.get("cause"), e.get("status"), e.get("base_url"))
+        for e in logs
+        if e["event"].startswith("circuit ")
+    ]
+    assert lines == [
+        ("circuit open", "connection refused", None, "http://h:1/v1"),
+        ("circuit half_open", "connection refused", None, "http://h:1/v1"),
+        ("circuit open", "status 503", 503, "http://h:1/v1"),
+        ("circuit half_open", "status 503", 503, "http://h:1/v1"),
+        ("circuit closed", None, None, None),
+    ]

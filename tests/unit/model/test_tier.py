@@ -271,9 +271,9 @@ async def test_moderation_failures_count_towards_the_circuit(make: MakeTiered) -
     seen: list[str] = []
     failure, success = classifier.breaker.failure, classifier.breaker.success
 
-    def on_failure(caller: object | None = None) -> None:
+    def on_failure(caller: object | None = None, **cause: Any) -> None:
         seen.append("failure")
-        failure(caller)
+        failure(caller, **cause)
 
     def on_success() -> None:
         seen.append("success")

@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    GroupAuthorizationFailedError,
+    NodeNotReadyError,
+)
 
-from consumer.ops.logs import configure_logging
+from consumer.ops.logs import RetriedCoordinatorLookup, configure_logging
 from consumer.settings import LogFormat, Settings
 
 API_KEY = "sk-proj-RECOGNISABLE-api-key-0123456789"
@@ -153,3 +158,33 @@ def test_short_secrets_are_not_masked_everywhere(capsys: pytest.CaptureFixture[s
     configure_logging(settings(openai_api_key="x"))
     structlog.get_logger("t").info("max_in_flight exceeded")
     assert lines(capsys.readouterr().err)[0]["event"] == "max_in_flight exceeded"
+
+
+def _coordinator_record(error: Exception) -> logging.LogRecord:
+    return logging.LogRecord(
+        "aiokafka.consumer.group_coordinator",
+        logging.ERROR,
+        __file__,
+        1,
+        "Group Coordinator Request failed: %s",
+        (error,),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"), [(logging.WARNING, False), (logging.INFO, True), (logging.DEBUG, True)]
+)
+def test_a_retried_coordinator_lookup_is_info_not_an_error(level: int, shown: bool) -> None:
+    record = _coordinator_record(CoordinatorNotAvailableError())
+    assert RetriedCoordinatorLookup(level).filter(record) is shown
+    assert record.levelname == "INFO"
+
+
+def test_a_coordinator_failure_aiokafka_gives_up_on_stays_an_error() -> None:
+    for error in (GroupAuthorizationFailedError(), NodeNotReadyError()):  # NodeNotReady: an outage
+        record = _coordinator_record(error)
+        assert RetriedCoordinatorLookup(logging.WARNING).filter(record) is True
+        assert record.levelname == "ERROR"
+    other = logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, "Other failure", (), None)
+    assert RetriedCoordinatorLookup(logging.WARNING).filter(other) is True

@@ -39,7 +39,7 @@ from consumer.settings import InputFormat, OversizePolicy, Settings, load_settin
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replay import ReplayRequest, run_replay
-from consumer.tools.replayer import Range, Replayer, ReplayResult
+from consumer.tools.replayer import Range, Replayer, ReplayResult, StopReason
 from schemas import ModerationRequest, UsageEvent, UsageOutcome, Verdict
 from tests.unit.kafka_fakes import FakeProducer, request_bytes
 from tests.unit.model.test_classify import BUILDER, MODEL, USAGE, ok, reply_text
@@ -115,8 +115,8 @@ class Watched:
     def advanced(self, result: ReplayResult) -> None:
         self.told.append("advanced")
 
-    def stopped(self) -> None:
-        self.told.append("stopped")
+    def stopped(self, reason: StopReason | None) -> None:
+        self.told.append(f"stopped {reason}")
 
 
 @pytest_asyncio.fixture
@@ -225,8 +225,9 @@ async def test_a_budget_stop_names_the_first_offset_not_replayed_of_every_partit
     assert result.stopped_at is not None
     assert sorted(result.stopped_at) == [0, 1, 2], "every partition had records left"
     assert result.cost_usd == pytest.approx(4 * each)
-    # The first partition read stopped at its fifth record; the others were never reached.
-    assert sorted(result.stopped_at.values()) == [0, 0, 4]
+    # Partitions read in turn: four replayed are two of the first, one of each other.
+    assert result.stopped_at == {0: 2, 1: 1, 2: 1}
+    assert result.stopped is StopReason.BUDGET and result.left == 30 - 4
     replayed: dict[int, list[int]] = {}
     for verdict in published(producer, EVAL.verdicts):
         replayed.setdefault(verdict["source"]["partition"], []).append(verdict["source"]["offset"])
@@ -234,7 +235,8 @@ async def test_a_budget_stop_names_the_first_offset_not_replayed_of_every_partit
         assert sorted(replayed.get(partition, [])) == list(range(first)), partition
     watched = made.progress
     assert isinstance(watched, Watched)
-    assert watched.told[0] == "started 30" and watched.told[-1] == "stopped"
+    assert watched.told[0] == "started 30" and watched.told[-1] == "stopped budget"
+    assert watched.told.count("advanced") == 4, "the bar counts what was replayed, no more"
 
 
 def _request(offset: int) -> ModerationRequest:
@@ -282,10 +284,14 @@ def offline_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StartStop]]:
 
 
 async def test_the_cache_producer_is_stopped_when_the_model_client_cannot_be_built(
-    offline_kafka: list[StartStop],
+    offline_kafka: list[StartStop], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(consumer.tools.replay, "create_missing", nothing)
     settings = load_settings(openai_api_key="")  # no key, no base URL: no model client
-    request = ReplayRequest(topic=TOPIC, to_topic="e", cache_topic="cache", dry_run=True)
+    request = ReplayRequest(topic=TOPIC, to_topic="e", cache_topic="cache")
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         await run_replay(settings, request)
     [producer] = offline_kafka
