@@ -66,6 +66,8 @@ def _logging_restored() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    logging.captureWarnings(False)
+    structlog.contextvars.clear_contextvars()
     structlog.configure(**config)
     root.handlers[:] = handlers
     root.setLevel(level)
