@@ -69,6 +69,11 @@ async def serve(
         health = await _enter_health(stack, settings, metrics, report_health_port)
         client = await stack.enter_async_context(openai_client(settings))
         chat = await stack.enter_async_context(sender(settings.chat_client, client))
+        # Before Kafka: a bad policy, prompt or prices file is told without a broker running.
+        classifier, admitter = model_stages(settings, client, metrics, chat)
+        metrics.describe(
+            version=__version__, model=settings.model, policy_version=classifier.policy.version
+        )
         producer = await _enter_producer(stack, settings, kafka)
         transactional = None
         if settings.delivery is Delivery.EXACTLY_ONCE:
@@ -92,10 +97,6 @@ async def serve(
         topics = Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
         limits = await output_limits(kafka, topics)
         health.readiness = kafka_readiness(consumer, stop)
-        classifier, admitter = model_stages(settings, client, metrics, chat)
-        metrics.describe(
-            version=__version__, model=settings.model, policy_version=classifier.policy.version
-        )
         publisher = Publisher(producer, topics, limits)
         delivery = (
             AtLeastOnce(publisher, consumer, metrics)

@@ -167,8 +167,8 @@ def consume(
     """Consume the input topic, classify, publish verdicts and usage, commit.
 
     Configured by MODSTREAM_* environment variables (Kafka, provider, model, delivery, limits):
-    the README's Configuration section lists each with its default; a bad value stops the
-    start with a line naming it.
+    the README's Configuration section lists each with its default; a bad value, or an
+    unknown MODSTREAM_ variable (a typo), stops the start with a line naming it.
     """
     from consumer.ops.workers import WorkerRole, supervise
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # only its .errors() is read: no pydantic import for the error tree
     from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 #: Each kind and the class that has it.
 _KINDS: dict[str, str] = {}
@@ -198,7 +199,8 @@ def describe_validation_error(
 
     ``name`` turns an error's location (``"a.b"``) into what the reader knows it by (the
     environment variable, the knob); ``whole`` names the value itself, for an error with no
-    location (a model validator's). ``(got <input>)`` follows where ``echo(location, input)``
+    location (a model validator's), and ``""`` leaves such an error's text alone (a check that
+    names what it checks). ``(got <input>)`` follows where ``echo(location, input)``
     allows it: never a secret. ``most`` keeps the first errors only; ``sep`` joins them.
     """
     parts = []
@@ -206,5 +208,14 @@ def describe_validation_error(
         loc = ".".join(str(part) for part in err["loc"])
         given = err.get("input")
         shown = f" (got {given!r})" if echo(loc, given) else ""
-        parts.append(f"{name(loc) if loc else whole}: {err['msg']}{shown}")
+        where = name(loc) if loc else whole
+        parts.append(f"{where}: {_reason(err)}{shown}" if where else f"{_reason(err)}{shown}")
     return sep.join(parts)
+
+
+def _reason(err: ErrorDetails) -> str:
+    # A validator's own ValueError reads as pydantic's "Value error, <text>": the text alone
+    # is what its author wrote for the reader.
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])
+    return err["msg"]

@@ -13,10 +13,12 @@ the checks that span groups are here::
     processing   the work window, micro-batching, input handling, policy and prompt
     operations   logs, the metrics and health port, Kafka's retry pace
     choices      the enums (Delivery, Ordering, ...) and the number types they share
+    variables    the MODSTREAM_* names that mean something, and what a typo meant
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Self
 
 from pydantic import ValidationError, model_validator
@@ -36,6 +38,12 @@ from consumer.settings.kafka import KafkaSettings
 from consumer.settings.operations import OperationsSettings
 from consumer.settings.processing import ProcessingSettings
 from consumer.settings.provider import ProviderSettings
+from consumer.settings.variables import (
+    WHERE_LISTED,
+    describe_unknown,
+    settings_variables,
+    unknown_variables,
+)
 
 __all__ = [
     "Delivery",
@@ -67,43 +75,54 @@ class Settings(
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
+        # Each message names the variables involved: a reader fixes the environment, not
+        # pydantic's field names.
         if self.concurrency > self.max_in_flight:
             raise ValueError(
-                f"concurrency ({self.concurrency}) cannot exceed max_in_flight "
-                f"({self.max_in_flight}): calls beyond the window could never start"
+                f"MODSTREAM_CONCURRENCY ({self.concurrency}) cannot exceed "
+                f"MODSTREAM_MAX_IN_FLIGHT ({self.max_in_flight}): calls beyond the window "
+                "could never start"
             )
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):
+            missing = [
+                f"MODSTREAM_SASL_{name.upper()}"
+                for name in ("mechanism", "username", "password")
+                if not getattr(self, f"sasl_{name}")
+            ]
             raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+                f"MODSTREAM_SECURITY_PROTOCOL={self.security_protocol} needs "
+                f"MODSTREAM_SASL_MECHANISM, MODSTREAM_SASL_USERNAME and "
+                f"MODSTREAM_SASL_PASSWORD; not set: {', '.join(missing)}"
             )
         if self.azure_endpoint is not None and self.openai_base_url is not None:
             raise ValueError(
-                "set MODSTREAM_AZURE_ENDPOINT or OPENAI_BASE_URL, not both: the Azure endpoint "
-                "is the base URL of an Azure OpenAI resource"
+                "set MODSTREAM_AZURE_ENDPOINT (or AZURE_OPENAI_ENDPOINT) or OPENAI_BASE_URL "
+                "(or MODSTREAM_OPENAI_BASE_URL), not both: the Azure endpoint is the base URL "
+                "of an Azure OpenAI resource"
             )
         for name, budget in (("rpm", self.rpm), ("tpm", self.tpm)):
             if budget is not None and budget < self.workers:
                 raise ValueError(
-                    f"{name} ({budget}) is below workers ({self.workers}): the budget is split "
-                    f"across the workers and each needs at least 1; raise MODSTREAM_{name.upper()} "
-                    "or lower MODSTREAM_WORKERS"
+                    f"MODSTREAM_{name.upper()} ({budget}) is below MODSTREAM_WORKERS "
+                    f"({self.workers}): the budget is split across the workers and each needs "
+                    f"at least 1; raise MODSTREAM_{name.upper()} or lower MODSTREAM_WORKERS"
                 )
         params = self.request_params  # raises ValueError naming the setting
         if params.completion_budget >= self.context_window:
             raise ValueError(
-                f"max_tokens ({self.max_tokens}) plus room for reasoning "
-                f"({params.reasoning_room}) must be smaller than context_window "
-                f"({self.context_window})"
+                f"MODSTREAM_MAX_TOKENS ({self.max_tokens}){_plus_room(params.reasoning_room)} "
+                f"must be smaller than MODSTREAM_CONTEXT_WINDOW ({self.context_window})"
             )
         batch = self.batch_size * self.batch_max_tokens + params.batch_budget(self.batch_size)
         if self.batch_size > 1 and batch >= self.context_window:
             raise ValueError(
-                f"a full batch ({self.batch_size} x (batch_max_tokens {self.batch_max_tokens} + "
-                f"max_tokens {self.max_tokens}) + reasoning room {params.reasoning_room}) does "
-                f"not fit context_window ({self.context_window}): lower batch_size or "
-                "batch_max_tokens"
+                f"a full batch (MODSTREAM_BATCH_SIZE {self.batch_size} x "
+                f"(MODSTREAM_BATCH_MAX_TOKENS {self.batch_max_tokens} + MODSTREAM_MAX_TOKENS "
+                f"{self.max_tokens}){_plus_room(params.reasoning_room)}) does not fit "
+                f"MODSTREAM_CONTEXT_WINDOW ({self.context_window}): lower MODSTREAM_BATCH_SIZE "
+                "or MODSTREAM_BATCH_MAX_TOKENS"
             )
         return self
 
@@ -115,15 +134,31 @@ class Settings(
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment (plus ``overrides``) once; raise ConfigError naming bad fields."""
+    """Read the environment (plus ``overrides``) once; raise ConfigError naming bad variables.
+
+    An unknown ``MODSTREAM_*`` variable is an error too (with the closest valid name): a typo
+    that pydantic would ignore silently leaves that setting at its default.
+    """
+    known = settings_variables(Settings)
+    unknown = unknown_variables(os.environ, known)
+    problems = [describe_unknown(name, known) for name in unknown]
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         # One line per bad field: the environment variable, the reason and the given value.
-        problems = describe_validation_error(
-            exc, name=_variable, whole="settings", echo=_showable, sep="\n  "
+        # A check across fields (no location) names its variables itself.
+        problems.append(
+            describe_validation_error(exc, name=_variable, whole="", echo=_showable, sep="\n  ")
         )
-        raise ConfigError("invalid configuration:\n  " + problems) from exc
+    if unknown:
+        problems.append(f"({WHERE_LISTED})")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return settings
+
+
+def _plus_room(reasoning_room: int) -> str:
+    return f" + reasoning room {reasoning_room}" if reasoning_room else ""
 
 
 def _variable(loc: str) -> str:

@@ -70,8 +70,45 @@ def test_inconsistent_settings_exit_2_without_traceback() -> None:
         str(MODSTREAM), "consume", MODSTREAM_CONCURRENCY="100", MODSTREAM_MAX_IN_FLIGHT="10"
     )
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "max_in_flight" in result.stderr
+    assert "cannot exceed MODSTREAM_MAX_IN_FLIGHT (10)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_misspelt_variable_stops_every_command_naming_the_one_it_meant() -> None:
+    for command in ("consume", "topics", "report"):
+        result = _run(str(MODSTREAM), command, MODSTREAM_CONCURENCY="5")
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert (
+            "MODSTREAM_CONCURENCY: unknown variable (did you mean MODSTREAM_CONCURRENCY?)"
+            in result.stderr
+        )
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_bad_policy_or_prompt_file_is_one_line_naming_file_and_field(tmp_path: Path) -> None:
+    # Told before any broker is reached: nothing listens on the bootstrap port here.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: p1\ncategories:\n  - name: x\n    threshold: high\n")
+    prompt = tmp_path / "prompt.yaml"
+    prompt.write_text("system: [1\n")
+    for variable, path, words in (
+        ("MODSTREAM_POLICY_FILE", policy, "categories.0.threshold: Input should be a valid number"),
+        ("MODSTREAM_PROMPT_FILE", prompt, "is not valid YAML: line 2, column 1: expected ','"),
+    ):
+        result = _run(
+            str(MODSTREAM),
+            "consume",
+            **{variable: str(path)},
+            MODSTREAM_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+            OPENAI_API_KEY="sk-test-unused",
+        )
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert str(path) in lines[0]
+        assert words in lines[0]
+        assert "pydantic" not in lines[0]
+        assert "Kafka" not in lines[0]
 
 
 def test_secret_is_not_echoed_on_config_error() -> None:

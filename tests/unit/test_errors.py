@@ -77,12 +77,12 @@ def test_names_echo_most_and_sep_are_the_callers() -> None:
     ]
 
 
-def test_an_error_with_no_location_is_named_as_the_whole() -> None:
+def test_an_error_with_no_location_is_named_as_the_whole_without_pydantics_prefix() -> None:
     exc = _error(rate=7)
-    assert describe_validation_error(exc, whole="knobs") == (
-        "knobs: Value error, seven is not a rate"
-    )
-    assert describe_validation_error(exc).startswith("value: ")
+    assert describe_validation_error(exc, whole="knobs") == "knobs: seven is not a rate"
+    assert describe_validation_error(exc) == "value: seven is not a rate"
+    # A check that names its own variables is told as it is.
+    assert describe_validation_error(exc, whole="") == "seven is not a rate"
 
 
 def test_first_fatal_finds_the_fatal_error_a_task_group_wrapped() -> None:

@@ -134,7 +134,7 @@ def test_secrets_stay_out_of_errors_about_other_fields(monkeypatch: pytest.Monke
     monkeypatch.setenv("MODSTREAM_CONCURRENCY", "4")
     with pytest.raises(ConfigError) as caught:  # the cross-field check: input is the whole dict
         load_settings()
-    assert "sasl_mechanism" in caught.value.message
+    assert "not set: MODSTREAM_SASL_MECHANISM" in caught.value.message
     assert_clean(caught.value.message)
 
 

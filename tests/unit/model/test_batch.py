@@ -459,7 +459,7 @@ def test_batching_is_off_by_default_and_a_batch_must_fit_the_context(
         20.0,
     )
     assert load_settings(batch_size=32).batch_size == 32
-    with pytest.raises(ConfigError, match="context_window"):
+    with pytest.raises(ConfigError, match="does not fit MODSTREAM_CONTEXT_WINDOW"):
         load_settings(batch_size=64, batch_max_tokens=1000, max_tokens=1000, context_window=8000)
     with pytest.raises(ConfigError, match="MODSTREAM_BATCH_SIZE"):
         load_settings(batch_size=0)

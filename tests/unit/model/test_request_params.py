@@ -315,7 +315,7 @@ BAD: dict[str, tuple[dict[str, Any], list[str]]] = {
     ),
     "budget plus reasoning over the window": (
         {"model": "o3", "context_window": 8000, "reasoning_effort": "medium"},
-        ["reasoning", "context_window"],
+        ["reasoning room 8192", "MODSTREAM_CONTEXT_WINDOW (8000)"],
     ),
     "azure and a base URL": (
         {"azure_endpoint": AZURE, "openai_base_url": VLLM},

@@ -80,8 +80,8 @@ def test_workers_below_one_is_a_config_error_naming_the_variable(
 def test_a_budget_smaller_than_the_worker_count_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(workers=4, rpm=3)
-    assert "rpm (3) is below workers (4)" in str(err.value)
-    with pytest.raises(ConfigError, match="tpm"):
+    assert "MODSTREAM_RPM (3) is below MODSTREAM_WORKERS (4)" in str(err.value)
+    with pytest.raises(ConfigError, match="MODSTREAM_TPM \\(2\\) is below MODSTREAM_WORKERS"):
         load_settings(workers=4, tpm=2)
     assert load_settings(workers=4, rpm=4, tpm=4).rpm == 4
 
