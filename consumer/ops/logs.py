@@ -192,6 +192,10 @@ class RetriedCoordinatorLookup(logging.Filter):
     at ERROR, a normal start looks broken (every ``make demo`` on a new broker printed it). Any
     other lookup failure (a broker that went away: ``NodeNotReady``) stays an error, and is
     collapsed with its repeats by :class:`RepeatFilter`.
+
+    aiokafka's WARNING "Marking the coordinator dead" is info too: it is the step that starts a
+    new lookup, taken after a cause aiokafka logs on its own line (a failed send, an expired
+    heartbeat session), or after a join a fresh broker answered ``NotCoordinator``.
     """
 
     def __init__(self, level: int) -> None:
@@ -200,12 +204,14 @@ class RetriedCoordinatorLookup(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False for a coordinator not yet available when the configured level is above INFO."""
-        if record.name != "aiokafka.consumer.group_coordinator" or not str(record.msg).startswith(
-            "Group Coordinator Request failed"
-        ):
+        if record.name != "aiokafka.consumer.group_coordinator":
             return True
-        error = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        if not isinstance(error, CoordinatorNotAvailableError):
+        message = str(record.msg)
+        if message.startswith("Group Coordinator Request failed"):
+            error = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            if not isinstance(error, CoordinatorNotAvailableError):
+                return True
+        elif not message.startswith("Marking the coordinator dead"):
             return True
         record.levelno, record.levelname = logging.INFO, "INFO"
         return self.level <= logging.INFO

@@ -168,6 +168,24 @@ def test_a_retried_coordinator_lookup_is_info_not_an_error(level: int, shown: bo
     assert record.levelname == "INFO"
 
 
+@pytest.mark.parametrize(("level", "shown"), [(logging.WARNING, False), (logging.INFO, True)])
+def test_marking_the_coordinator_dead_is_info_its_cause_has_its_own_line(
+    level: int, shown: bool
+) -> None:
+    # As aiokafka logs it on a fresh broker's first join (make demo printed it at WARNING).
+    record = logging.LogRecord(
+        "aiokafka.consumer.group_coordinator",
+        logging.WARNING,
+        __file__,
+        1,
+        "Marking the coordinator dead (node %s)for group %s.",
+        (1, "demo"),
+        None,
+    )
+    assert RetriedCoordinatorLookup(level).filter(record) is shown
+    assert record.levelname == "INFO"
+
+
 def test_a_coordinator_failure_aiokafka_gives_up_on_stays_an_error() -> None:
     for error in (GroupAuthorizationFailedError(), NodeNotReadyError()):  # NodeNotReady: an outage
         record = _coordinator_record(error)
