@@ -8,7 +8,7 @@ would otherwise wait ``request_timeout_ms`` for its metadata, logging each attem
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +29,19 @@ log = structlog.get_logger(__name__)
 CREATE_HINT = "create it with `modstream topics`"
 
 
+#: What names a topic (``MODSTREAM_INPUT_TOPIC``, ``--verdicts``) to the topic; pairs when one
+#: option names several (``eval --verdicts a --verdicts b``).
+Wanted = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
 def missing_topics(
-    wanted: Mapping[str, str], existing: Collection[str], *, hint: str = CREATE_HINT
+    wanted: Wanted, existing: Collection[str], *, hint: str = CREATE_HINT
 ) -> ConfigError | None:
     """The error for those of ``wanted`` (what names it, e.g. ``MODSTREAM_INPUT_TOPIC`` or
     ``--verdicts``, to the topic) not in ``existing``; ``None`` when every one exists.
     ``hint`` says what to do, for one topic (``it``; made plural for several)."""
-    missing = [f"{topic} ({name})" for name, topic in wanted.items() if topic not in existing]
+    pairs = wanted.items() if isinstance(wanted, Mapping) else wanted
+    missing = list(dict.fromkeys(f"{t} ({name})" for name, t in pairs if t not in existing))
     if not missing:
         return None
     if len(missing) == 1:
@@ -45,7 +51,7 @@ def missing_topics(
 
 
 async def require_topics(
-    options: dict[str, Any], wanted: Mapping[str, str], *, hint: str = CREATE_HINT
+    options: dict[str, Any], wanted: Wanted, *, hint: str = CREATE_HINT
 ) -> None:
     """Raise :func:`missing_topics`'s error when one of ``wanted`` does not exist."""
     async with admin_client(options) as admin:

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from pydantic import ValidationError
 
+from consumer.kafka.client import start_kafka
 from consumer.kafka.ranges import read_topics
 from consumer.kafka.topics import create_missing
 from consumer.model.verdicts import Decision
@@ -88,8 +89,9 @@ class VerdictCache:
             except ValidationError:
                 continue  # written by an older version: a miss, not a failure
             self._store(record.key.decode(), decision)
-        self._producer = AIOKafkaProducer(**options, acks="all")
-        await self._producer.start()
+        producer = AIOKafkaProducer(**options, acks="all")
+        await start_kafka(producer, options)  # a failed start is stopped there, not by close()
+        self._producer = producer
         self._topic = topic
 
     async def close(self) -> None:

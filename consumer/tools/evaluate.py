@@ -11,7 +11,8 @@ categories (``"violence"``, ``"harmful:violence"``, ``"hate,violence"``) or ``"c
 Categories are compared at their top level (``violence/graphic`` counts as ``violence``).
 The metrics are written out here (they are a few lines each) and tested against scikit-learn.
 Each input counts once (its last verdict; a topic replayed into twice holds two) and each model
-call once (by ``event_id``); a ``--labels`` field no verdict carries is an error.
+call once (by ``event_id``); a ``--labels`` field no verdict carries is an error, and so is a
+``--verdicts`` or ``--baseline`` topic that does not exist (named before anything is read).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from consumer.errors import ConfigError
+from consumer.kafka.client import kafka_options
+from consumer.kafka.topics import require_topics
 from consumer.settings import Settings
-from consumer.tools.report import read_events
+from consumer.tools.report import OPTION_HINT, read_events
 from schemas import UsageEvent, Verdict
 from schemas.events import JsonScalar
 
@@ -304,15 +307,24 @@ async def run_eval(
     out: Path,
     console: Console | None = None,
 ) -> list[RunReport]:
-    """Read each verdict topic (and its usage topic), evaluate, print and write the report."""
+    """Read each verdict topic (and its usage topic), evaluate, print and write the report.
+
+    Every ``--verdicts`` and ``--baseline`` topic must exist (checked first, named in the shared
+    words of :func:`~consumer.kafka.topics.missing_topics`); a usage topic may be missing.
+    """
     if not topics:
         raise ConfigError("give at least one --verdicts topic")
+    named = [("--verdicts", t) for t in topics] + ([("--baseline", baseline)] if baseline else [])
+    await require_topics(kafka_options(settings), named, hint=OPTION_HINT)
     base = await read_events(settings, baseline, Verdict) if baseline else None
     reports, verdicts = [], {}
     for topic in topics:
         found = await read_events(settings, topic, Verdict)
         if not found:
-            raise ConfigError(f"no verdicts in {topic!r} (does the topic exist?)")
+            raise ConfigError(
+                f"no verdicts in {topic} (--verdicts); "
+                f"`modstream replay --to-topic {topic}` writes them"
+            )
         if labels:
             check_label_field(found, labels)
         usage = await read_events(settings, f"{topic}.usage", UsageEvent)

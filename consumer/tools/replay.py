@@ -18,9 +18,10 @@ ledger for cache hits (tiers included), and the :class:`~consumer.pipeline.publi
 (schema headers, Kafka's errors in our terms). This module is the command's composition: the range
 resolved from offsets or times, and every client of a replay (the cache's producer, the model
 client, the consumer, the producer) in one exit stack, so whatever fails to start, the ones started
-before it are closed. The run itself is :mod:`consumer.tools.replayer`, the budget
-:mod:`consumer.tools.budget`, and what a person sees (the progress bar, the summary)
-:mod:`consumer.tools.replay_view`.
+before it are closed. A ``--topic`` that does not exist, or a broker that cannot be reached, is one
+line in the words every command uses (:mod:`consumer.kafka.topics`, :mod:`consumer.kafka.client`).
+The run itself is :mod:`consumer.tools.replayer`, the budget :mod:`consumer.tools.budget`, and
+what a person sees (the progress bar, the summary) :mod:`consumer.tools.replay_view`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from aiokafka.admin import NewTopic
 from openai import AsyncOpenAI
 
 from consumer.errors import ConfigError
-from consumer.kafka.client import kafka_options
-from consumer.kafka.topics import create_missing, topic_partitions
+from consumer.kafka.client import enter_kafka, kafka_options
+from consumer.kafka.topics import create_missing, require_topics, topic_partitions
 from consumer.model.build import model_stages, openai_client
 from consumer.model.chat_client import sender
 from consumer.pipeline.publish import Publisher, Topics
@@ -63,6 +64,9 @@ __all__ = [
 
 #: The exit code of a replay that ``--max-cost`` stopped before the end of its range.
 STOPPED_EARLY_EXIT = 4
+
+#: What to do about a ``--topic`` that does not exist (replay reads it, never creates it).
+REPLAYED_HINT = "check the name (the topic to replay, e.g. the service's input topic)"
 
 
 def parse_offsets(text: str) -> int | dict[int, int]:
@@ -192,9 +196,8 @@ async def run_replay(
     """
     check_destination(settings, request)
     options = kafka_options(settings)
+    await require_topics(options, {"--topic": request.topic}, hint=REPLAYED_HINT)
     partitions = await topic_partitions(options, request.topic)
-    if not partitions:
-        raise ConfigError(f"topic {request.topic!r} does not exist")
     async with AsyncExitStack() as stack:
         cache = await stack.enter_async_context(VerdictCache())
         if request.cache_topic:
@@ -210,12 +213,11 @@ async def run_replay(
         else:
             client = await stack.enter_async_context(openai_client(settings))
             chat = await stack.enter_async_context(sender(settings.chat_client, client))
-        consumer = await stack.enter_async_context(
-            AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
-        )
+        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+        await enter_kafka(stack, consumer, options)
         if not request.dry_run:
             producer = AIOKafkaProducer(**options, acks="all", linger_ms=5)
-            await stack.enter_async_context(producer)
+            await enter_kafka(stack, producer, options)
             # A replay writes no dead letters: it counts them (ReplayResult.dead_letters).
             topics = Topics(request.to_topic, request.usage_topic, dead_letters="")
             publisher = Publisher(producer, topics)

@@ -104,6 +104,10 @@ class Summary:
     read: ReportTopics | None = None
 
 
+#: What to do about a missing topic an option named: most are a replay's outputs.
+OPTION_HINT = "check the name (`modstream replay --to-topic X` writes X and X.usage)"
+
+
 async def read_topic(settings: Settings, topic: str) -> list[bytes]:
     """Every record value of ``topic`` up to its end offsets at call time.
 
@@ -157,11 +161,7 @@ async def _require(settings: Settings, topics: ReportTopics) -> None:
         existing = set(await admin.list_topics())
     named = {s.named_by: s.topic for s in sources}
     by_option = any(s.named_by.startswith("--") for s in sources if s.topic not in existing)
-    hint = (
-        "check the name (`modstream replay --to-topic X` writes X and X.usage)"
-        if by_option
-        else "check the name, or create it with `modstream topics`"
-    )
+    hint = OPTION_HINT if by_option else "check the name, or create it with `modstream topics`"
     if (problem := missing_topics(named, existing, hint=hint)) is not None:
         raise problem
 

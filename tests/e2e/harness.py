@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -98,6 +98,8 @@ class Run:
     base_url: str
     name: str
     partitions: int = 6
+    #: Where its consumers' stdout goes (a file, for a test that reads it); by default nowhere.
+    stdout: IO[bytes] | int = subprocess.DEVNULL
 
     @property
     def env(self) -> dict[str, str]:
@@ -187,13 +189,14 @@ class Run:
 
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         """``modstream consume`` as a real process (so it can be SIGKILLed), JSON logs on a
-        stderr pipe the caller reads (``communicate``, or :class:`Logs`)."""
+        stderr pipe the caller reads (``communicate``, or :class:`Logs`), stdout to
+        :attr:`stdout`."""
         full = {**os.environ, **self.env, "MODSTREAM_LOG_FORMAT": "json", **env}
         return subprocess.Popen(
             [sys.executable, "-m", "consumer", "consume", *args],
             cwd=ROOT,
             env=full,
-            stdout=subprocess.DEVNULL,
+            stdout=self.stdout,
             stderr=subprocess.PIPE,
         )
 

@@ -187,6 +187,46 @@ async def test_report_names_a_missing_topic_given_as_an_option(run: Run) -> None
     assert result.stdout == ""
 
 
+async def test_replay_names_a_missing_topic_as_the_other_commands_do(run: Run) -> None:
+    typo = f"{run.name}.inn"
+    out = f"{run.name}.eval"
+    result = await run_modstream(
+        "replay", "--topic", typo, "--to-topic", out, "--cache-topic", "", **run.env
+    )
+    assert one_error_line(result) == (
+        f"modstream: topic does not exist: {typo} (--topic); "
+        "check the name (the topic to replay, e.g. the service's input topic)"
+    )
+    assert result.stdout == ""
+    assert not {out, f"{out}.usage"} & await topic_names(run.bootstrap), "checked first"
+
+
+async def test_eval_names_a_missing_verdicts_topic_as_report_does(run: Run, tmp_path: Path) -> None:
+    typo = f"{run.name}.tesre"
+    result = await run_modstream("eval", "--verdicts", typo, "--out", str(tmp_path), **run.env)
+    assert one_error_line(result) == (
+        f"modstream: topic does not exist: {typo} (--verdicts); "
+        "check the name (`modstream replay --to-topic X` writes X and X.usage)"
+    )
+    assert result.stdout == ""
+    assert not any(tmp_path.iterdir()), "no report written"
+
+
+async def test_eval_names_each_missing_topic_of_several_options(run: Run, tmp_path: Path) -> None:
+    await run.create_topics()  # {name}.verdicts exists; the other two do not
+    there, typo, base = f"{run.name}.verdicts", f"{run.name}.tesre", f"{run.name}.base"
+    result = await run_modstream(
+        "eval",
+        *("--verdicts", there, "--verdicts", typo, "--baseline", base),
+        *("--out", str(tmp_path)),
+        **run.env,
+    )
+    assert one_error_line(result) == (
+        f"modstream: topics do not exist: {typo} (--verdicts), {base} (--baseline); "
+        "check the name (`modstream replay --to-topic X` writes X and X.usage)"
+    )
+
+
 # ---- what the broker answered ---------------------------------------------------------------
 
 

@@ -274,6 +274,7 @@ def offline_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StartStop]]:
         yield  # an async generator that yields nothing
 
     StartStop.made = []
+    monkeypatch.setattr(consumer.tools.replay, "require_topics", nothing)
     monkeypatch.setattr(consumer.tools.replay, "topic_partitions", partitions)
     monkeypatch.setattr(consumer.tools.cache, "create_missing", nothing)
     monkeypatch.setattr(consumer.tools.cache, "read_topics", empty)
