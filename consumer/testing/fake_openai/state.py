@@ -127,6 +127,12 @@ class FakeState(Knobs):
             body: Any = loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
+        self.check(request, body)
+        return body
+
+    def check(self, request: web.Request, body: Any) -> None:
+        """Log and count a request whose body was read (``body`` is what the log keeps);
+        check the key and the outage switch."""
         self.stats.request(request.method, request.path, request.headers, body)
         config = self.config
         if config.api_key is not None:
@@ -137,7 +143,6 @@ class FakeState(Knobs):
             raise Fail.unavailable("The server is overloaded or not ready yet.")
         if request.method == "POST" and not isinstance(body, dict):
             raise Fail.bad_request("The request body must be a JSON object.")
-        return body
 
     async def fault(self, request: web.Request, outcome: Outcome) -> None:
         """Wait the latency, then act on transport-level faults (errors, hang, drop).
@@ -149,21 +154,28 @@ class FakeState(Knobs):
         if outcome not in ERRORS:
             self.stats.outcome(outcome)
         if outcome is Outcome.RATE_LIMITED:  # a real 429 comes back at once
-            headers = self.dice.retry_after(config.retry_after_s, config.retry_after_mode)
-            raise Fail.rate_limited(
-                "Rate limit reached (injected by the fake).", "requests", headers
-            )
+            raise self.error(outcome)
         delay = self.dice.latency(config)
         if delay > 0:
             await asyncio.sleep(delay)
-        if outcome is Outcome.SERVER_ERROR:
-            raise Fail.server_error()
-        if outcome is Outcome.UNAVAILABLE:
-            raise Fail.unavailable("The engine is currently overloaded, please try again later.")
+        if outcome in ERRORS:
+            raise self.error(outcome)
         if outcome is Outcome.HANG:
             await asyncio.sleep(config.hang_s)
         if outcome is Outcome.DROP and request.transport is not None:
             request.transport.close()  # no status line, no headers: the client sees EOF
+
+    def error(self, outcome: Outcome) -> Fail:
+        """The error an outcome in :data:`ERRORS` is answered with (over HTTP or in a batch)."""
+        if outcome is Outcome.RATE_LIMITED:
+            config = self.config
+            headers = self.dice.retry_after(config.retry_after_s, config.retry_after_mode)
+            return Fail.rate_limited(
+                "Rate limit reached (injected by the fake).", "requests", headers
+            )
+        if outcome is Outcome.SERVER_ERROR:
+            return Fail.server_error()
+        return Fail.unavailable("The engine is currently overloaded, please try again later.")
 
     def failed(self, fail: Fail, headers: dict[str, str] | None = None) -> web.Response:
         """Count and send an error."""
