@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consumer.testing.fake_openai import admin_routes, reasoning
+from consumer.testing.fake_openai import admin_routes, batch_routes, reasoning
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import MALFORMED_KINDS, REPLY_FAULTS, Fail, Outcome
 from consumer.testing.fake_openai.instances import SchemaError
@@ -265,6 +265,7 @@ def build_app(config: FakeConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", endpoints.chat)
     app.router.add_post("/v1/moderations", endpoints.moderations)
     app.router.add_get("/v1/models", endpoints.models)
+    batch_routes.add(app, state, endpoints.answer)
     admin_routes.add(app, state)
     app.router.add_route("*", "/v1/{tail:.*}", endpoints.not_found)
     return app

@@ -144,6 +144,11 @@ class FakeConfig(BaseSettings):
     """Event loop of ``modstream fake-openai``: auto is uvloop in benchmark mode when it is
     installed, else asyncio."""
 
+    batch_delay_s: NonNegative = 1.0
+    """How long a batch takes: ``validating`` for the first half, ``in_progress`` for the
+    second, then ``completed`` (or ``failed`` after the first half); read whenever a batch is
+    read, so shortening it finishes waiting batches."""
+
     cache_min_tokens: Annotated[int, Field(ge=0)] = 1024
     """Smallest repeated first-message prefix that counts as cached, in tokens."""
     request_log_size: Annotated[int, Field(gt=0)] = 1000

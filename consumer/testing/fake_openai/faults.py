@@ -33,6 +33,7 @@ class Outcome(StrEnum):
     UNAUTHORIZED = "401"
     BAD_REQUEST = "400"
     NOT_FOUND = "404"
+    CONFLICT = "409"
     # One malformed kind each; the values are the kinds ``reply.malformed`` makes.
     INVALID_JSON = "invalid_json"
     SCHEMA_VIOLATION = "schema_violation"

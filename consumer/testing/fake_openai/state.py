@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.testing.fake_openai.batches import BatchStore
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import Dice, Fail, Outcome
+from consumer.testing.fake_openai.files import FileStore
 from consumer.testing.fake_openai.ratelimit import RateLimiter
 from consumer.testing.fake_openai.stats import Stats
 from consumer.testing.fake_openai.usage import PrefixCache
@@ -102,12 +104,15 @@ class Knobs:
 
 
 class FakeState(Knobs):
-    """Everything the aiohttp app remembers: the knobs, the counters and the prefix cache."""
+    """Everything the aiohttp app remembers: the knobs, the counters, the prefix cache, and
+    the files and batches of the Batch API."""
 
     def __init__(self, config: FakeConfig) -> None:
         super().__init__(config)
         self.stats = Stats(config.request_log_size)
         self.prefix = PrefixCache()
+        self.files = FileStore()
+        self.batches = BatchStore(self.files)
 
     def reconfigure(self, config: FakeConfig) -> None:
         """Switch to new knobs, rebuilding only what they change."""
@@ -115,10 +120,15 @@ class FakeState(Knobs):
         self.stats.resize(config.request_log_size)
 
     def reset(self) -> None:
-        """Zero stats and the log, forget cached prefixes, refill buckets, re-seed the dice."""
+        """Zero stats and the log, forget cached prefixes, files and batches, refill buckets,
+        re-seed the dice."""
         super().reset()
         self.stats.reset()
         self.prefix.clear()
+        # A reset server is a fresh one: batches left by one test must not show in the next
+        # one's list, and the counters they would explain are zeroed anyway.
+        self.files.clear()
+        self.batches.clear()
 
     async def enter(self, request: web.Request) -> Any:
         """Read, log and count the request; check the key and the outage switch."""
