@@ -164,7 +164,8 @@ class BatchRoutes:
     async def cancel(self, request: web.Request) -> web.Response:
         """``POST /v1/batches/{batch_id}/cancel``."""
         state = self.state
-        await state.enter(request)
+        await request.read()  # the SDK sends no body
+        state.check(request, None)
         batch = self._batch(request)
         if not state.batches.cancel(batch, state.config.batch_delay_s):
             message = f"Cannot cancel a batch with status '{batch.status}'."

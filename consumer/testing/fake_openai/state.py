@@ -131,13 +131,16 @@ class FakeState(Knobs):
         self.batches.clear()
 
     async def enter(self, request: web.Request) -> Any:
-        """Read, log and count the request; check the key and the outage switch."""
+        """Read, log and count the request; check the key, the outage switch, and that a POST
+        body is a JSON object."""
         raw = await request.read()
         try:
             body: Any = loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
         self.check(request, body)
+        if request.method == "POST" and not isinstance(body, dict):
+            raise Fail.bad_request("The request body must be a JSON object.")
         return body
 
     def check(self, request: web.Request, body: Any) -> None:
@@ -151,8 +154,6 @@ class FakeState(Knobs):
                 raise Fail.unauthorized()
         if config.outage:
             raise Fail.unavailable("The server is overloaded or not ready yet.")
-        if request.method == "POST" and not isinstance(body, dict):
-            raise Fail.bad_request("The request body must be a JSON object.")
 
     async def fault(self, request: web.Request, outcome: Outcome) -> None:
         """Wait the latency, then act on transport-level faults (errors, hang, drop).
