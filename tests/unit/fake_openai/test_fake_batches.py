@@ -140,10 +140,10 @@ def store_with(content: bytes) -> tuple[BatchStore, Clock, str]:
 def test_a_batch_is_revealed_by_the_clock() -> None:
     store, clock, batch_id = store_with(jsonl([line("a"), line("b")]))
     seen = []
+    batch = store.batches[batch_id]
     for step in (0.0, 4.0, 2.0, 5.0):
         clock.now += step
-        batch = store.get(batch_id, 10.0)
-        assert batch is not None
+        assert store.get(batch_id, 10.0) is batch
         seen.append((batch.status, batch.counts))
     assert seen == [
         ("validating", (0, 0, 0)),
