@@ -4,7 +4,9 @@ Per API request: log and count it, check the key and the outage switch, the mode
 for one the fake does not serve), an unsupported parameter, a reasoning model's parameter rules
 and a rejected ``json_schema`` (:mod:`.rules`, shared with benchmark mode), the poison marker, roll
 the fault dice, admit it against the rate limits, wait the configured latency, then answer (or
-hang, or drop the connection).
+hang, or drop the connection). A batch line (:meth:`Endpoints.answer`, for :mod:`.batches`) takes
+the same checks, dice and reply, without the connection's steps (rate limits, latency, hang,
+drop).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from consumer.testing.fake_openai.reply import new_id
 #: What answers one line: (url, body) -> (status, body).
 Answer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 
-#: The statuses a batch reaches with time, in order; ``failed`` ranks with ``in_progress`` (the
-#: step after validation) so that a failed batch never moves on.
+#: The statuses a valid batch reaches with time, in order (an invalid one goes from
+#: ``validating`` to ``failed``, which is terminal).
 PROGRESS = ("validating", "in_progress", "completed")
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 
