@@ -1,7 +1,8 @@
 """The fake OpenAI server over real HTTP, driven by the official openai SDK.
 
-One in-process fake serves the module; each test resets it and sets its own knobs through
-``PATCH /_fake/config`` (the way tests start and end an outage). The last tests run the real
+One in-process fake serves the module (the ``fake_url``, ``admin`` and ``client`` fixtures of
+``conftest.py``); each test resets it and sets its own knobs through ``PATCH /_fake/config``
+(the way tests start and end an outage). The last tests run the real
 ``modstream fake-openai`` command through ``tests/fake_server.py``.
 """
 
@@ -12,18 +13,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
-import pytest_asyncio
 from openai import AsyncOpenAI
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from consumer.model.tokens import count_tokens
-from consumer.testing.fake_openai import FakeAdmin, FakeConfig, running_fake
+from consumer.testing.fake_openai import FakeAdmin
 from consumer.testing.fake_openai.reply import malformed
 from tests.fake_server import fake_openai_server, free_port, health_answers, wait_until_ready
 
@@ -69,28 +68,6 @@ REPLY_FORMAT: Any = {
 def messages(content: str, system: str = SYSTEM) -> list[Any]:
     user = f"Judge the content in the block below.\n<content>\n{content}\n</content>"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake_url() -> AsyncIterator[str]:
-    async with running_fake(FakeConfig(seed=11)) as url:
-        yield url
-
-
-@pytest_asyncio.fixture
-async def admin(fake_url: str) -> AsyncIterator[FakeAdmin]:
-    async with FakeAdmin(fake_url) as admin:
-        defaults = FakeConfig(seed=11).model_dump()
-        await admin.patch(**defaults)  # every test starts from a clean, well-behaved server
-        await admin.reset()
-        yield admin
-
-
-@pytest_asyncio.fixture
-async def client(fake_url: str, admin: FakeAdmin) -> AsyncIterator[AsyncOpenAI]:
-    sdk = AsyncOpenAI(base_url=fake_url, api_key="test", max_retries=0, timeout=10)
-    yield sdk
-    await sdk.close()
 
 
 async def test_parse_returns_a_parsed_verdict_with_real_usage(client: AsyncOpenAI) -> None:

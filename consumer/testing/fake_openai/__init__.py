@@ -4,9 +4,11 @@
 strict ``json_schema`` replies, or an instance of a schema the system prompt states),
 ``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
 (:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
-faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
-nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
-answers the same API at a fraction of the CPU, without faults or a request log.
+faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``), and the Files and Batches API
+(``/v1/files``, ``/v1/batches``) answering each batch line as those endpoints answer it. Tests,
+the demo and the benchmarks use it; nothing here reaches OpenAI. Benchmark mode
+(``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`) answers the same API but batches at a fraction
+of the CPU, without faults or a request log.
 
 Modules, in the order a request meets them::
 
@@ -23,6 +25,11 @@ Modules, in the order a request meets them::
     values         its leaf values: numbers, booleans, strings, enums
     heuristic      keyword scores per moderation category (deterministic per content)
     stats          counters and the request log behind /_fake/stats and /_fake/requests
+    batch_routes   the /v1/files and /v1/batches routes
+    files          the Files API's store: uploads and the files batches write
+    batch_input    a batch input file read and validated (OpenAI's line errors)
+    batches        the Batches API's store and status clock (batch_delay_s)
+    batch_output   a finished batch's output and error lines, shuffled, and its usage
     admin_routes   the /_fake/* routes
     admin          FakeAdmin, the test-side client of /_fake/*
     bench          benchmark mode's routes: answers from a plan, estimated usage, counters

@@ -40,12 +40,22 @@ class FakeAdmin:
             return data
 
     async def stats(self) -> dict[str, Any]:
-        """``{"total", "by_path", "by_outcome", "tokens": {"prompt", "completion", "cached"}}``."""
+        """``{"total", "by_path", "by_outcome", "tokens": {"prompt", "completion", "cached"},
+        "files_uploaded", "batches_created"}``."""
         data: dict[str, Any] = await self._call("GET", "/_fake/stats")
         return data
 
+    async def files_uploaded(self) -> int:
+        """How many files ``POST /v1/files`` stored since the start or the last reset."""
+        return int((await self.stats()).get("files_uploaded", 0))  # benchmark mode: none
+
+    async def batches_created(self) -> int:
+        """How many batches ``POST /v1/batches`` created since the start or the last reset
+        (one with an invalid input file counts: it was created, then failed)."""
+        return int((await self.stats()).get("batches_created", 0))
+
     async def reset(self) -> None:
-        """Zero stats and the request log (see ``/_fake/reset``)."""
+        """Zero stats and the request log, forget files and batches (see ``/_fake/reset``)."""
         await self._call("POST", "/_fake/reset")
 
     async def requests(self, limit: int = 1000) -> list[dict[str, Any]]:

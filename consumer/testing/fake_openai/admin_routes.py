@@ -4,9 +4,11 @@ paths from the same knobs (:class:`~consumer.testing.fake_openai.state.Knobs`), 
 request log (:mod:`.lean_http`).
 
 GET   /_fake/health             {"status": "ok"}: readiness probe, never counted
-GET   /_fake/stats              counts: total, by_path, by_outcome, tokens
-POST  /_fake/reset              zero stats and the request log, forget cached prefixes,
-                                refill the rate-limit buckets, re-seed the fault dice
+GET   /_fake/stats              counts: total, by_path, by_outcome, tokens, files_uploaded,
+                                batches_created
+POST  /_fake/reset              zero stats and the request log, forget cached prefixes and
+                                every file and batch, refill the rate-limit buckets, re-seed
+                                the fault dice
 GET   /_fake/requests?limit=N   {"requests": [...]}: the last N logged requests (oldest first)
 GET   /_fake/config             the current knobs (api_key masked)
 PATCH /_fake/config             JSON object of knobs to change; returns the new knobs

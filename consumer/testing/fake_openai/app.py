@@ -4,17 +4,20 @@ Per API request: log and count it, check the key and the outage switch, the mode
 for one the fake does not serve), an unsupported parameter, a reasoning model's parameter rules
 and a rejected ``json_schema`` (:mod:`.rules`, shared with benchmark mode), the poison marker, roll
 the fault dice, admit it against the rate limits, wait the configured latency, then answer (or
-hang, or drop the connection).
+hang, or drop the connection). A batch line (:meth:`Endpoints.answer`, for :mod:`.batches`) takes
+the same checks, dice and reply, without the connection's steps (rate limits, latency, hang,
+drop).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from consumer.testing.fake_openai import admin_routes, reasoning
+from consumer.testing.fake_openai import admin_routes, batch_routes, reasoning
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import MALFORMED_KINDS, REPLY_FAULTS, Fail, Outcome
 from consumer.testing.fake_openai.instances import SchemaError
@@ -40,6 +43,22 @@ from consumer.testing.fake_openai.usage import cut_to_tokens, prompt_tokens, tok
 STATE: web.AppKey[FakeState] = web.AppKey("fake_state")
 
 
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat request that passed its checks: what its reply is made from."""
+
+    messages: list[Any]
+    model: str
+    effort: str | None
+    value: Any
+    prompt: int
+    """Prompt tokens."""
+    first: int
+    """Tokens of the first message (the cacheable prefix)."""
+    allowance: int
+    """max_completion_tokens, max_tokens or the default."""
+
+
 class Endpoints:
     """The ``/v1`` handlers over one :class:`FakeState`."""
 
@@ -55,12 +74,32 @@ class Endpoints:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         state = self.state
-        body = await state.enter(request)
+        call = self.prepare_chat(await state.enter(request))
+        outcome = state.dice.roll(state.config)
+        if outcome in ERRORS:
+            await state.fault(request, outcome)
+        state.admit(call.prompt + call.allowance)
+        unused = call.allowance
+        try:  # the finally refunds the allowance when no reply is sent (drop, client gone)
+            await state.fault(request, outcome)
+            if outcome is Outcome.DROP:
+                return web.Response()
+            data, used = self.chat_reply(call, outcome)
+            # Refund before the headers are written, so they show the bucket after this call.
+            state.limiter.refund(call.allowance - used)
+            unused = 0
+            headers = state.limiter.headers() | {"x-request-id": new_id("req")}
+            return json_response(data, headers=headers)
+        finally:
+            state.limiter.refund(unused)
+
+    def prepare_chat(self, body: Any) -> ChatCall:
+        """Check a chat request body (the 4xx it earns, the poison marker) and work out its
+        reply's value and prompt tokens; raises :class:`Fail`. Draws no dice."""
         messages, model = body.get("messages"), body.get("model")
         if not isinstance(messages, list) or not messages or not isinstance(model, str):
             raise Fail.bad_request("'model' and non-empty 'messages' are required.")
-        config = state.config
-        effort = check_chat(body, model, config)
+        effort = check_chat(body, model, self.state.config)
         response_format = body.get("response_format")
         self.check_poison(messages)
         context = context_for(last_user_text(messages))
@@ -68,38 +107,31 @@ class Endpoints:
             value = content_value(response_format, context, prompt_schema(messages))
         except SchemaError as exc:
             raise Fail.bad_request(f"Invalid response_format: {exc}", "invalid_schema") from exc
-        outcome = state.dice.roll(state.config)
-        if outcome in ERRORS:
-            await state.fault(request, outcome)
         prompt, first = prompt_tokens(messages, model)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        allowance = int(limit or DEFAULT_MAX_TOKENS)
-        state.admit(prompt + allowance)
-        unused = allowance
-        try:  # the finally refunds the allowance when no reply is sent (drop, client gone)
-            await state.fault(request, outcome)
-            if outcome is Outcome.DROP:
-                return web.Response()
-            cached = state.prefix.cached_tokens(
-                model, messages[0], first, state.config.cache_min_tokens
-            )
-            thought = 0 if effort is None else reasoning.spent(effort, prompt - first)
-            data, used = self.reply(
-                value,
-                model=model,
-                outcome=outcome,
-                usage=(prompt, cached),
-                allowance=allowance,
-                reasoning_tokens=thought,
-            )
-            state.stats.tokens(prompt, used, cached)
-            # Refund before the headers are written, so they show the bucket after this call.
-            state.limiter.refund(allowance - used)
-            unused = 0
-            headers = state.limiter.headers() | {"x-request-id": new_id("req")}
-            return json_response(data, headers=headers)
-        finally:
-            state.limiter.refund(unused)
+        return ChatCall(
+            messages, model, effort, value, prompt, first, int(limit or DEFAULT_MAX_TOKENS)
+        )
+
+    def chat_reply(self, call: ChatCall, outcome: Outcome) -> tuple[dict[str, Any], int]:
+        """The completion body for a prepared call with the drawn ``outcome``, and its
+        completion tokens; counts the tokens served."""
+        state = self.state
+        cached = state.prefix.cached_tokens(
+            call.model, call.messages[0], call.first, state.config.cache_min_tokens
+        )
+        effort = call.effort
+        thought = 0 if effort is None else reasoning.spent(effort, call.prompt - call.first)
+        data, used = self.reply(
+            call.value,
+            model=call.model,
+            outcome=outcome,
+            usage=(call.prompt, cached),
+            allowance=call.allowance,
+            reasoning_tokens=thought,
+        )
+        state.stats.tokens(call.prompt, used, cached)
+        return data, used
 
     def reply(
         self,
@@ -161,22 +193,47 @@ class Endpoints:
         """``POST /v1/moderations``: transport faults apply, reply faults do not."""
         state = self.state
         try:
-            body = await state.enter(request)
-            try:
-                texts = moderation_inputs(body.get("input"))
-            except SchemaError as exc:
-                raise Fail.bad_request(str(exc)) from exc
-            check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL), state.config)
-            self.check_poison(texts)
+            model, texts = self.prepare_moderation(await state.enter(request))
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome
             await state.fault(request, outcome)
             if outcome is Outcome.DROP:
                 return web.Response()
-            model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
             return json_response(moderation_body(model, texts))
         except Fail as fail:
             return state.failed(fail)
+
+    def prepare_moderation(self, body: Any) -> tuple[str, list[str]]:
+        """The model and input texts of a moderation request body; raises :class:`Fail`."""
+        try:
+            texts = moderation_inputs(body.get("input"))
+        except SchemaError as exc:
+            raise Fail.bad_request(str(exc)) from exc
+        model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
+        check_model(model, self.state.config)
+        self.check_poison(texts)
+        return model, texts
+
+    def answer(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A batch line's (status, body): the request answered by the handler's own steps,
+        without what belongs to a connection (latency, rate limits, hang, drop) and without
+        being logged or counted as a request. An injected 429/500/503 is the line's status."""
+        state = self.state
+        try:
+            if url == "/v1/moderations":
+                model, texts = self.prepare_moderation(body)
+                outcome = state.dice.roll(state.config)
+                if outcome in ERRORS:
+                    raise state.error(outcome)
+                return 200, moderation_body(model, texts)
+            call = self.prepare_chat(body)
+            outcome = state.dice.roll(state.config)
+            if outcome in ERRORS:
+                raise state.error(outcome)
+            data, _ = self.chat_reply(call, outcome)
+            return 200, data
+        except Fail as fail:
+            return fail.status, fail.document()
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/models``: a short fixed list (auth and outage apply, random faults not)."""
@@ -210,6 +267,7 @@ def build_app(config: FakeConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", endpoints.chat)
     app.router.add_post("/v1/moderations", endpoints.moderations)
     app.router.add_get("/v1/models", endpoints.models)
+    batch_routes.add(app, state, endpoints.answer)
     admin_routes.add(app, state)
     app.router.add_route("*", "/v1/{tail:.*}", endpoints.not_found)
     return app

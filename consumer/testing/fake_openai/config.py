@@ -139,10 +139,16 @@ class FakeConfig(BaseSettings):
     cached per-shape reply plans of :mod:`.bench`, under 100 us of CPU per chat request.
     Replies still fit the requested schema; usage is estimated (see bench.py); latency, rate
     limits, the API key, the outage switch and the model/parameter rules are honoured; random
-    faults and the poison marker are refused (:data:`BENCHMARK_REFUSED`); no request log."""
+    faults and the poison marker are refused (:data:`BENCHMARK_REFUSED`); no request log, and
+    no Files or Batches API (``/v1/files`` and ``/v1/batches`` get 404)."""
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """Event loop of ``modstream fake-openai``: auto is uvloop in benchmark mode when it is
     installed, else asyncio."""
+
+    batch_delay_s: NonNegative = 1.0
+    """How long a batch takes: ``validating`` for the first half, ``in_progress`` for the
+    second, then ``completed`` (or ``failed`` after the first half); read whenever a batch is
+    read, so shortening it finishes waiting batches."""
 
     cache_min_tokens: Annotated[int, Field(ge=0)] = 1024
     """Smallest repeated first-message prefix that counts as cached, in tokens."""

@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 from enum import StrEnum
+from typing import Any
 
 from consumer.testing.fake_openai.config import FAULT_KNOBS, FakeConfig
 
@@ -32,6 +33,7 @@ class Outcome(StrEnum):
     UNAUTHORIZED = "401"
     BAD_REQUEST = "400"
     NOT_FOUND = "404"
+    CONFLICT = "409"
     # One malformed kind each; the values are the kinds ``reply.malformed`` makes.
     INVALID_JSON = "invalid_json"
     SCHEMA_VIOLATION = "schema_violation"
@@ -79,10 +81,16 @@ REPLY_FAULTS = frozenset(
 )
 
 
+def error_document(
+    message: str, kind: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
-    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return json.dumps({"error": error}).encode()
+    """:func:`error_document` as JSON bytes."""
+    return json.dumps(error_document(message, kind, code, param)).encode()
 
 
 class Fail(Exception):  # a control-flow signal: "stop here and send this error"
@@ -106,6 +114,10 @@ class Fail(Exception):  # a control-flow signal: "stop here and send this error"
     def body(self) -> bytes:
         """The error JSON."""
         return error_body(str(self), self.kind, self.code, self.param)
+
+    def document(self) -> dict[str, Any]:
+        """The error object (a batch line's response body)."""
+        return error_document(str(self), self.kind, self.code, self.param)
 
     @classmethod
     def bad_request(cls, message: str, code: str | None = None) -> Fail:

@@ -5,8 +5,9 @@ and writes the responses): keep-alive, pipelined requests answered in order, req
 over any number of reads, ``Expect: 100-continue``; a request it cannot read is answered with
 the error and the connection closed. Routes (:func:`route`): ``POST /v1/chat/completions``,
 ``POST /v1/moderations``, ``GET /v1/models``, the ``/_fake/*`` admin routes (as
-:mod:`.admin_routes` serves them, but for the request log); any other path is a 404, a known
-path with another method a 405.
+:mod:`.admin_routes` serves them, but for the request log and the batch counters); any other
+path is a 404, a known path with another method a 405. It serves no Files or Batches API: a
+batch's cost is not what benchmarks measure, so ``/v1/files`` and ``/v1/batches`` are 404s.
 
 No task per request: an answer is computed in ``data_received`` and written at once, or after
 its latency by a ``call_later`` timer; answers on one connection are written in request order.

@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.testing.fake_openai.batches import BatchStore
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import Dice, Fail, Outcome
+from consumer.testing.fake_openai.files import FileStore
 from consumer.testing.fake_openai.ratelimit import RateLimiter
 from consumer.testing.fake_openai.stats import Stats
 from consumer.testing.fake_openai.usage import PrefixCache
@@ -102,12 +104,15 @@ class Knobs:
 
 
 class FakeState(Knobs):
-    """Everything the aiohttp app remembers: the knobs, the counters and the prefix cache."""
+    """Everything the aiohttp app remembers: the knobs, the counters, the prefix cache, and
+    the files and batches of the Batch API."""
 
     def __init__(self, config: FakeConfig) -> None:
         super().__init__(config)
         self.stats = Stats(config.request_log_size)
         self.prefix = PrefixCache()
+        self.files = FileStore()
+        self.batches = BatchStore(self.files)
 
     def reconfigure(self, config: FakeConfig) -> None:
         """Switch to new knobs, rebuilding only what they change."""
@@ -115,18 +120,32 @@ class FakeState(Knobs):
         self.stats.resize(config.request_log_size)
 
     def reset(self) -> None:
-        """Zero stats and the log, forget cached prefixes, refill buckets, re-seed the dice."""
+        """Zero stats and the log, forget cached prefixes, files and batches, refill buckets,
+        re-seed the dice."""
         super().reset()
         self.stats.reset()
         self.prefix.clear()
+        # A reset server is a fresh one: batches left by one test must not show in the next
+        # one's list, and the counters they would explain are zeroed anyway.
+        self.files.clear()
+        self.batches.clear()
 
     async def enter(self, request: web.Request) -> Any:
-        """Read, log and count the request; check the key and the outage switch."""
+        """Read, log and count the request; check the key, the outage switch, and that a POST
+        body is a JSON object."""
         raw = await request.read()
         try:
             body: Any = loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
+        self.check(request, body)
+        if request.method == "POST" and not isinstance(body, dict):
+            raise Fail.bad_request("The request body must be a JSON object.")
+        return body
+
+    def check(self, request: web.Request, body: Any) -> None:
+        """Log and count a request whose body was read (``body`` is what the log keeps);
+        check the key and the outage switch."""
         self.stats.request(request.method, request.path, request.headers, body)
         config = self.config
         if config.api_key is not None:
@@ -135,9 +154,6 @@ class FakeState(Knobs):
                 raise Fail.unauthorized()
         if config.outage:
             raise Fail.unavailable("The server is overloaded or not ready yet.")
-        if request.method == "POST" and not isinstance(body, dict):
-            raise Fail.bad_request("The request body must be a JSON object.")
-        return body
 
     async def fault(self, request: web.Request, outcome: Outcome) -> None:
         """Wait the latency, then act on transport-level faults (errors, hang, drop).
@@ -149,21 +165,28 @@ class FakeState(Knobs):
         if outcome not in ERRORS:
             self.stats.outcome(outcome)
         if outcome is Outcome.RATE_LIMITED:  # a real 429 comes back at once
-            headers = self.dice.retry_after(config.retry_after_s, config.retry_after_mode)
-            raise Fail.rate_limited(
-                "Rate limit reached (injected by the fake).", "requests", headers
-            )
+            raise self.error(outcome)
         delay = self.dice.latency(config)
         if delay > 0:
             await asyncio.sleep(delay)
-        if outcome is Outcome.SERVER_ERROR:
-            raise Fail.server_error()
-        if outcome is Outcome.UNAVAILABLE:
-            raise Fail.unavailable("The engine is currently overloaded, please try again later.")
+        if outcome in ERRORS:
+            raise self.error(outcome)
         if outcome is Outcome.HANG:
             await asyncio.sleep(config.hang_s)
         if outcome is Outcome.DROP and request.transport is not None:
             request.transport.close()  # no status line, no headers: the client sees EOF
+
+    def error(self, outcome: Outcome) -> Fail:
+        """The error an outcome in :data:`ERRORS` is answered with (over HTTP or in a batch)."""
+        if outcome is Outcome.RATE_LIMITED:
+            config = self.config
+            headers = self.dice.retry_after(config.retry_after_s, config.retry_after_mode)
+            return Fail.rate_limited(
+                "Rate limit reached (injected by the fake).", "requests", headers
+            )
+        if outcome is Outcome.SERVER_ERROR:
+            return Fail.server_error()
+        return Fail.unavailable("The engine is currently overloaded, please try again later.")
 
     def failed(self, fail: Fail, headers: dict[str, str] | None = None) -> web.Response:
         """Count and send an error."""

@@ -37,6 +37,14 @@ class Stats:
         """Count what the request got."""
         self.by_outcome[outcome.value] += 1
 
+    def file_uploaded(self) -> None:
+        """Count a ``POST /v1/files`` that stored a file."""
+        self.files_uploaded += 1
+
+    def batch_created(self) -> None:
+        """Count a ``POST /v1/batches`` that created a batch (valid input or not)."""
+        self.batches_created += 1
+
     def tokens(self, prompt: int, completion: int, cached: int) -> None:
         """Add the usage of a reply that was sent."""
         self.prompt_tokens += prompt
@@ -54,6 +62,8 @@ class Stats:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.files_uploaded = 0
+        self.batches_created = 0
         self.by_path.clear()
         self.by_outcome.clear()
         self.log.clear()
@@ -69,6 +79,8 @@ class Stats:
                 "completion": self.completion_tokens,
                 "cached": self.cached_tokens,
             },
+            "files_uploaded": self.files_uploaded,
+            "batches_created": self.batches_created,
         }
 
     def recent(self, limit: int) -> list[dict[str, Any]]:

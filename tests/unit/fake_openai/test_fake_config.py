@@ -26,6 +26,7 @@ def test_defaults_are_a_well_behaved_server() -> None:
     assert config.hang_s == 600
     assert config.cache_min_tokens == 1024
     assert config.request_log_size == 1000
+    assert config.batch_delay_s == 1.0
 
 
 def test_env_sets_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,10 +34,12 @@ def test_env_sets_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODSTREAM_FAKE_RETRY_AFTER_MODE", "mixed")
     monkeypatch.setenv("MODSTREAM_FAKE_OUTAGE", "true")
     monkeypatch.setenv("MODSTREAM_FAKE_TPM", "50000")
+    monkeypatch.setenv("MODSTREAM_FAKE_BATCH_DELAY_S", "0.05")
     config = FakeConfig.from_env()
     assert (config.p_429, config.retry_after_mode, config.outage, config.tpm) == (
         0.25, "mixed", True, 50000,
     )  # fmt: skip
+    assert config.batch_delay_s == 0.05
 
 
 @pytest.mark.parametrize(
@@ -47,6 +50,7 @@ def test_env_sets_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MODSTREAM_FAKE_LATENCY_DIST", "gaussian"),
         ("MODSTREAM_FAKE_RPM", "0"),
         ("MODSTREAM_FAKE_LATENCY_MS", "-1"),
+        ("MODSTREAM_FAKE_BATCH_DELAY_S", "-0.5"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(
