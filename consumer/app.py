@@ -38,6 +38,7 @@ from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
 from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings
+from consumer.shadow.build import candidate_stages, shadow_stage
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,7 @@ async def serve(
         chat = await stack.enter_async_context(sender(settings.chat_client, client))
         # Before Kafka: a bad policy, prompt or prices file is told without a broker running.
         classifier, admitter = model_stages(settings, client, metrics, chat)
+        candidate = candidate_stages(settings, client, chat) if settings.shadow_share else None
         metrics.describe(
             version=__version__, model=settings.model, policy_version=classifier.policy.version
         )
@@ -82,6 +84,18 @@ async def serve(
             # Entered before the consumer: a revoke that closing the consumer runs still commits.
             transactional = await _enter_producer(
                 stack, settings, kafka, transactional_id=settings.effective_transactional_id
+            )
+        shadow = None
+        if candidate is not None:
+            # Entered after the producer it publishes on: left (drained) before it closes.
+            shadow = await stack.enter_async_context(
+                shadow_stage(
+                    settings,
+                    candidate,
+                    producer,
+                    production=classifier.limiter,
+                    metrics=metrics,
+                )
             )
         consumer = AIOKafkaConsumer(
             **kafka,
@@ -115,6 +129,7 @@ async def serve(
             policy_version=classifier.policy.version,
             # Room for the record's framing and our headers, which the size check counts too.
             dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
+            shadow=shadow,
         )
         pipeline = Pipeline(
             settings,
@@ -143,6 +158,9 @@ async def serve(
             max_in_flight=settings.max_in_flight,
             batch_size=settings.batch_size,
             first_tier=classifier.policy.first_tier is not None,
+            shadow=None
+            if candidate is None
+            else f"{settings.shadow_share:.0%} to {candidate[0].model}",
         )
         # What start-up built (clients, tokenizer tables, schemas) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it.

@@ -115,6 +115,11 @@ class Verdict(_Output):
         "scores (the first tier alone when it decided). Empty without tiering: the chat model "
         "alone gave the category scores.",
     )
+    shadow_of: str | None = Field(
+        default=None,
+        description="Set on a shadow verdict (a candidate model, prompt or policy tried on live "
+        "traffic): the event_id of the production verdict for the same input.",
+    )
 
 
 class UsageOutcome(StrEnum):

@@ -116,8 +116,11 @@ async def create_missing(options: dict[str, Any], topics: list[NewTopic]) -> lis
 async def ensure_topics(
     settings: Settings, *, partitions: int = 6, replication_factor: int = 1
 ) -> Creation:
-    """Create the input, verdict, usage and dead-letter topics that are missing."""
+    """Create the input, verdict, usage and dead-letter topics that are missing (and the
+    shadow topics, when shadow is on)."""
     names = [settings.input_topic, settings.verdict_topic, settings.usage_topic, settings.dlq_topic]
+    if settings.shadow_share:
+        names += [settings.effective_shadow_topic, f"{settings.effective_shadow_topic}.usage"]
     topics = [NewTopic(name, partitions, replication_factor) for name in names]
     return await create_topics(kafka_options(settings), topics)
 
@@ -150,6 +153,10 @@ async def check_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
         "MODSTREAM_USAGE_TOPIC": settings.usage_topic,
         "MODSTREAM_DLQ_TOPIC": settings.dlq_topic,
     }
+    if settings.shadow_share:
+        shadow = settings.effective_shadow_topic
+        wanted["MODSTREAM_SHADOW_TOPIC"] = shadow
+        wanted["MODSTREAM_SHADOW_TOPIC + .usage"] = f"{shadow}.usage"
     if (problem := missing_topics(wanted, await consumer.topics())) is not None:
         raise problem
 

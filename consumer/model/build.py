@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx2
 import structlog
 from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAioHttpClient
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, ModstreamError
 from consumer.model.batch import Batcher
 from consumer.model.chat_client import ChatSender
 from consumer.model.circuit import CircuitBreaker
@@ -69,11 +71,14 @@ def model_stages(
     client: AsyncOpenAI,
     metrics: Metrics | None = None,
     chat: ChatSender | None = None,
+    *,
+    on_retry: Callable[[ModstreamError], None] | None = None,
 ) -> tuple[Classifier, Admitter]:
     """The classifier and the admitter its prompt budget implies, from the settings.
 
     ``chat`` sends its chat requests (an entered :func:`consumer.model.chat_client.sender`; default
-    the SDK's own path over ``client``)."""
+    the SDK's own path over ``client``); ``on_retry`` sees each failure before its retry
+    (default: counted in ``metrics``)."""
     metrics = metrics or Metrics()
     builder = PromptBuilder(load_policy(settings.policy_file), load_prompt(settings.prompt_file))
     params = settings.request_params
@@ -102,7 +107,7 @@ def model_stages(
             on_change=metrics.circuit,
         ),
         max_backoff_s=settings.retry_max_backoff_s,
-        on_retry=metrics.retry,
+        on_retry=on_retry or metrics.retry,
         metrics=metrics,
         poison_attempts=settings.poison_attempts,
         misconfig_repeats=settings.misconfig_repeats,

@@ -130,6 +130,27 @@ class Families:
             "modstream_broker_up",
             "1 while the Kafka consumer has a live connection to a broker, else 0.",
         )
+        # -- shadow (consumer.shadow)
+        self.shadow_verdicts = counter(
+            "modstream_shadow_verdicts",
+            "Shadow verdicts published, by whether their action agrees with production's.",
+            "agreement",
+        )
+        self.shadow_flips = counter(
+            "modstream_shadow_flips",
+            "Categories the candidate decided otherwise than production, by category and by "
+            "what the candidate made of it (flagged, unflagged).",
+            "category",
+            "to",
+        )
+        self.shadow_dropped = counter(
+            "modstream_shadow_dropped",
+            "Sampled inputs the candidate did not classify, by why (consumer.shadow.runner).",
+            "reason",
+        )
+        self.shadow_cost = counter(
+            "modstream_shadow_cost_usd", "What the candidate's calls cost, in USD."
+        )
         self.info = Info("modstream", "What this consumer runs.", registry=registry)
 
         # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.

@@ -49,6 +49,13 @@ modstream_broker_up                        gauge    1 while the Kafka consumer h
                                                     connection to a broker, 0 when it holds none
                                                     (broker down or unreachable); read at scrape
                                                     time, see :func:`kafka_connected`
+modstream_shadow_verdicts_total            counter  ``agreement``: agree | disagree, the shadow
+                                                    verdict's action against production's
+modstream_shadow_flips_total               counter  ``category``, ``to``: flagged | unflagged, a
+                                                    category the candidate decided otherwise
+modstream_shadow_dropped_total             counter  ``reason``: a sampled input not classified in
+                                                    shadow (consumer.shadow.runner lists them)
+modstream_shadow_cost_usd_total            counter  what the candidate's calls cost
 modstream_info                             info     ``version``, ``model``, ``policy_version``
 =========================================  =======  ==============================================
 """
@@ -256,6 +263,28 @@ class Metrics:
     def partition_reset(self) -> None:
         """A partition's offsets went backwards and its tracking restarted."""
         self._families.resets.inc()
+
+    # -- shadow -----------------------------------------------------------------------------
+
+    def shadow_verdict(
+        self, *, agrees: bool, flagged: Iterable[str], unflagged: Iterable[str]
+    ) -> None:
+        """A shadow verdict was published; ``flagged``/``unflagged``: the categories the
+        candidate flags and production does not, and the other way round."""
+        f = self._families
+        f.shadow_verdicts.labels("agree" if agrees else "disagree").inc()
+        for category in flagged:
+            f.shadow_flips.labels(category, "flagged").inc()
+        for category in unflagged:
+            f.shadow_flips.labels(category, "unflagged").inc()
+
+    def shadow_cost(self, usd: float) -> None:
+        """The candidate's calls for one input cost ``usd``."""
+        self._families.shadow_cost.inc(usd)
+
+    def shadow_dropped(self, reason: str) -> None:
+        """A sampled input was not classified in shadow, for ``reason``."""
+        self._families.shadow_dropped.labels(reason).inc()
 
 
 def kafka_connected(client: object) -> bool:

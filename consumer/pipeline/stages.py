@@ -27,6 +27,7 @@ from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
+from consumer.shadow.runner import Shadow
 from schemas import Source, UsageEvent, make_event_id
 
 __all__ = ["Classify", "Stages"]
@@ -55,6 +56,7 @@ class Stages:
         metrics: Metrics,
         policy_version: str,
         dead_letter_max_bytes: int | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.settings = settings
         self.admitter = admitter
@@ -64,6 +66,7 @@ class Stages:
         self.metrics = metrics
         self.policy_version = policy_version
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
+        self.shadow = shadow  # the candidate's second opinion, offered each delivered verdict
 
     async def run(self, envelope: Envelope) -> None:
         """One input to a delivered verdict or dead letter; its lines carry its coordinates."""
@@ -105,6 +108,9 @@ class Stages:
             await self._dead_letter(envelope, exc, "publish", result.attempts, result.usage)
             return
         self.metrics.verdict()
+        if self.shadow is not None and result.verdict is not None:
+            # After delivery: the candidate neither delays nor holds back this message.
+            self.shadow.offer(envelope, request, result.verdict)
 
     async def _dead_letter(
         self,

@@ -12,6 +12,7 @@ the checks that span groups are here::
     provider     the model server, the request parameters, timeouts, limits, the breaker
     processing   the work window, micro-batching, input handling, policy and prompt
     operations   logs, the metrics and health port, Kafka's retry pace
+    shadow       a candidate model, prompt or policy on a share of live traffic
     choices      the enums (Delivery, Ordering, ...) and the number types they share
     variables    the MODSTREAM_* names that mean something, and what a typo meant
 """
@@ -38,6 +39,7 @@ from consumer.settings.kafka import KafkaSettings
 from consumer.settings.operations import OperationsSettings
 from consumer.settings.processing import ProcessingSettings
 from consumer.settings.provider import ProviderSettings
+from consumer.settings.shadow import ShadowSettings
 from consumer.settings.variables import (
     WHERE_LISTED,
     describe_unknown,
@@ -61,7 +63,12 @@ __all__ = [
 # pydantic orders the fields from the last base to the first: Kafka's come first, as in every
 # error message and the JSON schema.
 class Settings(
-    OperationsSettings, ProcessingSettings, ProviderSettings, KafkaSettings, BaseSettings
+    ShadowSettings,
+    OperationsSettings,
+    ProcessingSettings,
+    ProviderSettings,
+    KafkaSettings,
+    BaseSettings,
 ):
     """modstream's configuration. Field docs are the reference for each variable."""
 
@@ -124,7 +131,29 @@ class Settings(
                 f"MODSTREAM_CONTEXT_WINDOW ({self.context_window}): lower MODSTREAM_BATCH_SIZE "
                 "or MODSTREAM_BATCH_MAX_TOKENS"
             )
+        candidate = (self.shadow_model, self.shadow_prompt_file, self.shadow_policy_file)
+        if self.shadow_share > 0 and all(part is None for part in candidate):
+            raise ValueError(
+                f"MODSTREAM_SHADOW_SHARE={self.shadow_share} needs a candidate: set "
+                "MODSTREAM_SHADOW_MODEL, MODSTREAM_SHADOW_PROMPT_FILE or "
+                "MODSTREAM_SHADOW_POLICY_FILE"
+            )
+        if self.shadow_share > 0 and self.effective_shadow_topic in (
+            self.input_topic,
+            self.verdict_topic,
+            self.usage_topic,
+            self.dlq_topic,
+        ):
+            raise ValueError(
+                f"MODSTREAM_SHADOW_TOPIC ({self.effective_shadow_topic}) must differ from the "
+                "input, verdict, usage and dead-letter topics"
+            )
         return self
+
+    @property
+    def effective_shadow_topic(self) -> str:
+        """Where shadow verdicts go (their usage goes to this plus ``.usage``)."""
+        return self.shadow_topic or f"{self.verdict_topic}.shadow"
 
     @property
     def max_poll_interval_ms(self) -> int:
