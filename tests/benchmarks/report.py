@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks import batching, ordering, speed
+from tests.benchmarks import batching, ordering, shadow, speed
 
 TARGETS = {
     "latency": 0.95,
@@ -117,6 +117,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     rows += batching.summary_rows(results)
     rows += ordering.summary_rows(results)
+    rows += shadow.summary_rows(results)
     rows += speed.summary_rows(results)
     return rows
 
@@ -210,6 +211,7 @@ def markdown(
         out += _tpm(tpm)
     out += batching.markdown(results)
     out += ordering.markdown(results)
+    out += shadow.markdown(results)
     out += speed.markdown(results)
     if run["failures"]:
         out += ["## Problems during the run", ""]

@@ -40,6 +40,7 @@ from tests.benchmarks.infra import (
     steady_window,
 )
 from tests.benchmarks.ordering import ordering
+from tests.benchmarks.shadow import shadow
 from tests.benchmarks.speed import speed
 
 CONSUME = [sys.executable, "-m", "consumer", "consume", "--exit-when-idle", "3"]
@@ -517,6 +518,7 @@ SECTIONS = {
     "tpm": tpm,
     "batching": batching,  # tests/benchmarks/batching.py
     "ordering": ordering,  # tests/benchmarks/ordering.py
+    "shadow": shadow,  # tests/benchmarks/shadow.py
     "memory": memory,  # last: it sizes its large backlog by the time left
 }
 
