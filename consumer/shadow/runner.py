@@ -137,8 +137,8 @@ class Shadow:
             return
         if result.verdict is None:
             # The candidate's usage is published all the same: its cost is real.
-            await self._publish(envelope, None, result.usage)
-            self.metrics.shadow_dropped("failed")
+            if await self._publish(envelope, None, result.usage):
+                self.metrics.shadow_dropped("failed")
             return
         verdict = result.verdict.model_copy(update={"shadow_of": production.event_id})
         if await self._publish(envelope, verdict, result.usage):

@@ -14,6 +14,7 @@ import pytest
 
 from consumer.errors import (
     ModstreamError,
+    PermanentError,
     ProviderMisconfigured,
     ProviderUnavailable,
     RateLimited,
@@ -215,3 +216,15 @@ async def test_work_still_running_at_the_stop_is_dropped_after_the_drain() -> No
         shadow.offer(*offered(2))
     assert dropped(metrics) == {"stopped": 2}
     assert shadow.running == 0
+
+
+async def test_no_usable_verdict_publishes_the_usage_and_counts_a_failure() -> None:
+    async def unusable(admitted: Admitted, source: Source) -> Classified:
+        failure = PermanentError("the reply never parsed")
+        return Classified(None, failure, [usage_for(source, admitted.request.id)])
+
+    shadow, _, producer, metrics, _ = make(unusable)
+    async with shadow:
+        shadow.offer(*offered(1))
+    assert [r.topic for r in producer.acked] == ["shadow.usage"]
+    assert dropped(metrics) == {"failed": 1}
