@@ -203,14 +203,28 @@ def describe_validation_error(
     names what it checks). ``(got <input>)`` follows where ``echo(location, input)``
     allows it: never a secret. ``most`` keeps the first errors only; ``sep`` joins them.
     """
+    errors = exc.errors(include_url=False)
+    # pydantic counts a collection's length after dropping its invalid items, so a one-item
+    # list whose item is bad also reads "should have at least 1 item": the item says why.
+    locs = [tuple(e["loc"]) for e in errors]
+    errors = [
+        e
+        for e, loc in zip(errors, locs, strict=True)
+        if not (e["type"] == "too_short" and any(_inside(other, loc) for other in locs))
+    ]
     parts = []
-    for err in exc.errors(include_url=False)[:most]:
+    for err in errors[:most]:
         loc = ".".join(str(part) for part in err["loc"])
         given = err.get("input")
         shown = f" (got {given!r})" if echo(loc, given) else ""
         where = name(loc) if loc else whole
         parts.append(f"{where}: {_reason(err)}{shown}" if where else f"{_reason(err)}{shown}")
     return sep.join(parts)
+
+
+def _inside(loc: tuple[int | str, ...], outer: tuple[int | str, ...]) -> bool:
+    """Whether ``loc`` is strictly within ``outer`` (an item of that collection, or deeper)."""
+    return len(loc) > len(outer) and loc[: len(outer)] == outer
 
 
 def _reason(err: ErrorDetails) -> str:

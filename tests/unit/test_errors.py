@@ -3,6 +3,8 @@ once, the same way for settings, the fake's knobs and any other model."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
@@ -91,3 +93,20 @@ def test_first_fatal_finds_the_fatal_error_a_task_group_wrapped() -> None:
     assert consumer.errors.first_fatal(nested) is fatal
     transient = ExceptionGroup("g", [consumer.errors.TransientError("timeout"), ValueError()])
     assert consumer.errors.first_fatal(transient) is None
+
+
+class Listing(BaseModel):
+    items: Annotated[tuple[Knobs, ...], Field(min_length=1)]
+
+
+def test_a_bad_item_is_told_once_not_also_as_a_collection_too_short() -> None:
+    with pytest.raises(ValidationError) as one_bad:
+        Listing(items=({"rate": 0},))
+    assert describe_validation_error(one_bad.value) == (
+        "items.0.rate: Input should be greater than 0"
+    )
+    with pytest.raises(ValidationError) as empty:
+        Listing(items=())
+    assert describe_validation_error(empty.value) == (
+        "items: Tuple should have at least 1 item after validation, not 0"
+    )
