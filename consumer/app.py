@@ -24,7 +24,7 @@ from consumer.errors import ConfigError, first_fatal
 from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.pacing import pace_metadata_refresh
 from consumer.kafka.topics import MAX_REQUEST_BYTES, check_topics, output_limits
-from consumer.model.build import batcher, model_stages, openai_client
+from consumer.model.build import batcher, log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
 from consumer.ops.health import HealthServer, kafka_readiness
 from consumer.ops.logs import configure_logging
@@ -38,7 +38,7 @@ from consumer.pipeline.runner import Pipeline
 from consumer.pipeline.source import Rebalance
 from consumer.pipeline.stages import Stages
 from consumer.settings import Delivery, Settings
-from consumer.shadow.build import candidate_stages, shadow_stage
+from consumer.shadow.build import candidate_settings, candidate_stages, shadow_stage
 
 log = structlog.get_logger(__name__)
 
@@ -85,18 +85,13 @@ async def serve(
             transactional = await _enter_producer(
                 stack, settings, kafka, transactional_id=settings.effective_transactional_id
             )
+        # Entered after the producer it publishes on: left (drained) before it closes.
         shadow = None
         if candidate is not None:
-            # Entered after the producer it publishes on: left (drained) before it closes.
-            shadow = await stack.enter_async_context(
-                shadow_stage(
-                    settings,
-                    candidate,
-                    producer,
-                    production=classifier.limiter,
-                    metrics=metrics,
-                )
+            stage = shadow_stage(
+                settings, candidate, producer, production=classifier.limiter, metrics=metrics
             )
+            shadow = await stack.enter_async_context(stage)
         consumer = AIOKafkaConsumer(
             **kafka,
             group_id=settings.group_id,
@@ -108,6 +103,7 @@ async def serve(
         pace_metadata_refresh(consumer, settings.kafka_retry_backoff_ms / 1000)
         await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
+        _log_request_params(settings, shadow=candidate is not None)
         topics = Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
         limits = await output_limits(kafka, topics)
         health.readiness = kafka_readiness(consumer, stop)
@@ -244,6 +240,12 @@ def _quiet_kafka_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any
         log.debug("aiokafka left a failed future unobserved", error=repr(error))
         return
     loop.default_exception_handler(context)
+
+
+def _log_request_params(settings: Settings, *, shadow: bool) -> None:
+    log_request_params(settings)
+    if shadow:
+        log_request_params(candidate_settings(settings), shadow=True)
 
 
 def run_consumer(

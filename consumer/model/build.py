@@ -66,6 +66,21 @@ def openai_client(settings: Settings, http_client: httpx2.AsyncClient | None = N
     )
 
 
+def log_request_params(settings: Settings, **context: object) -> None:
+    """One INFO line: what every chat request carries (``context``: e.g. ``shadow=True``).
+
+    Its own call, made once start-up has passed its checks: a start that fails (no broker, a
+    missing topic) stays one line on stderr.
+    """
+    log.info(
+        "chat request parameters",
+        model=settings.model,
+        response_format=settings.response_format,
+        **settings.request_params.describe(),
+        **context,
+    )
+
+
 def model_stages(
     settings: Settings,
     client: AsyncOpenAI,
@@ -87,12 +102,6 @@ def model_stages(
         load_prices(settings.prices_file) if settings.prices_file is not None else None,
     )
     prices.warn_unknown(settings.model)  # once, here: not once per message
-    log.info(
-        "chat request parameters",
-        model=settings.model,
-        response_format=settings.response_format,
-        **params.describe(),
-    )
     classifier = Classifier(
         client,
         model=settings.model,

@@ -38,7 +38,7 @@ from openai import AsyncOpenAI
 from consumer.errors import ConfigError
 from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.topics import create_missing, require_topics, topic_partitions
-from consumer.model.build import model_stages, openai_client
+from consumer.model.build import log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
 from consumer.pipeline.publish import Publisher, Topics
 from consumer.settings import Settings
@@ -224,6 +224,7 @@ async def run_replay(
         consumer.assign(partitions)
         bounds = await resolve_range(consumer, request)
         classifier, admitter = model_stages(settings, client, chat=chat)
+        log_request_params(settings)
         replayer = Replayer(
             settings,
             classifier=classifier,
