@@ -276,6 +276,10 @@ def _describe(err: ErrorDetails) -> str:
         if kind == "string_unicode":
             return f"{where} contains an unpaired surrogate escape (\\ud800-\\udfff)"
         return f"{where} must be a string, number, boolean or null, got {_kind(given)}"
+    if loc == ("images",) and kind == "tuple_type":
+        return f"'images' must be an array, got {_kind(given)}"
+    if loc and loc[0] == "images" and len(loc) >= 2:
+        return _describe_image(err)
     field = ".".join(str(part) for part in loc) or "request"
     if kind == "missing":
         return f"'{field}' is missing"
@@ -290,3 +294,32 @@ def _describe(err: ErrorDetails) -> str:
     if kind in _TYPE_NAMES:
         return f"'{field}' must be {_TYPE_NAMES[kind]}, got {_kind(given)}"
     return f"'{field}': {err['msg']}"
+
+
+def _describe_image(err: ErrorDetails) -> str:
+    """An image's problem, named by its index (``images[1].mime_type``): pydantic's location
+    also carries the union member's tag (``images.1.data.mime_type``), which means nothing to
+    a producer."""
+    loc = err["loc"]
+    kind = err["type"]
+    given = err.get("input")
+    where = f"images[{loc[1]}]"
+    if kind == "union_tag_not_found":
+        return f"{where} must be an object with 'url', or with 'data' and 'mime_type'"
+    field = str(loc[3]) if len(loc) >= 4 else ""
+    if kind == "literal_error" and field == "mime_type":
+        return (
+            f"{where}.mime_type {_short(str(given))} is not supported; "
+            "one of image/png, image/jpeg, image/gif, image/webp"
+        )
+    if kind == "extra_forbidden":
+        return f"{where} has an unknown field {_short(field)}"
+    if kind == "missing":
+        return f"{where}.{field} is missing"
+    if field == "url" and kind in ("string_pattern_mismatch", "string_too_short"):
+        return f"{where}.url must be an https URL without spaces"
+    if field == "url" and kind == "string_too_long":
+        return f"{where}.url is over {err.get('ctx', {}).get('max_length')} characters"
+    if kind in _TYPE_NAMES:
+        return f"{where}.{field or 'image'} must be {_TYPE_NAMES[kind]}, got {_kind(given)}"
+    return f"{where}.{field}: {err['msg']}" if field else f"{where}: {err['msg']}"
