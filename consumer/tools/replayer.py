@@ -230,6 +230,7 @@ class Replayer:
             self.classifier.model,
             builder.prompt.version,
             builder.policy.version,
+            images=[image.url for image in admitted.images],
         )
         if (hit := self.cache.get(key)) is not None:
             return self._cached(envelope, admitted, hit)
