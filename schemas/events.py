@@ -179,10 +179,10 @@ class Verdict(_Output):
     )
     category_inputs: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="For a flagged category, the inputs the moderations endpoint says it "
-        "flagged (its category_applied_input_types): 'text', 'image:N' when the request had "
-        "one image (N=0), 'image' when it had several. Empty when no first tier ran or it "
-        "reported none.",
+        description="For each flagged category, the inputs the first tier's score for it "
+        "applies to, as the moderations endpoint reports them (category_applied_input_types): "
+        "'text', and 'image:0' when the request had one image ('image' when it had several: "
+        "the endpoint does not say which). Empty when no first tier ran.",
     )
 
 

@@ -3,7 +3,7 @@
 ``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
 strict ``json_schema`` replies, or an instance of a schema the system prompt states),
 ``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
-(:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
+(:mod:`.heuristic`; images scored from a hash, :mod:`.images`), OpenAI-style usage and rate-limit headers, and injectable latency and
 faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
 nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
 answers the same API at a fraction of the CPU, without faults or a request log.
@@ -22,6 +22,7 @@ Modules, in the order a request meets them::
     instances      JSON Schema instance generator (moderation-flavoured values)
     values         its leaf values: numbers, booleans, strings, enums
     heuristic      keyword scores per moderation category (deterministic per content)
+    images         image parts: scores from a hash (the ``harmful`` marker), tile-rule tokens
     stats          counters and the request log behind /_fake/stats and /_fake/requests
     admin_routes   the /_fake/* routes
     admin          FakeAdmin, the test-side client of /_fake/*
