@@ -78,10 +78,11 @@ def _check_data(index: int, image: ImageData, max_bytes: int) -> CheckedImage:
     where = f"images[{index}]"
     encoded = image.data
     # 4 base64 characters carry 3 bytes: a value this long cannot decode to max_bytes or less.
-    if len(encoded) // 4 * 3 - 2 > max_bytes:
+    about = len(encoded) // 4 * 3
+    if about - 2 > max_bytes:
         raise AdmissionError(
-            f"{where} is about {len(encoded) // 4 * 3:,} bytes decoded; the limit "
-            f"(MODSTREAM_MAX_IMAGE_BYTES) is {max_bytes:,}"
+            f"{where} is about {about:,} bytes decoded; the limit (MODSTREAM_MAX_IMAGE_BYTES) "
+            f"is {max_bytes:,}: about {about - max_bytes:,} over"
         )
     try:
         raw = base64.b64decode(encoded, validate=True)
