@@ -21,6 +21,9 @@ Choices, each a deliberate reading of "strict but not fussy":
 * Text is kept exactly as sent, NUL characters included (the classifier escapes what it puts
   in the prompt). Text that is empty once whitespace, NULs and zero-width characters are
   ignored is rejected: there is nothing to judge.
+* ``images`` entries are checked for shape here (an https ``url``, or ``data`` with a
+  supported ``mime_type``; no unknown keys), each problem named by its index
+  (``images[1].mime_type``); their bytes are checked by admit (:mod:`consumer.pipeline.images`).
 * Unpaired UTF-16 surrogate escapes (``"\\ud800"``) are rejected wherever they appear: the
   string could not be encoded into any output.
 """
