@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 #: Bumped on any incompatible change of an output model; every event carries it.
 SCHEMA_VERSION: Literal[1] = 1
@@ -28,6 +28,62 @@ class Action(StrEnum):
     ALLOW = "allow"
     REVIEW = "review"
     BLOCK = "block"
+
+
+class ImageUrl(BaseModel):
+    """An image the provider fetches itself, by its ``https`` URL.
+
+    modstream never downloads it: its size and type are the provider's to check, and its
+    dimensions are unknown, so it is counted at the largest token cost an image can have.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=9,
+            max_length=2048,
+            pattern=r"^https://\S+$",
+            description="An https URL the provider can fetch.",
+        ),
+    ]
+
+
+#: The image types the OpenAI vision and moderation models take (and whose bytes we check).
+ImageMime = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+
+
+class ImageData(BaseModel):
+    """An image sent inline: its bytes in base64 and their MIME type.
+
+    The bytes are checked before any model call: they must decode, fit
+    ``MODSTREAM_MAX_IMAGE_BYTES`` and start with the magic bytes of ``mime_type``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Annotated[
+        str, Field(min_length=1, description="The image bytes, standard base64 (RFC 4648).")
+    ]
+    mime_type: ImageMime = Field(description="The type of the decoded bytes.")
+
+
+def _image_kind(value: object) -> str | None:
+    # Which member an input is, from its keys: so an error names the fields of that member
+    # only (``images.0.data.mime_type``), not both members' as a plain union would.
+    if isinstance(value, dict):
+        return "data" if "data" in value or "mime_type" in value else "url"
+    if isinstance(value, BaseModel):
+        return "data" if isinstance(value, ImageData) else "url"
+    return None
+
+
+#: One image input: ``{"url": ...}`` or ``{"data": ..., "mime_type": ...}``.
+ImageInput = Annotated[
+    Annotated[ImageUrl, Tag("url")] | Annotated[ImageData, Tag("data")],
+    Discriminator(_image_kind),
+]
 
 
 class ModerationRequest(BaseModel):
@@ -46,6 +102,12 @@ class ModerationRequest(BaseModel):
     ] = None
     metadata: dict[str, JsonScalar] = Field(
         default_factory=dict, description="Opaque values carried through to the verdict."
+    )
+    images: tuple[ImageInput, ...] = Field(
+        default=(),
+        description="Images judged together with the text, in order (``image:0`` is the "
+        "first). At most MODSTREAM_MAX_IMAGES; an inline image's decoded bytes at most "
+        "MODSTREAM_MAX_IMAGE_BYTES. Absent: text only.",
     )
 
 
@@ -114,6 +176,13 @@ class Verdict(_Output):
         description="With a first tier configured: the tiers that ran, in order, and their "
         "scores (the first tier alone when it decided). Empty without tiering: the chat model "
         "alone gave the category scores.",
+    )
+    category_inputs: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="For each flagged category, the inputs the first tier's score for it "
+        "applies to, as the moderations endpoint reports them (category_applied_input_types): "
+        "'text', and 'image:0' when the request had one image ('image' when it had several: "
+        "the endpoint does not say which). Empty when no first tier ran.",
     )
     shadow_of: str | None = Field(
         default=None,

@@ -19,10 +19,13 @@ Modules, in the order a message meets them (``build`` composes them from the set
     ledger          UsageLedger: one priced usage event per call, kept with its message
     folding         bounded usage: a message's repeated failures folded into one event
     policy          the policy and prompt files, and the prompt built from them
+    messages        Message: a chat message as built and sent (content a string, or parts)
+    image_parts     a message's images as chat content parts and as moderation input
     provider        openai's errors in our terms (the error tree of :mod:`consumer.errors`)
     circuit         the provider's circuit breaker: an outage stops intake, not messages
     limit           concurrency, requests and tokens per minute
     tokens          offline token counting (tiktoken with the BPE files shipped in the package)
+    image_tokens    an image's prompt tokens: OpenAI's tile rule per model (pure)
     cost            the price of a call in USD (genai-prices, or a prices file)
 
 Batching and replay (:mod:`consumer.tools.replay`) use the Classifier's public parts only:

@@ -4,8 +4,8 @@ The system prompt (most of a short message's prompt tokens) is then paid once pe
 default (``MODSTREAM_BATCH_SIZE=1``). A :class:`Batcher` sits where the pipeline calls the
 classifier and has the same interface, ``classify(admitted, source) -> Classified``:
 
-- a message with a context, or whose content is over ``MODSTREAM_BATCH_MAX_TOKENS``, is
-  classified on its own, exactly as without batching;
+- a message with a context or images, or whose content is over ``MODSTREAM_BATCH_MAX_TOKENS``,
+  is classified on its own, exactly as without batching;
 - a short one runs the first tier (when the policy has one) on its own, then waits for up to
   ``MODSTREAM_BATCH_LINGER_MS`` or until N short messages are waiting, and the batch goes out
   as one call; every message gets its own :class:`~consumer.model.classify.Classified` back, so the
@@ -51,6 +51,7 @@ from consumer.errors import PermanentError
 from consumer.model.chat_call import ChatRequest
 from consumer.model.classify import Classified, Classifier
 from consumer.model.conversation import Call
+from consumer.model.messages import Message
 from consumer.model.policy import Policy, PromptBuilder, escape
 from consumer.model.reply_format import ReplyFormat
 from consumer.model.salvage import Salvaged, Unsalvageable, reply_shape, salvage
@@ -132,7 +133,7 @@ class BatchFormat:
         reply_format = ReplyFormat.of(response_format)
         return cls(system, response_format, reply_model, reply_format, policy, note)
 
-    def messages(self, texts: Sequence[str]) -> list[dict[str, str]]:
+    def messages(self, texts: Sequence[str]) -> list[Message]:
         """System + one user message with a numbered, escaped block per text."""
         blocks = "".join(
             f'<content index="{i}">\n{escape(text)}\n</content>\n' for i, text in enumerate(texts)
@@ -247,10 +248,15 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
 
     def eligible(self, admitted: Admitted) -> bool:
-        """Whether ``admitted`` may share a call: short, and no context of its own."""
+        """Whether ``admitted`` may share a call: short, no context and no images."""
+        # Images go alone: the batch form is one text block per message and a reply keyed by
+        # index; an image part between blocks would need the model to tie it to its block,
+        # and a misattributed image would sway a neighbour's verdict. Their tile tokens are
+        # usually over MODSTREAM_BATCH_MAX_TOKENS anyway; this says it regardless.
         return (
             self.size > 1
             and admitted.context is None
+            and not admitted.images
             and admitted.content_tokens <= self.max_tokens
         )
 

@@ -129,6 +129,8 @@ def model_stages(
         budget_tokens=budget,
         max_input_tokens=settings.max_input_tokens,
         oversize=settings.oversize,
+        max_images=settings.max_images,
+        max_image_bytes=settings.max_image_bytes,
     )
     return classifier, admitter
 

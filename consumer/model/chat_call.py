@@ -31,6 +31,7 @@ from consumer.errors import FormatDowngraded, ProviderUnavailable, RequestReject
 from consumer.model.chat_client import ChatSender, Completion, Statics
 from consumer.model.ledger import Recorder, Tokens
 from consumer.model.limit import Limiter
+from consumer.model.messages import Message, text_of
 from consumer.model.provider import failed_outcome, translate
 from consumer.model.reply_format import ReplyFormat, ReplyMode, ResponseFormats
 from consumer.model.request_params import RequestParams
@@ -57,7 +58,7 @@ class ChatRequest:
     applies to it).
     """
 
-    messages: list[dict[str, str]]
+    messages: list[Message]
     max_tokens: int
     reply_format: ReplyFormat
     estimate: int
@@ -120,7 +121,7 @@ class ChatCall:
             raise ProviderUnavailable("the model returned no choices")
         return completion
 
-    def tokens(self, completion: Completion, messages: list[dict[str, str]]) -> Tokens:
+    def tokens(self, completion: Completion, messages: list[Message]) -> Tokens:
         """The call's token counts: the provider's, else counted here from ``messages`` (as
         sent, schema note and all) and the reply, and marked estimated."""
         usage = completion.usage
@@ -136,7 +137,9 @@ class ChatCall:
             return Tokens(
                 usage.prompt_tokens, usage.completion_tokens, cached, reasoning=max(reasoning, 0)
             )
-        text = "".join(m["content"] for m in messages)
+        # Text parts only: this estimate leaves an image's tokens out (rare: a server that
+        # reports no usage is a self-hosted one, whose image tokens follow no rule we know).
+        text = "".join(text_of(m) for m in messages)
         reply = completion.choices[0].message.content if completion.choices else ""
         return Tokens(
             count_tokens(text, self.model), count_tokens(reply or "", self.model), 0, True

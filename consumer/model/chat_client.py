@@ -47,6 +47,8 @@ from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions
 from openai.types.chat import ChatCompletionMessageParam
 
+from consumer.model.messages import Message
+
 __all__ = ["ChatSender", "Choice", "Completion", "LeanChat", "SdkChat", "Statics", "sender"]
 
 #: Headers of the SDK's template that aiohttp sets for itself, per request or connection.
@@ -117,7 +119,7 @@ class Statics:
         """From the request's keyword arguments (``model`` included)."""
         return cls(kwargs, orjson.dumps(dict(kwargs)))
 
-    def body(self, messages: list[dict[str, str]]) -> bytes:
+    def body(self, messages: list[Message]) -> bytes:
         """The whole request body: ``messages`` first, then the static fields."""
         head = b'{"messages":' + orjson.dumps(messages)
         return head + b"}" if self.json == b"{}" else head + b"," + self.json[1:]
@@ -130,7 +132,7 @@ Reply = tuple[Completion, Mapping[str, str]]
 class ChatSender(Protocol):
     """Sends one chat completion request; raises openai's exceptions (or ``ValueError``)."""
 
-    async def create(self, messages: list[dict[str, str]], statics: Statics) -> Reply:
+    async def create(self, messages: list[Message], statics: Statics) -> Reply:
         """Post ``messages`` with ``statics``; the parsed completion and the headers."""
         ...  # pragma: no cover
 
@@ -151,7 +153,7 @@ class SdkChat:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def create(self, messages: list[dict[str, str]], statics: Statics) -> Reply:
+    async def create(self, messages: list[Message], statics: Statics) -> Reply:
         """One ``chat.completions.create`` through the SDK, parsed with :class:`Completion`."""
         raw = await self.client.chat.completions.with_raw_response.create(
             messages=cast("list[ChatCompletionMessageParam]", messages), **statics.kwargs
@@ -232,7 +234,7 @@ class LeanChat:
             await self._session.close()
             self._session = None
 
-    async def create(self, messages: list[dict[str, str]], statics: Statics) -> Reply:
+    async def create(self, messages: list[Message], statics: Statics) -> Reply:
         """Post the request; openai's exception for a failure, as the SDK would raise it."""
         session = self._session or await self._opened()
         body = statics.body(messages)

@@ -60,6 +60,7 @@ from consumer.model.chat_client import ChatSender, SdkChat
 from consumer.model.circuit import CircuitBreaker
 from consumer.model.conversation import Call
 from consumer.model.cost import PriceTable
+from consumer.model.image_parts import moderation_input
 from consumer.model.ladder import MAX_REPAIRS, Reading, read, repair_request
 from consumer.model.ledger import UsageLedger
 from consumer.model.limit import Limiter
@@ -67,7 +68,7 @@ from consumer.model.policy import PromptBuilder
 from consumer.model.provider import public_url
 from consumer.model.reply_format import ReplyFormat, ResponseFormats
 from consumer.model.request_params import RequestParams
-from consumer.model.tier import moderation_scores, send_moderation
+from consumer.model.tier import applied_inputs, moderation_scores, send_moderation
 from consumer.model.tokens import count_tokens
 from consumer.model.verdicts import VerdictFactory, triage
 from consumer.model.watches import RejectionWatch
@@ -197,7 +198,7 @@ class Classifier:
 
     def new_call(self, admitted: Admitted, source: Source) -> Call:
         """A fresh conversation for one admitted message."""
-        messages = self.builder.messages(admitted.text, admitted.context)
+        messages = self.builder.messages(admitted.text, admitted.context, admitted.images)
         return Call(admitted, source, messages, self.max_tokens)
 
     async def first_tier(self, call: Call) -> Classified | None:
@@ -208,8 +209,14 @@ class Classifier:
         if tier is None:
             return None
         record = self.ledger.moderation_recorder(call, tier.model)
+        admitted = call.admitted
         send = functools.partial(
-            send_moderation, self.client, self.limiter, tier.model, call.admitted.text, record
+            send_moderation,
+            self.client,
+            self.limiter,
+            tier.model,
+            moderation_input(admitted.text, admitted.images),
+            record,
         )
         try:
             result = await self.calls.with_retries(send)
@@ -218,6 +225,7 @@ class Classifier:
             return None
         scores = moderation_scores(result, self.policy)
         call.tiers.append(TierScores(name="moderation", model=tier.model, scores=scores))
+        call.category_inputs = applied_inputs(result, self.policy, len(admitted.images))
         if not tier.decides(scores):
             return None
         return Classified(self.verdicts.first_tier(call, tier, scores), None, call.usage)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from consumer.model.messages import Message
 from consumer.pipeline.admit import Admitted
 from schemas import Source, TierScores, UsageEvent
 
@@ -26,10 +27,12 @@ class Call:
 
     admitted: Admitted
     source: Source
-    messages: list[dict[str, str]]
+    messages: list[Message]
     #: The completion budget of the next call (doubled once after a ``length`` stop).
     max_tokens: int
     usage: list[UsageEvent] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     #: The tiers that ran so far, when the policy has a first tier.
     tiers: list[TierScores] = field(default_factory=list)
+    #: Category -> the inputs the first tier says it flagged (``text``, ``image:0``...).
+    category_inputs: dict[str, list[str]] = field(default_factory=dict)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,6 +31,9 @@ from pydantic import (
 )
 
 from consumer.errors import ConfigError, describe_validation_error
+from consumer.model.image_parts import content_parts
+from consumer.model.messages import Message
+from consumer.pipeline.images import CheckedImage
 from schemas import Action, CategoryScore
 
 _SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
@@ -232,11 +236,16 @@ class PromptBuilder:
         # Static text first and identical for every call: providers' prefix caches hit.
         self.system = prompt.system.rstrip() + "\n\nPolicy categories:\n" + "\n".join(lines)
 
-    def messages(self, text: str, context: str | None) -> list[dict[str, str]]:
-        """System + user messages; ``text`` and ``context`` enter only the user message."""
+    def messages(
+        self, text: str, context: str | None, images: Sequence[CheckedImage] = ()
+    ) -> list[Message]:
+        """System + user messages; ``text``, ``context`` and ``images`` enter only the user
+        message. With images its content is a list of parts: the prompt's user text, then one
+        ``image_url`` part per image (the text's plain string form otherwise, as always)."""
         context_block = self.prompt.context.format(context=escape(context)) if context else ""
         user = self.prompt.user.format(content=escape(text), context_block=context_block)
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        content: str | list[dict[str, Any]] = content_parts(user, images) if images else user
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": content}]
 
     def overhead_text(self) -> str:
         """Everything but the content, for the token budget (the context is counted by admit)."""

@@ -26,6 +26,8 @@ from typing import Any, Final
 import openai
 import structlog
 
+from consumer.model.messages import Message
+
 log = structlog.get_logger(__name__)
 
 __all__ = ["ReplyFormat", "ReplyMode", "ResponseFormats", "rejects_response_format"]
@@ -66,12 +68,12 @@ class ReplyFormat:
         return cls(MappingProxyType(response_format), text)
 
     def shaped(
-        self, messages: list[dict[str, str]], mode: ReplyMode
-    ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+        self, messages: list[Message], mode: ReplyMode
+    ) -> tuple[list[Message], dict[str, Any] | None]:
         """``messages`` and the ``response_format`` to send in ``mode`` (None: send none)."""
         return self.messages(messages, mode), self.response_format(mode)
 
-    def messages(self, messages: list[dict[str, str]], mode: ReplyMode) -> list[dict[str, str]]:
+    def messages(self, messages: list[Message], mode: ReplyMode) -> list[Message]:
         """``messages`` as sent in ``mode``: the schema stated in the system message, unless
         the ``json_schema`` response_format carries it."""
         if mode is ReplyMode.JSON_SCHEMA:

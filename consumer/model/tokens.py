@@ -20,6 +20,7 @@ from pathlib import Path
 import tiktoken
 
 from consumer.errors import ConfigError
+from consumer.model.messages import Message, text_of
 
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
@@ -95,11 +96,12 @@ TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
 
 
-def chat_prompt_tokens(messages: list[dict[str, str]], model: str) -> int:
-    """Prompt tokens a provider reports for plain-text chat ``messages``."""
+def chat_prompt_tokens(messages: list[Message], model: str) -> int:
+    """Prompt tokens a provider reports for chat ``messages``, their text parts only (the
+    caller adds an image's tokens: :mod:`consumer.model.image_tokens`)."""
     return REPLY_PRIMING + sum(
         TOKENS_PER_MESSAGE
         + count_tokens(m.get("role", ""), model)
-        + count_tokens(m["content"], model)
+        + count_tokens(text_of(m), model)
         for m in messages
     )

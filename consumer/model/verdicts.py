@@ -69,6 +69,8 @@ class Decision(BaseModel):
     refusal: str | None = None
     #: Absent from what older versions cached: those hits carry no tiers.
     tiers: list[TierScores] = Field(default_factory=list)
+    #: Flagged category -> the inputs the first tier flagged it for (absent from older caches).
+    category_inputs: dict[str, list[str]] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, verdict: Verdict) -> Decision:
@@ -97,6 +99,12 @@ class VerdictFactory:
 
         ``model`` names another model than the chat model (the first tier's)."""
         flagged, action, categories = self.policy.decide(scores)
+        # Only categories the verdict flags: which input "drove" an unflagged one means nothing.
+        inputs = {
+            name: kinds
+            for name, kinds in call.category_inputs.items()
+            if name in categories and categories[name].flagged
+        }
         return self._verdict(
             call.admitted,
             call.source,
@@ -107,6 +115,7 @@ class VerdictFactory:
                 rationale=rationale,
                 refusal=refusal,
                 tiers=list(call.tiers),
+                category_inputs=inputs,
             ),
             model=model or self.model,
             latency_ms=(time.perf_counter() - call.started) * 1000,
@@ -162,11 +171,12 @@ class VerdictFactory:
         """The decision's fields, and the message's, the policy's and the prompt's."""
         request = admitted.request
         return Verdict(
-            **dict(decision),  # flagged, action, categories, rationale, refusal, tiers
+            # flagged, action, categories, rationale, refusal, tiers, category_inputs
+            **dict(decision),
             event_id=make_event_id(source, self.policy.version, "verdict"),
             source=source,
             content_id=request.id,
-            content_sha256=hashlib.sha256(request.text.encode()).hexdigest(),
+            content_sha256=_content_sha256(admitted),
             model=model,
             policy_version=self.policy.version,
             prompt_version=self.prompt_version,
@@ -176,3 +186,12 @@ class VerdictFactory:
             metadata=request.metadata,
             created_at=datetime.now(UTC),
         )
+
+
+def _content_sha256(admitted: Admitted) -> str:
+    """The sha256 of the request's text, and of its images' URLs after it when it has any (a
+    text-only request's hash is unchanged; the same caption on another image differs)."""
+    content = admitted.request.text
+    if admitted.images:
+        content += "\x00" + "\x1e".join(image.url for image in admitted.images)
+    return hashlib.sha256(content.encode()).hexdigest()

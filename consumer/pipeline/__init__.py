@@ -6,6 +6,7 @@ on::
     source       Envelope: the aiokafka consumer, fetching only what the work window has room for
     decode       ModerationRequest, or the reason the bytes are not one
     admit        Admitted: tokens counted, the hard limit enforced, content fitted into the budget
+    images       CheckedImage: a request's images checked (count, size, base64, magic bytes)
     stages       one record through decode, admit, classify and delivery, or into a dead letter
                  (classify, from :mod:`consumer.model`, is handed in by :mod:`consumer.app`)
     publish      OutRecord: outputs serialized, size-checked, sent and acknowledged

@@ -17,16 +17,24 @@ is avoidable is the context's when the text alone already overflows and will pus
 Encoding is up to ~0.5 s for a 1 MB pathological value (a run of one letter), and tiktoken
 releases the GIL: callers on the event loop should run large values in a thread.
 
+Images (``ModerationRequest.images``) are checked first (:mod:`consumer.pipeline.images`: their
+count, size, base64 and type; a failure is a dead letter) and counted by OpenAI's tile rule
+(:mod:`consumer.model.image_tokens`; a URL image at the most an image can cost). They cannot be
+cut: their tokens come off the budget before the text's, and images that leave less than
+``MIN_BUDGET_TOKENS`` for the text are refused whatever the oversize policy.
+
 Cuts fall on token boundaries moved to the nearest UTF-8 character boundary, so the kept parts
 are exact prefixes and suffixes of the original: no U+FFFD from a half-decoded character.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from consumer.errors import AdmissionError, ConfigError
+from consumer.model.image_tokens import image_tokens, unknown_size_tokens
 from consumer.model.tokens import encoding_for_model
+from consumer.pipeline.images import CheckedImage, check_images
 from consumer.settings import OversizePolicy
 from schemas import ModerationRequest
 
@@ -61,15 +69,25 @@ class Admitted:
     context: str | None
     #: The text was cut (what ``Verdict.truncated`` reports).
     truncated: bool
-    #: Tokens of ``text`` plus tokens of ``context``, counted after truncation.
+    #: Tokens of ``text`` plus tokens of ``context``, counted after truncation, plus the
+    #: images' tokens.
     content_tokens: int
+    #: The request's images, checked, in order (empty: text only).
+    images: tuple[CheckedImage, ...] = ()
 
 
 class Admitter:
     """Counts tokens for one model and applies the size limits and the oversize policy."""
 
     def __init__(
-        self, *, model: str, budget_tokens: int, max_input_tokens: int, oversize: OversizePolicy
+        self,
+        *,
+        model: str,
+        budget_tokens: int,
+        max_input_tokens: int,
+        oversize: OversizePolicy,
+        max_images: int = 4,
+        max_image_bytes: int = 5 * 1024 * 1024,
     ) -> None:
         if budget_tokens < MIN_BUDGET_TOKENS:
             raise ConfigError(
@@ -85,14 +103,42 @@ class Admitter:
         self.budget_tokens = budget_tokens
         self.max_input_tokens = max_input_tokens
         self.oversize = oversize
+        self.max_images = max_images
+        self.max_image_bytes = max_image_bytes
         self._encoding = encoding_for_model(model)
 
     def count(self, text: str) -> int:
         """Tokens ``text`` takes for this model (special-token text counted as plain text)."""
         return len(self._encode(text))
 
+    def image_tokens(self, image: CheckedImage) -> int:
+        """Prompt tokens ``image`` takes for this model (the most possible when its size is
+        unknown)."""
+        if image.width is None or image.height is None:
+            return unknown_size_tokens(self.model)
+        return image_tokens(image.width, image.height, self.model)
+
     def admit(self, request: ModerationRequest) -> Admitted:
-        """Check and fit one request; raise ``AdmissionError`` when it cannot be admitted."""
+        """Check and fit one request; raise ``AdmissionError`` (or ``DecodeError``, for an
+        image's bytes) when it cannot be admitted."""
+        if not request.images:
+            return self._admit_text(request, self.budget_tokens)
+        images = check_images(
+            request.images, max_images=self.max_images, max_image_bytes=self.max_image_bytes
+        )
+        n_images = sum(self.image_tokens(image) for image in images)
+        budget = self.budget_tokens - n_images
+        if budget < MIN_BUDGET_TOKENS:
+            raise AdmissionError(
+                f"the {len(images)} images take {n_images:,} tokens; with at least "
+                f"{MIN_BUDGET_TOKENS} for the text they do not fit the content budget "
+                f"({self.budget_tokens:,} tokens)"
+            )
+        admitted = self._admit_text(request, budget)
+        return replace(admitted, images=images, content_tokens=admitted.content_tokens + n_images)
+
+    def _admit_text(self, request: ModerationRequest, budget: int) -> Admitted:
+        """The text and context fitted into ``budget`` tokens."""
         text = request.text
         text_tokens = self._encode(text)
         n_text = len(text_tokens)
@@ -101,12 +147,11 @@ class Admitter:
                 f"text is {n_text:,} tokens; the limit (MODSTREAM_MAX_INPUT_TOKENS) is "
                 f"{self.max_input_tokens:,}: {n_text - self.max_input_tokens:,} over"
             )
-        budget = self.budget_tokens
         context = request.context
         truncating = self.oversize is OversizePolicy.TRUNCATE
         if context and truncating and n_text >= budget:
             # Even an empty context would leave no room: skip encoding it.
-            return self._cut_text(request, text_tokens)
+            return self._cut_text(request, text_tokens, budget)
 
         context_tokens = self._encode(context) if context else []
         total = n_text + len(context_tokens)
@@ -114,9 +159,10 @@ class Admitter:
             return Admitted(request, text, context, truncated=False, content_tokens=total)
         if not truncating:
             what = "text and context are" if context_tokens else "text is"
+            images = " and images" if budget < self.budget_tokens else ""
             raise AdmissionError(
-                f"{what} {total:,} tokens; the content budget (context window minus prompt and "
-                f"completion) is {budget:,}: {total - budget:,} over, and "
+                f"{what} {total:,} tokens; the content budget (context window minus prompt"
+                f"{images} and completion) is {budget:,}: {total - budget:,} over, and "
                 "MODSTREAM_OVERSIZE=dead_letter"
             )
         if context:
@@ -126,7 +172,7 @@ class Admitter:
                 return Admitted(
                     request, text, new_context, truncated=False, content_tokens=n_text + n_context
                 )
-        return self._cut_text(request, text_tokens)
+        return self._cut_text(request, text_tokens, budget)
 
     def _encode(self, text: str) -> list[int]:
         return self._encoding.encode(text, disallowed_special=())
@@ -155,10 +201,9 @@ class Admitter:
             keep -= used - room
         return None
 
-    def _cut_text(self, request: ModerationRequest, tokens: list[int]) -> Admitted:
-        """The text's head (~2/3) and tail (~1/3) around a marker, within the whole budget;
+    def _cut_text(self, request: ModerationRequest, tokens: list[int], budget: int) -> Admitted:
+        """The text's head (~2/3) and tail (~1/3) around a marker, within the whole ``budget``;
         no context (it had to go to make room)."""
-        budget = self.budget_tokens
         n = len(tokens)
         if n <= budget:  # only the context had to go
             return Admitted(request, request.text, None, truncated=False, content_tokens=n)

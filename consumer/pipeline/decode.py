@@ -21,6 +21,9 @@ Choices, each a deliberate reading of "strict but not fussy":
 * Text is kept exactly as sent, NUL characters included (the classifier escapes what it puts
   in the prompt). Text that is empty once whitespace, NULs and zero-width characters are
   ignored is rejected: there is nothing to judge.
+* ``images`` entries are checked for shape here (an https ``url``, or ``data`` with a
+  supported ``mime_type``; no unknown keys), each problem named by its index
+  (``images[1].mime_type``); their bytes are checked by admit (:mod:`consumer.pipeline.images`).
 * Unpaired UTF-16 surrogate escapes (``"\\ud800"``) are rejected wherever they appear: the
   string could not be encoded into any output.
 """
@@ -276,6 +279,10 @@ def _describe(err: ErrorDetails) -> str:
         if kind == "string_unicode":
             return f"{where} contains an unpaired surrogate escape (\\ud800-\\udfff)"
         return f"{where} must be a string, number, boolean or null, got {_kind(given)}"
+    if loc == ("images",) and kind == "tuple_type":
+        return f"'images' must be an array, got {_kind(given)}"
+    if loc and loc[0] == "images" and len(loc) >= 2:
+        return _describe_image(err)
     field = ".".join(str(part) for part in loc) or "request"
     if kind == "missing":
         return f"'{field}' is missing"
@@ -290,3 +297,32 @@ def _describe(err: ErrorDetails) -> str:
     if kind in _TYPE_NAMES:
         return f"'{field}' must be {_TYPE_NAMES[kind]}, got {_kind(given)}"
     return f"'{field}': {err['msg']}"
+
+
+def _describe_image(err: ErrorDetails) -> str:
+    """An image's problem, named by its index (``images[1].mime_type``): pydantic's location
+    also carries the union member's tag (``images.1.data.mime_type``), which means nothing to
+    a producer."""
+    loc = err["loc"]
+    kind = err["type"]
+    given = err.get("input")
+    where = f"images[{loc[1]}]"
+    if kind == "union_tag_not_found":
+        return f"{where} must be an object with 'url', or with 'data' and 'mime_type'"
+    field = str(loc[3]) if len(loc) >= 4 else ""
+    if kind == "literal_error" and field == "mime_type":
+        return (
+            f"{where}.mime_type {_short(str(given))} is not supported; "
+            "one of image/png, image/jpeg, image/gif, image/webp"
+        )
+    if kind == "extra_forbidden":
+        return f"{where} has an unknown field {_short(field)}"
+    if kind == "missing":
+        return f"{where}.{field} is missing"
+    if field == "url" and kind in ("string_pattern_mismatch", "string_too_short"):
+        return f"{where}.url must be an https URL without spaces"
+    if field == "url" and kind == "string_too_long":
+        return f"{where}.url is over {err.get('ctx', {}).get('max_length')} characters"
+    if kind in _TYPE_NAMES:
+        return f"{where}.{field or 'image'} must be {_TYPE_NAMES[kind]}, got {_kind(given)}"
+    return f"{where}.{field}: {err['msg']}" if field else f"{where}: {err['msg']}"

@@ -27,8 +27,12 @@ from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
+<<<<<<< HEAD
 from consumer.shadow.runner import Shadow
 from schemas import Source, UsageEvent, make_event_id
+=======
+from schemas import ImageData, Source, UsageEvent, make_event_id
+>>>>>>> images17
 
 __all__ = ["Classify", "Stages"]
 
@@ -86,8 +90,11 @@ class Stages:
                 max_message_bytes=settings.max_message_bytes,
             )
             stage = "admit"
-            if len(request.text) + len(request.context or "") > _ADMIT_INLINE_CHARS:
-                # tiktoken releases the GIL: a megabyte of text is counted off the event loop.
+            size = len(request.text) + len(request.context or "")
+            size += sum(len(image.data) for image in request.images if isinstance(image, ImageData))
+            if size > _ADMIT_INLINE_CHARS:
+                # tiktoken releases the GIL: a megabyte of text is counted off the event loop;
+                # so is a large inline image's base64 decoding and header check.
                 admitted = await asyncio.to_thread(self.admitter.admit, request)
             else:
                 admitted = self.admitter.admit(request)

@@ -53,6 +53,13 @@ class ProcessingSettings(BaseModel):
         default=32_000, description="Hard limit on the content's tokens before truncation."
     )
     oversize: OversizePolicy = OversizePolicy.TRUNCATE
+    max_images: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=4, description="Images one request may carry; more is a dead letter (0: none)."
+    )
+    max_image_bytes: PositiveInt = Field(
+        default=5 * 1024 * 1024,
+        description="An inline image's decoded bytes at most (5 MiB); larger is a dead letter.",
+    )
     redact_dead_letters: bool = Field(
         default=False, description="Replace dead-letter payloads by their sha256 only."
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
@@ -28,9 +29,23 @@ from consumer.model.verdicts import Decision
 __all__ = ["VerdictCache", "cache_key"]
 
 
-def cache_key(text: str, context: str | None, model: str, prompt: str, policy: str) -> str:
-    """The cache key: what the model saw and every setting that can change its answer."""
-    content = hashlib.sha256(f"{text}\x00{context or ''}".encode()).hexdigest()
+def cache_key(
+    text: str,
+    context: str | None,
+    model: str,
+    prompt: str,
+    policy: str,
+    *,
+    images: Sequence[str] = (),
+) -> str:
+    """The cache key: what the model saw and every setting that can change its answer.
+
+    ``images``: the image URLs sent (data URLs included); a text-only key is what it was
+    before images existed, so caches written then still hit."""
+    seen = f"{text}\x00{context or ''}"
+    if images:
+        seen += "\x00" + "\x1e".join(images)
+    content = hashlib.sha256(seen.encode()).hexdigest()
     return hashlib.sha256(f"{content}\x1f{model}\x1f{prompt}\x1f{policy}".encode()).hexdigest()
 
 

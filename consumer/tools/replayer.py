@@ -230,6 +230,7 @@ class Replayer:
             self.classifier.model,
             builder.prompt.version,
             builder.policy.version,
+            images=[image.url for image in admitted.images],
         )
         if (hit := self.cache.get(key)) is not None:
             return self._cached(envelope, admitted, hit)
@@ -308,7 +309,10 @@ class Replayer:
         model = self.classifier.model
         scores = ",".join(f'"{c.field}":0.02' for c in builder.policy.categories)
         reply = f'{{"scores":{{{scores}}},"rationale":"{_TYPICAL_RATIONALE}"}}'
-        prompt = chat_prompt_tokens(messages, model)
+        # The messages' text, plus the images by the tile rule (as admit counted them).
+        prompt = chat_prompt_tokens(messages, model) + sum(
+            self.admitter.image_tokens(image) for image in admitted.images
+        )
         completion = count_tokens(reply, model)
         self.result.model_calls += 1
         self.result.prompt_tokens += prompt

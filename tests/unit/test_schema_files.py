@@ -14,6 +14,8 @@ from schemas import (
     Action,
     CategoryScore,
     DeadLetter,
+    ImageData,
+    ImageUrl,
     ModerationRequest,
     Source,
     UsageEvent,
@@ -173,3 +175,61 @@ def test_event_id_differs_by_offset_partition_topic_policy_kind_and_attempt() ->
     a = make_event_id(Source(topic="a1", partition=2, offset=0), "p", "verdict")
     b = make_event_id(Source(topic="a", partition=12, offset=0), "p", "verdict")
     assert a != b
+
+
+def test_request_images_are_an_optional_discriminated_union() -> None:
+    old = ModerationRequest.model_validate({"id": "a", "text": "hi"})
+    assert old.images == ()
+    request = ModerationRequest.model_validate(
+        {
+            "id": "a",
+            "text": "hi",
+            "images": [
+                {"url": "https://example.com/a.png"},
+                {"data": "iVBORw0KGgo=", "mime_type": "image/png"},
+            ],
+        }
+    )
+    url, data = request.images
+    assert isinstance(url, ImageUrl)
+    assert isinstance(data, ImageData)
+    assert data.mime_type == "image/png"
+    with pytest.raises(ValidationError, match="frozen"):
+        data.mime_type = "image/gif"  # type: ignore[misc]
+    again = ModerationRequest.model_validate_json(request.model_dump_json())
+    assert again == request
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        {"url": "http://example.com/a.png"},  # not https
+        {"url": "https://example.com/a b.png"},  # a space
+        {"data": "AAAA", "mime_type": "image/bmp"},  # not a supported type
+        {"data": "AAAA"},  # no type
+        {"data": "AAAA", "mime_type": "image/png", "url": "https://x/y"},  # both
+        {"url": "https://x/y", "detail": "low"},  # an unknown field
+        "https://example.com/a.png",  # not an object
+    ],
+    ids=repr,
+)
+def test_bad_image_inputs_are_rejected(image: object) -> None:
+    with pytest.raises(ValidationError):
+        ModerationRequest.model_validate({"id": "a", "text": "hi", "images": [image]})
+
+
+def test_request_schema_offers_both_image_forms_and_verdict_has_category_inputs() -> None:
+    files = schema_files()
+    request = json.loads(files[f"ModerationRequest.v{SCHEMA_VERSION}.schema.json"])
+    assert "images" not in request.get("required", [])
+    members = request["properties"]["images"]["items"]["oneOf"]
+    assert [m["$ref"] for m in members] == ["#/$defs/ImageUrl", "#/$defs/ImageData"]
+    assert request["$defs"]["ImageData"]["properties"]["mime_type"]["enum"] == [
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+    ]
+    verdict = json.loads(files[f"Verdict.v{SCHEMA_VERSION}.schema.json"])
+    assert "category_inputs" not in verdict["required"]
+    assert _verdict().category_inputs == {}

@@ -20,6 +20,7 @@ from aiohttp import web
 from consumer.testing.fake_openai import admin_routes, batch_routes, reasoning
 from consumer.testing.fake_openai.config import FakeConfig
 from consumer.testing.fake_openai.faults import MALFORMED_KINDS, REPLY_FAULTS, Fail, Outcome
+from consumer.testing.fake_openai.images import image_urls
 from consumer.testing.fake_openai.instances import SchemaError
 from consumer.testing.fake_openai.reply import (
     DEFAULT_MODERATION_MODEL,
@@ -35,6 +36,7 @@ from consumer.testing.fake_openai.reply import (
     prompt_schema,
     render,
     truncated,
+    user_images,
 )
 from consumer.testing.fake_openai.rules import DEFAULT_MAX_TOKENS, MODELS, check_chat, check_model
 from consumer.testing.fake_openai.state import ERRORS, FakeState, json_response
@@ -102,7 +104,7 @@ class Endpoints:
         effort = check_chat(body, model, self.state.config)
         response_format = body.get("response_format")
         self.check_poison(messages)
-        context = context_for(last_user_text(messages))
+        context = context_for(last_user_text(messages), user_images(messages))
         try:  # before any waiting: a bad schema is the caller's error, answered at once
             value = content_value(response_format, context, prompt_schema(messages))
         except SchemaError as exc:
@@ -193,13 +195,29 @@ class Endpoints:
         """``POST /v1/moderations``: transport faults apply, reply faults do not."""
         state = self.state
         try:
+<<<<<<< HEAD
             model, texts = self.prepare_moderation(await state.enter(request))
+=======
+            body = await state.enter(request)
+            try:
+                texts = moderation_inputs(body.get("input"))
+                images = image_urls(body.get("input"))
+            except SchemaError as exc:
+                raise Fail.bad_request(str(exc)) from exc
+            check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL), state.config)
+            self.check_poison(texts)
+>>>>>>> images17
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome
             await state.fault(request, outcome)
             if outcome is Outcome.DROP:
                 return web.Response()
+<<<<<<< HEAD
             return json_response(moderation_body(model, texts))
+=======
+            model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
+            return json_response(moderation_body(model, texts, images))
+>>>>>>> images17
         except Fail as fail:
             return state.failed(fail)
 

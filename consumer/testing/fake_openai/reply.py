@@ -9,9 +9,11 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from consumer.testing.fake_openai.heuristic import CATEGORIES, KEYS, Judgement, find_blocks, judge
+from consumer.testing.fake_openai.heuristic import KEYS, Judgement, find_blocks, judge
+from consumer.testing.fake_openai.images import IMAGE_CATEGORIES, image_urls, with_images
 from consumer.testing.fake_openai.instances import Context, SchemaError, generate
 from consumer.testing.fake_openai.usage import message_text
 
@@ -41,16 +43,30 @@ def last_user_text(messages: list[Any]) -> str:
     )
 
 
-def context_for(text: str) -> Context:
-    """The judged content of a user message.
+def context_for(text: str, images: Sequence[str] = ()) -> Context:
+    """The judged content of a user message, and of the ``images`` (URLs) sent with it.
 
     When the message delimits content in ``<content ...>`` blocks, only the blocks are judged
     (the classifier's instructions around them mention categories and would score); each block
-    is kept for the batch form.
+    is kept for the batch form. An image raises the scores of the categories images are
+    scored for (:mod:`.images`).
     """
     blocks = tuple(find_blocks(text))
     judged = "\n".join(block for _, block in blocks) if blocks else text
-    return Context(judgement=judge(judged), index=blocks[0][0] if blocks else 0, blocks=blocks)
+    judgement = judge(judged)
+    if images:
+        judgement = with_images(judgement, images)
+    return Context(judgement=judgement, index=blocks[0][0] if blocks else 0, blocks=blocks)
+
+
+def user_images(messages: list[Any]) -> list[str]:
+    """The image URLs of every user message, in order (modstream sends them in the first)."""
+    return [
+        url
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "user"
+        for url in image_urls(m.get("content"))
+    ]
 
 
 def response_schema(response_format: Any) -> dict[str, Any] | None:
@@ -259,23 +275,32 @@ def moderation_inputs(raw: Any) -> list[str]:
     if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
         return list(raw)
     if isinstance(raw, list) and all(isinstance(item, dict) for item in raw):
-        # Multimodal parts make one input; only text parts are judged.
+        # Multimodal parts make one input: its text parts here, its images by image_urls.
         return ["\n".join(str(p.get("text", "")) for p in raw if p.get("type") == "text")]
     raise SchemaError("input must be a string, a list of strings, or a list of content parts")
 
 
-def moderation_body(model: str, texts: list[str]) -> dict[str, Any]:
-    """A moderation response with one result per input text."""
+def moderation_body(model: str, texts: list[str], images: Sequence[str] = ()) -> dict[str, Any]:
+    """A moderation response with one result per input text; ``images``: the image URLs of a
+    multi-modal input (one text, so one result).
+
+    ``category_applied_input_types`` says, as OpenAI's does, which input types a category's
+    score applies to: ``text`` always, and ``image`` for the categories images are scored for
+    when the input had any (:data:`.images.IMAGE_CATEGORIES`)."""
     results = []
     for text in texts:
-        judgement = judge(text)
+        judgement = with_images(judge(text), images) if images else judge(text)
         flags = judgement.flags()
+        applied = {
+            name: ["text", "image"] if images and key in IMAGE_CATEGORIES else ["text"]
+            for key, name in KEYS.items()
+        }
         results.append(
             {
                 "flagged": judgement.flagged,
                 "categories": {name: flags[key] for key, name in KEYS.items()},
                 "category_scores": {name: judgement.scores[key] for key, name in KEYS.items()},
-                "category_applied_input_types": {name: ["text"] for name in CATEGORIES},
+                "category_applied_input_types": applied,
             }
         )
     return {"id": new_id("modr"), "model": model, "results": results}

@@ -2,7 +2,8 @@
 
 Prompt tokens follow OpenAI's published recipe for chat models: 3 tokens per message, plus the
 tokens of its role, content (and name, +1), plus 3 that prime the reply. The response_format
-schema is not counted (OpenAI counts it, in a way it does not document).
+schema is not counted (OpenAI counts it, in a way it does not document). An image part counts
+by OpenAI's tile rule (:mod:`.images`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from typing import Any
 
 from consumer.model.tokens import count_tokens, encoding_for_model
+from consumer.testing.fake_openai.images import image_urls, tokens_of_image
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -31,14 +33,20 @@ def message_text(message: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        # Text parts only: an image part has no text (its tokens are counted by the tile rule).
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
     return ""
 
 
 def message_tokens(message: Any, model: str) -> int:
-    """Tokens one message adds to the prompt."""
+    """Tokens one message adds to the prompt: its text, and its images by the tile rule."""
     count = TOKENS_PER_MESSAGE + tokens(message_text(message), model)
     if isinstance(message, dict):
+        count += sum(tokens_of_image(url, model) for url in image_urls(message.get("content")))
         count += tokens(str(message.get("role", "")), model)
         if message.get("name"):
             count += TOKENS_PER_NAME + tokens(str(message["name"]), model)

@@ -94,10 +94,19 @@ def test_a_decision_is_the_cacheable_part_of_a_verdict_tiers_included() -> None:
         latency_ms=12.0,
         created_at=datetime.now(UTC),
         tiers=TIERS,
+        category_inputs={"hate": ["text", "image:0"]},
     )
     kept = Decision.of(verdict)
     assert kept.model_dump() == verdict.model_dump(
-        include={"flagged", "action", "categories", "rationale", "refusal", "tiers"}
+        include={
+            "flagged",
+            "action",
+            "categories",
+            "rationale",
+            "refusal",
+            "tiers",
+            "category_inputs",
+        }
     )
     assert Decision.model_validate_json(kept.model_dump_json()) == kept
 
