@@ -27,12 +27,8 @@ from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
-<<<<<<< HEAD
 from consumer.shadow.runner import Shadow
-from schemas import Source, UsageEvent, make_event_id
-=======
 from schemas import ImageData, Source, UsageEvent, make_event_id
->>>>>>> images17
 
 __all__ = ["Classify", "Stages"]
 

@@ -3,20 +3,12 @@
 ``modstream fake-openai`` serves ``/v1/chat/completions`` (plain text, ``json_object`` and
 strict ``json_schema`` replies, or an instance of a schema the system prompt states),
 ``/v1/moderations`` and ``/v1/models`` over real HTTP, with verdicts from a keyword heuristic
-<<<<<<< HEAD
-(:mod:`.heuristic`), OpenAI-style usage and rate-limit headers, and injectable latency and
-faults (:class:`FakeConfig`, ``MODSTREAM_FAKE_*``), and the Files and Batches API
-(``/v1/files``, ``/v1/batches``) answering each batch line as those endpoints answer it. Tests,
-the demo and the benchmarks use it; nothing here reaches OpenAI. Benchmark mode
-(``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`) answers the same API but batches at a fraction
-of the CPU, without faults or a request log.
-=======
 (:mod:`.heuristic`; images scored from a hash, :mod:`.images`), OpenAI-style usage and
 rate-limit headers, and injectable latency and faults (:class:`FakeConfig`,
-``MODSTREAM_FAKE_*``). Tests, the demo and the benchmarks use it;
-nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
-answers the same API at a fraction of the CPU, without faults or a request log.
->>>>>>> images17
+``MODSTREAM_FAKE_*``), and the Files and Batches API (``/v1/files``, ``/v1/batches``)
+answering each batch line as those endpoints answer it. Tests, the demo and the benchmarks use
+it; nothing here reaches OpenAI. Benchmark mode (``MODSTREAM_FAKE_BENCHMARK=1``, :mod:`.bench`)
+answers the same API but batches at a fraction of the CPU, without faults or a request log.
 
 Modules, in the order a request meets them::
 

@@ -195,42 +195,28 @@ class Endpoints:
         """``POST /v1/moderations``: transport faults apply, reply faults do not."""
         state = self.state
         try:
-<<<<<<< HEAD
-            model, texts = self.prepare_moderation(await state.enter(request))
-=======
-            body = await state.enter(request)
-            try:
-                texts = moderation_inputs(body.get("input"))
-                images = image_urls(body.get("input"))
-            except SchemaError as exc:
-                raise Fail.bad_request(str(exc)) from exc
-            check_model(str(body.get("model") or DEFAULT_MODERATION_MODEL), state.config)
-            self.check_poison(texts)
->>>>>>> images17
+            model, texts, images = self.prepare_moderation(await state.enter(request))
             outcome = state.dice.roll(state.config)
             outcome = Outcome.OK if outcome in REPLY_FAULTS else outcome
             await state.fault(request, outcome)
             if outcome is Outcome.DROP:
                 return web.Response()
-<<<<<<< HEAD
-            return json_response(moderation_body(model, texts))
-=======
-            model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
             return json_response(moderation_body(model, texts, images))
->>>>>>> images17
         except Fail as fail:
             return state.failed(fail)
 
-    def prepare_moderation(self, body: Any) -> tuple[str, list[str]]:
-        """The model and input texts of a moderation request body; raises :class:`Fail`."""
+    def prepare_moderation(self, body: Any) -> tuple[str, list[str], list[str]]:
+        """The model, input texts and image URLs of a moderation request body; raises
+        :class:`Fail`."""
         try:
             texts = moderation_inputs(body.get("input"))
+            images = image_urls(body.get("input"))
         except SchemaError as exc:
             raise Fail.bad_request(str(exc)) from exc
         model = str(body.get("model") or DEFAULT_MODERATION_MODEL)
         check_model(model, self.state.config)
         self.check_poison(texts)
-        return model, texts
+        return model, texts, images
 
     def answer(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """A batch line's (status, body): the request answered by the handler's own steps,
@@ -239,11 +225,11 @@ class Endpoints:
         state = self.state
         try:
             if url == "/v1/moderations":
-                model, texts = self.prepare_moderation(body)
+                model, texts, images = self.prepare_moderation(body)
                 outcome = state.dice.roll(state.config)
                 if outcome in ERRORS:
                     raise state.error(outcome)
-                return 200, moderation_body(model, texts)
+                return 200, moderation_body(model, texts, images)
             call = self.prepare_chat(body)
             outcome = state.dice.roll(state.config)
             if outcome in ERRORS:

@@ -656,7 +656,7 @@ async def test_a_batch_call_of_a_reasoning_model(build: Build) -> None:
 
 
 async def test_the_azure_key_is_never_in_errors_or_logs() -> None:
-    from consumer.model.build import model_stages  # noqa: PLC0415
+    from consumer.model.build import log_request_params, model_stages  # noqa: PLC0415
 
     secret = "azure-key-must-not-leak"
     with pytest.raises(ConfigError) as caught:
@@ -667,6 +667,7 @@ async def test_the_azure_key_is_never_in_errors_or_logs() -> None:
     client = openai_client(settings, httpx2.AsyncClient(transport=httpx2.MockTransport(Wire())))
     with capture_logs() as logs:
         model_stages(settings, client)
+        log_request_params(settings)
     assert logs and secret not in repr(logs)
     assert any(e.get("reasoning_effort") == "minimal" for e in logs)
     await client.close()
