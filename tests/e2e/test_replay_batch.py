@@ -1,0 +1,149 @@
+"""``modstream replay --batch-api`` as a user runs it (a real process, the real broker, the fake's
+Files and Batches API over HTTP).
+
+- a batch replay gives exactly one verdict per input, the same tokens as a synchronous replay
+  of the same inputs, at half its cost, and its usage events say which batch they came from;
+- a batch replay SIGKILLed while its batch runs, run again, waits for that batch instead of
+  creating a second, and then publishes one verdict per input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from consumer.kafka.ranges import read_topics
+from consumer.testing.fake_openai import FakeAdmin
+from tests.e2e.harness import ROOT, Run, clean_values, new_run, until
+from tests.e2e.test_replay_guard import replay, verdict_partitions
+from tests.fake_server import fake_openai_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def command_env(run: Run) -> dict[str, str]:
+    """The environment of a replay process: the run's settings, none of ours leaking in."""
+    full = {
+        k: v for k, v in os.environ.items() if not k.upper().startswith(("MODSTREAM_", "OPENAI_"))
+    }
+    full.update(run.env, COLUMNS="200")
+    return full
+
+
+async def usage_events(run: Run, topic: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(r.value)
+        async for r in read_topics({"bootstrap_servers": run.bootstrap}, [f"{topic}.usage"])
+    ]
+
+
+async def new_inputs(kafka_bootstrap: str, url: str, count: int) -> Run:
+    run = new_run(kafka_bootstrap, url, partitions=3)
+    await run.create_topics()
+    # Distinct contents: no input is a cache hit of another, in either kind of replay.
+    await run.produce(clean_values(count))
+    return run
+
+
+async def test_a_batch_replay_gives_every_verdict_once_at_half_the_synchronous_cost(
+    kafka_bootstrap: str,
+) -> None:
+    count = 2000
+    with fake_openai_server(latency_ms=0, seed=17, batch_delay_s=0.5) as url:
+        run = await new_inputs(kafka_bootstrap, url, count)
+        async with FakeAdmin(url) as admin:
+            sync = await replay(run, "--to-topic", f"{run.name}.sync", "--cache-topic", "")
+            assert sync.returncode == 0, (sync.stdout, sync.stderr)
+            await admin.reset()  # the fake's prompt cache too: both runs start from cold
+            batch = await replay(
+                run,
+                "--to-topic",
+                f"{run.name}.batch",
+                "--cache-topic",
+                "",
+                "--batch-api",
+                "--batch-poll-s",
+                "0.1",
+            )
+            assert batch.returncode == 0, (batch.stdout, batch.stderr)
+            assert await admin.batches_created() == 1
+            assert await admin.files_uploaded() == 1
+            stats = await admin.stats()
+            assert stats["by_path"].get("/v1/chat/completions", 0) == 0, "no synchronous call"
+
+    seen = await verdict_partitions(run, f"{run.name}.batch")
+    assert len(seen) == count and set(seen.values()) == {1}, "every input, each once"
+    assert "via the Batch API" in batch.stdout
+
+    sync_usage = await usage_events(run, f"{run.name}.sync")
+    batch_usage = await usage_events(run, f"{run.name}.batch")
+    assert len(sync_usage) == len(batch_usage) == count
+    for kind in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+        assert sum(u[kind] for u in batch_usage) == sum(u[kind] for u in sync_usage), kind
+    sync_cost = sum(u["cost_usd"] for u in sync_usage)
+    batch_cost = sum(u["cost_usd"] for u in batch_usage)
+    assert sync_cost > 0
+    assert math.isclose(batch_cost / sync_cost, 0.5, rel_tol=1e-9), (sync_cost, batch_cost)
+    # Per input, too: the same tokens at half the price, and marked so a reader can tell.
+    by_input = {(u["source"]["partition"], u["source"]["offset"]): u for u in sync_usage}
+    batch_ids = set()
+    for event in batch_usage:
+        twin = by_input[(event["source"]["partition"], event["source"]["offset"])]
+        assert event["prompt_tokens"] == twin["prompt_tokens"]
+        assert math.isclose(event["cost_usd"], twin["cost_usd"] / 2, rel_tol=1e-9)
+        assert "Batch API" in event["price_source"] and "Batch API" not in twin["price_source"]
+        assert twin["provider_batch_id"] is None and event["batch_id"] is None
+        batch_ids.add(event["provider_batch_id"])
+    assert len(batch_ids) == 1 and None not in batch_ids
+    print(f"\nsync cost {sync_cost:.6f} USD, batch cost {batch_cost:.6f} USD")
+
+
+async def test_a_batch_replay_killed_while_its_batch_runs_resumes_without_a_second_batch(
+    kafka_bootstrap: str,
+) -> None:
+    count = 300
+    # The batch waits (an hour) until the test shortens the delay.
+    with fake_openai_server(latency_ms=0, seed=17, batch_delay_s=3600) as url:
+        run = await new_inputs(kafka_bootstrap, url, count)
+        target = f"{run.name}.batch"
+        args = ["--to-topic", target, "--cache-topic", "", "--batch-api", "--batch-poll-s", "0.1"]
+        first = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "replay", "--topic", run.input_topic, *args],
+            cwd=ROOT,
+            env=command_env(run),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with FakeAdmin(url) as admin:
+
+                async def submitted() -> bool:
+                    assert first.poll() is None, f"the replay exited with {first.returncode}"
+                    return await admin.batches_created() == 1
+
+                await until("the first replay's batch", submitted)
+                first.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(first.wait, 30)
+                assert await verdict_partitions(run, target) == Counter(), "nothing published"
+
+                await admin.patch(batch_delay_s=0.2)  # the waiting batch is done now
+                again = await replay(run, *args)
+                assert again.returncode == 0, (again.stdout, again.stderr)
+                assert await admin.batches_created() == 1, "the batch was found, not sent again"
+                assert await admin.files_uploaded() == 1
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert "(resumed)" in again.stdout
+    seen = await verdict_partitions(run, target)
+    assert len(seen) == count and set(seen.values()) == {1}, "every input, each once"
