@@ -4,7 +4,10 @@ Files and Batches API over HTTP).
 - a batch replay gives exactly one verdict per input, the same tokens as a synchronous replay
   of the same inputs, at half its cost, and its usage events say which batch they came from;
 - a batch replay SIGKILLed while its batch runs, run again, waits for that batch instead of
-  creating a second, and then publishes one verdict per input.
+  creating a second, and then publishes one verdict per input;
+- ``--dry-run`` estimates at half the synchronous price with no key and no batch, and
+  ``--max-cost`` cuts the range before submitting (a fair sample, exit 4, within budget),
+  its resume command replaying exactly the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +32,8 @@ from tests.e2e.test_replay_guard import replay, verdict_partitions
 from tests.fake_server import fake_openai_server
 
 pytestmark = pytest.mark.timeout(300)
+
+STOPPED_EARLY = 4
 
 
 def command_env(run: Run) -> dict[str, str]:
@@ -147,3 +153,45 @@ async def test_a_batch_replay_killed_while_its_batch_runs_resumes_without_a_seco
     assert "(resumed)" in again.stdout
     seen = await verdict_partitions(run, target)
     assert len(seen) == count and set(seen.values()) == {1}, "every input, each once"
+
+
+def summary_cost(stdout: str) -> float:
+    found = re.search(r"cost \(USD\)\s*│\s*([0-9.]+)", stdout)
+    assert found is not None, stdout
+    return float(found[1])
+
+
+async def test_dry_run_and_max_cost_work_at_the_batch_price(kafka_bootstrap: str) -> None:
+    count = 90
+    with fake_openai_server(latency_ms=0, seed=17, batch_delay_s=0.2) as url:
+        run = await new_inputs(kafka_bootstrap, url, count)
+        sync_dry = await replay(run, "--to-topic", f"{run.name}.dry", "--dry-run")
+        batch_dry = await replay(
+            run, "--to-topic", f"{run.name}.dry", "--dry-run", "--batch-api", OPENAI_API_KEY=""
+        )
+        assert sync_dry.returncode == batch_dry.returncode == 0, (sync_dry, batch_dry)
+        assert "via the Batch API" in batch_dry.stdout
+        total = summary_cost(batch_dry.stdout)
+        assert math.isclose(total, summary_cost(sync_dry.stdout) / 2, rel_tol=1e-3)
+
+        target = f"{run.name}.capped"
+        common = ["--to-topic", target, "--cache-topic", "", "--batch-api", "--batch-poll-s", "0.1"]
+        budget = total / 3
+        capped = await replay(run, *common, "--max-cost", f"{budget:.8f}")
+        assert capped.returncode == STOPPED_EARLY, (capped.stdout, capped.stderr)
+        assert "stopped early by --max-cost" in capped.stdout
+        first = await verdict_partitions(run, target)
+        per = Counter(partition for partition, _ in first)
+        assert 0 < sum(per.values()) < count
+        assert set(per) == {0, 1, 2} and max(per.values()) - min(per.values()) <= 1, per
+        spent = sum(u["cost_usd"] for u in await usage_events(run, target))
+        assert 0 < spent <= budget
+
+        resume = re.search(r"--from-offset (\S+)", capped.stdout)
+        assert resume is not None, capped.stdout
+        rest = await replay(run, *common, "--from-offset", resume[1])
+        assert rest.returncode == 0, (rest.stdout, rest.stderr)
+        both = await verdict_partitions(run, target)
+        assert len(both) == count and set(both.values()) == {1}, "the rest, each once"
+        async with FakeAdmin(url) as admin:
+            assert await admin.batches_created() == 2, "one batch per part, none for dry runs"
