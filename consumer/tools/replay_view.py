@@ -122,9 +122,8 @@ def render_result(
     title = (
         "Dry run (estimate, no model call)" if request.dry_run else f"Replay -> {request.to_topic}"
     )
-    if request.batch_api:
-        title += " via the Batch API (at 50% of the synchronous price)"
-    table = Table(title=title)
+    caption = "via the Batch API: 50% of the synchronous price" if request.batch_api else None
+    table = Table(title=title, caption=caption)
     table.add_column("")
     table.add_column("", justify="right")
     rows = {

@@ -88,7 +88,7 @@ async def test_a_batch_replay_gives_every_verdict_once_at_half_the_synchronous_c
 
     seen = await verdict_partitions(run, f"{run.name}.batch")
     assert len(seen) == count and set(seen.values()) == {1}, "every input, each once"
-    assert "via the Batch API" in batch.stdout
+    assert "via the Batch API: 50%" in batch.stdout
 
     sync_usage = await usage_events(run, f"{run.name}.sync")
     batch_usage = await usage_events(run, f"{run.name}.batch")
@@ -170,7 +170,7 @@ async def test_dry_run_and_max_cost_work_at_the_batch_price(kafka_bootstrap: str
             run, "--to-topic", f"{run.name}.dry", "--dry-run", "--batch-api", OPENAI_API_KEY=""
         )
         assert sync_dry.returncode == batch_dry.returncode == 0, (sync_dry, batch_dry)
-        assert "via the Batch API" in batch_dry.stdout
+        assert "via the Batch API: 50%" in batch_dry.stdout
         total = summary_cost(batch_dry.stdout)
         assert math.isclose(total, summary_cost(sync_dry.stdout) / 2, rel_tol=1e-3)
 
