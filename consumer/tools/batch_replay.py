@@ -189,11 +189,6 @@ class BatchReplayer:
         answers: dict[str, Answer] = {}
         batch_id = None
         if lines:
-            if len(lines) > MAX_LINES:
-                raise ConfigError(
-                    f"the range holds {len(lines):,} requests; a batch takes at most "
-                    f"{MAX_LINES:,}: replay it in parts (--from-offset/--to-offset)"
-                )
             batch = await self.submit_or_find(lines, bounds)
             batch_id = batch.id
             batch = await self.wait(batch)
@@ -225,6 +220,7 @@ class BatchReplayer:
         """The range's records answered from the cache or to be asked in the batch, in the
         order read; dead letters counted; a ``--max-cost`` stop noted in :attr:`result`."""
         items: list[_Item] = []
+        asked = 0  # items that are lines of the batch
         next_offset = {tp.partition: offset for tp, offset in bounds.start.items()}
         records = cast(
             "AsyncGenerator[Record, None]",
@@ -247,6 +243,12 @@ class BatchReplayer:
                     break
                 if item is not None:
                     items.append(item)
+                    asked += item.hit is None
+                    if asked > MAX_LINES:  # refused as soon as known: never read on into memory
+                        raise ConfigError(
+                            f"the range holds more than {MAX_LINES:,} requests, the most one "
+                            "batch takes: replay it in parts (--from-offset/--to-offset)"
+                        )
                 next_offset[envelope.partition] = envelope.offset + 1
         if self.result.stopped is not None:
             ends = {tp.partition: end for tp, end in bounds.end.items()}

@@ -1,22 +1,30 @@
 """batch_replay: waiting for a batch (against a scripted batches client, no clock): a batch that
 failed validation, expired or was cancelled is one clear error naming its first errors; a poll
-the provider fails is polled again; the found batch of a resumed replay is the live one."""
+the provider fails is polled again; the found batch of a resumed replay is the live one. And
+collecting the range: ``--max-cost`` cuts it fairly across partitions before anything is sent,
+and a range over one batch's limit is refused as soon as that is known."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from openai.types import Batch
 
-from consumer.errors import BatchFailed, ProviderUnavailable
+import consumer.tools.batch_replay
+from consumer.errors import BatchFailed, ConfigError, ProviderUnavailable
+from consumer.pipeline.admit import Admitter
 from consumer.pipeline.publish import Publisher
+from consumer.settings import OversizePolicy, load_settings
 from consumer.tools.batch_replay import BatchReplayer
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replayer import ReplayResult
+from consumer.tools.replayer import Range, ReplayResult, StopReason
 from tests.unit.tools.test_batch_results import classifier
+from tests.unit.tools.test_replay import TOPIC, RangeConsumer
 
 
 def batch(status: str, *, errors: int = 0, key: str | None = None, done: int = 0) -> Batch:
@@ -147,3 +155,52 @@ async def test_a_resumed_replay_finds_only_a_live_batch_with_its_key() -> None:
     assert found is not None and found.id == "batch_completed"
     assert await finder._find("k2") is None
     assert isinstance(finder.result, ReplayResult)
+
+
+def collector(max_cost: float | None) -> BatchReplayer:
+    """A batch replay whose range reading is real (round robin over a scripted consumer)."""
+    made = replayer(Batches([]), Progress())
+    made.settings = load_settings(openai_api_key="k")
+    made.admitter = Admitter(
+        model="gpt-4o-mini",
+        budget_tokens=10_000,
+        max_input_tokens=10_000,
+        oversize=OversizePolicy.DEAD_LETTER,
+    )
+    made.budget = CostBudget(max_cost)
+    return made
+
+
+def three_partitions(count: int) -> tuple[RangeConsumer, Range]:
+    tps = [TopicPartition(TOPIC, p) for p in range(3)]
+    consumer = RangeConsumer({tp: list(range(count)) for tp in tps})
+    return consumer, Range({tp: 0 for tp in tps}, {tp: count for tp in tps})
+
+
+async def test_max_cost_cuts_the_range_fairly_before_anything_is_submitted() -> None:
+    consumer, bounds = three_partitions(10)
+    probe = collector(None)
+    items = await probe.collect(consumer, bounds)
+    assert len(items) == 30 and probe.result.stopped is None
+    worst = max(item.worst for item in items)
+    assert worst > 0
+
+    consumer, bounds = three_partitions(10)
+    capped = collector(worst * 7.5)
+    items = await capped.collect(consumer, bounds)
+    per = Counter(item.envelope.partition for item in items)
+    assert sum(per.values()) == 7 and max(per.values()) - min(per.values()) <= 1, per
+    assert capped.result.stopped is StopReason.BUDGET
+    assert capped.result.stopped_at == {0: 3, 1: 2, 2: 2}
+    assert capped.result.left == 30 - 7
+    assert sum(item.worst for item in items) <= worst * 7.5
+
+
+async def test_a_range_larger_than_one_batch_is_refused_while_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumer.tools.batch_replay, "MAX_LINES", 4)
+    source, bounds = three_partitions(400)  # more than one fetch (256 records) per partition
+    with pytest.raises(ConfigError, match="more than 4 requests"):
+        await collector(None).collect(source, bounds)
+    assert all(position < 400 for position in source.positions.values()), "not read to the end"
