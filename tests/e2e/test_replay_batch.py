@@ -7,7 +7,9 @@ Files and Batches API over HTTP).
   creating a second, and then publishes one verdict per input;
 - ``--dry-run`` estimates at half the synchronous price with no key and no batch, and
   ``--max-cost`` cuts the range before submitting (a fair sample, exit 4, within budget),
-  its resume command replaying exactly the rest.
+  its resume command replaying exactly the rest;
+- a 500 line is that input's dead letter, a reply in wrapping is salvaged, an invalid one is a
+  dead letter (no repair call), each with its usage event.
 """
 
 from __future__ import annotations
@@ -195,3 +197,38 @@ async def test_dry_run_and_max_cost_work_at_the_batch_price(kafka_bootstrap: str
         assert len(both) == count and set(both.values()) == {1}, "the rest, each once"
         async with FakeAdmin(url) as admin:
             assert await admin.batches_created() == 2, "one batch per part, none for dry runs"
+
+
+async def test_error_lines_and_unusable_replies_are_dead_letters_and_wrapping_is_salvaged(
+    kafka_bootstrap: str,
+) -> None:
+    count, poisoned = 60, 5
+    with fake_openai_server(
+        latency_ms=0,
+        seed=23,
+        batch_delay_s=0.2,
+        fail_when_contains="POISON-MARK",
+        p_fenced=0.3,
+        p_invalid_json=0.15,
+    ) as url:
+        run = new_run(kafka_bootstrap, url, partitions=3)
+        await run.create_topics()
+        values = clean_values(count)
+        for i in range(poisoned):  # the fake answers these lines 500
+            values[i * 7] = json.dumps({"id": f"p{i}", "text": f"POISON-MARK {i}"}).encode()
+        await run.produce(values)
+        target = f"{run.name}.batch"
+        result = await replay(
+            run, "--to-topic", target, "--cache-topic", "", "--batch-api", "--batch-poll-s", "0.1"
+        )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    usage = await usage_events(run, target)
+    outcomes = Counter(u["outcome"] for u in usage)
+    verdicts = await verdict_partitions(run, target)
+    assert len(usage) == count, "one usage event per input, failed or not"
+    assert outcomes["provider_unavailable"] == poisoned
+    assert outcomes["salvaged"] > 0 and outcomes["invalid_reply"] > 0, outcomes
+    assert len(verdicts) == count - poisoned - outcomes["invalid_reply"]
+    assert set(verdicts.values()) == {1}
+    assert f"persistent_failure: {poisoned}" in result.stdout
+    assert f"invalid_reply: {outcomes['invalid_reply']}" in result.stdout
