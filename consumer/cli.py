@@ -347,18 +347,29 @@ def replay(
             help="Write to --to-topic even if it (or its .usage) is --topic or a service topic.",
         ),
     ] = False,
+    batch_api: Annotated[
+        bool,
+        typer.Option(
+            "--batch-api",
+            help="Send the range as one OpenAI Batch API batch, at half the price; run again "
+            "to resume waiting for it.",
+        ),
+    ] = False,
+    batch_poll_s: Annotated[
+        float, typer.Option(min=0.01, help="--batch-api: seconds between looks at the batch.")
+    ] = 30.0,
 ) -> None:
     """Re-run a topic range through a candidate model, prompt or policy (no group offsets).
 
     Exit codes: 0 the whole range replayed; 2 a setting or option is wrong (a --to-topic
     that is a service topic, say); 3 fatal (the model unreachable for --max-outage seconds, a
-    rejected key); 4 stopped early by --max-cost (the summary says where to resume); 1 any
-    other error.
+    rejected key, a --batch-api batch that failed or expired); 4 stopped early by --max-cost
+    (the summary says where to resume); 1 any other error.
     """
     from consumer.errors import FatalError
     from consumer.model.policy import prompt_file
     from consumer.tools.replay import STOPPED_EARLY_EXIT, ReplayRequest, parse_offsets, run_replay
-    from consumer.tools.replay_view import ProgressBar, render_result
+    from consumer.tools.replay_view import BatchProgressBar, ProgressBar, render_result
     from consumer.tools.replayer import StopReason
 
     overrides: dict[str, object] = {}
@@ -381,8 +392,13 @@ def replay(
         cache_topic=cache_topic or None,
         max_outage_s=max_outage,
         force=force,
+        batch_api=batch_api,
+        batch_poll_s=batch_poll_s,
     )
-    result = asyncio.run(run_replay(settings, request, progress=ProgressBar()))
+    replaying = run_replay(
+        settings, request, progress=ProgressBar(), batch_progress=BatchProgressBar()
+    )
+    result = asyncio.run(replaying)
     render_result(result, request)
     if result.stopped is StopReason.MODEL_UNREACHABLE:
         raise FatalError(result.outage or "the model was unreachable")

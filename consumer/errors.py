@@ -24,6 +24,8 @@
         ├── BrokerRejected                            Kafka refuses what we must write: not
         │                                             authorized, or a dead letter rejected
         ├── ProducerFencedError                       exactly-once: a newer instance took over
+        ├── BatchFailed                               a Batch API batch failed validation,
+        │                                             expired or was cancelled
         └── RebalanceFailed                           a rebalance callback failed unexpectedly
 
 Third-party exceptions (openai, aiokafka) are translated into this tree in exactly one place
@@ -160,6 +162,11 @@ class BrokerRejected(FatalError, kind="broker_rejected"):
 
 class ProducerFencedError(FatalError, kind="producer_fenced"):
     """Exactly-once mode: another instance now owns this transactional id."""
+
+
+class BatchFailed(FatalError, kind="batch_failed"):
+    """A replay's Batch API batch ended without results: it failed validation (the first
+    errors in the message), expired, or was cancelled."""
 
 
 class RebalanceFailed(FatalError, kind="rebalance_failed"):

@@ -251,6 +251,13 @@ class UsageEvent(_Output):
     batch_size: Annotated[int, Field(ge=1)] = Field(
         default=1, description="Messages the call classified (1: a call of its own)."
     )
+    provider_batch_id: str | None = Field(
+        default=None,
+        description="Set when the call ran in the provider's Batch API (`modstream replay "
+        "--batch-api`): that batch's id. Such calls are priced at the Batch API's discount "
+        "(half the synchronous price; price_source says so). Not batch_id, which is a "
+        "micro-batch of several messages in one call.",
+    )
     calls: Annotated[int, Field(ge=1)] = Field(
         default=1,
         description="Model calls this event stands for. Above 1 only for folded failures: "

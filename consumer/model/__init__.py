@@ -29,5 +29,8 @@ Modules, in the order a message meets them (``build`` composes them from the set
     cost            the price of a call in USD (genai-prices, or a prices file)
 
 Batching and replay (:mod:`consumer.tools.replay`) use the Classifier's public parts only:
-``calls``, ``ledger`` and ``verdicts``.
+``calls``, ``ledger`` and ``verdicts``; a Batch API replay also ``request_body`` (a call's
+request, as the chat call would post it) and ``read_reply`` (a reply that came by another
+way, read with no further call). ``cost``'s ``PriceTable.batch_api()`` prices those at the
+Batch API's discount.
 """

@@ -88,12 +88,14 @@ def model_stages(
     chat: ChatSender | None = None,
     *,
     on_retry: Callable[[ModstreamError], None] | None = None,
+    batch_api: bool = False,
 ) -> tuple[Classifier, Admitter]:
     """The classifier and the admitter its prompt budget implies, from the settings.
 
     ``chat`` sends its chat requests (an entered :func:`consumer.model.chat_client.sender`; default
     the SDK's own path over ``client``); ``on_retry`` sees each failure before its retry
-    (default: counted in ``metrics``)."""
+    (default: counted in ``metrics``); ``batch_api``: its calls go through the Batch API, so
+    they are priced at its discount (:meth:`consumer.model.cost.PriceTable.batch_api`)."""
     metrics = metrics or Metrics()
     builder = PromptBuilder(load_policy(settings.policy_file), load_prompt(settings.prompt_file))
     params = settings.request_params
@@ -102,6 +104,8 @@ def model_stages(
         load_prices(settings.prices_file) if settings.prices_file is not None else None,
     )
     prices.warn_unknown(settings.model)  # once, here: not once per message
+    if batch_api:
+        prices = prices.batch_api()
     classifier = Classifier(
         client,
         model=settings.model,

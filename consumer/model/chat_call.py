@@ -121,6 +121,14 @@ class ChatCall:
             raise ProviderUnavailable("the model returned no choices")
         return completion
 
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body :meth:`send` would post for ``request`` now (the reply format's mode in
+        force): ``messages`` and the static fields, exactly as the senders serialize them. For a
+        request sent some other way (a Batch API line, :mod:`consumer.tools.batch_requests`)."""
+        mode = self.formats.mode
+        messages = request.reply_format.messages(request.messages, mode)
+        return {"messages": messages, **self.statics(request, mode).kwargs}
+
     def tokens(self, completion: Completion, messages: list[Message]) -> Tokens:
         """The call's token counts: the provider's, else counted here from ``messages`` (as
         sent, schema note and all) and the reply, and marked estimated."""

@@ -49,23 +49,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from openai import AsyncOpenAI
 
-from consumer.errors import InvalidReply, ModstreamError, PermanentError
+from consumer.errors import InvalidReply, ModstreamError, PermanentError, PersistentFailure
 from consumer.model.calls import ModelCalls
 from consumer.model.chat_call import ChatCall, ChatRequest
-from consumer.model.chat_client import ChatSender, SdkChat
+from consumer.model.chat_client import ChatSender, Completion, SdkChat
 from consumer.model.circuit import CircuitBreaker
 from consumer.model.conversation import Call
 from consumer.model.cost import PriceTable
 from consumer.model.image_parts import moderation_input
 from consumer.model.ladder import MAX_REPAIRS, Reading, read, repair_request
-from consumer.model.ledger import UsageLedger
+from consumer.model.ledger import Tokens, UsageLedger
 from consumer.model.limit import Limiter
 from consumer.model.policy import PromptBuilder
-from consumer.model.provider import public_url
+from consumer.model.provider import failed_outcome, public_url
 from consumer.model.reply_format import ReplyFormat, ResponseFormats
 from consumer.model.request_params import RequestParams
 from consumer.model.tier import applied_inputs, moderation_scores, send_moderation
@@ -230,6 +231,68 @@ class Classifier:
             return None
         return Classified(self.verdicts.first_tier(call, tier, scores), None, call.usage)
 
+    def request(self, call: Call) -> ChatRequest:
+        """The chat request for ``call``'s conversation as it stands (its messages, budget)."""
+        return ChatRequest(
+            call.messages,
+            call.max_tokens,
+            self.reply_format,
+            self.overhead_tokens + call.admitted.content_tokens + call.max_tokens,
+        )
+
+    def request_body(self, call: Call) -> dict[str, Any]:
+        """The JSON body of ``call``'s first chat request, as the chat call would send it
+        (model, messages, ``response_format``, the budget's name, reasoning parameters): what a
+        Batch API line carries (:mod:`consumer.tools.batch_requests`)."""
+        return self.calls.chat_call.body(self.request(call))
+
+    def read_reply(
+        self,
+        call: Call,
+        completion: Completion | None,
+        tokens: Tokens,
+        error: ModstreamError | None,
+    ) -> Classified:
+        """One reply that came some other way (a Batch API output line) read as a chat call's
+        is, with no further call: recorded in the usage ledger, then a refusal's verdict, or
+        the ladder's local rungs (valid, salvaged). A reply cut at the budget, one the ladder
+        cannot read, or ``error`` (an error line; ``completion`` None) is the message's
+        permanent failure: a batch has no retry with a longer budget and no repair call."""
+        record = self.ledger.recorder(call)
+        started = call.started
+        if error is not None or completion is None or not completion.choices:
+            error = error or InvalidReply("the batch answered with no choices")
+            record(failed_outcome(error), Tokens(0, 0), started)
+            # A transient error is final too: the batch ran the line once; a new replay retries.
+            failure = (
+                error
+                if isinstance(error, PermanentError)
+                else PersistentFailure(
+                    f"{error.kind}: {error.message} (a batch line is not retried)"
+                )
+            )
+            return Classified(None, failure, call.usage)
+        record(UsageOutcome.OK, tokens, started)
+        seen = triage(completion.choices[0])
+        if seen.declined is not None:
+            outcome, reason = seen.declined
+            self.ledger.reply_problem([call], outcome)
+            return Classified(self.verdicts.refused(call, reason), None, call.usage)
+        if seen.cut:
+            self.ledger.reply_problem([call], UsageOutcome.LENGTH)
+            problem = (
+                f"cut off at a completion budget of {call.max_tokens} tokens (batch: no retry)"
+            )
+            return Classified(None, InvalidReply(problem, reply=seen.content), call.usage)
+        reading = read(seen.content, self.policy.reply_model)
+        if reading.reply is None:
+            self.ledger.reply_problem([call], UsageOutcome.INVALID_REPLY)
+            self.metrics.reply_rung(self.model, "gave_up")
+            failure = InvalidReply(f"reply invalid (batch: no repair): {reading.problem}")
+            return Classified(None, failure, call.usage)
+        self._used(call, reading, 0)
+        return Classified(self.verdicts.from_reply(call, reading.reply), None, call.usage)
+
     async def chat(self, call: Call) -> Classified:
         """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
         repairs = 0
@@ -237,12 +300,7 @@ class Classifier:
         record = self.ledger.recorder(call)
         witnessed = self.ledger.witness_recorder(call)
         while True:
-            request = ChatRequest(
-                call.messages,
-                call.max_tokens,
-                self.reply_format,
-                self.overhead_tokens + call.admitted.content_tokens + call.max_tokens,
-            )
+            request = self.request(call)
             try:
                 completion = await self.calls.chat(request, record, witnessed)
             except PermanentError as exc:  # 400/422: dead letter, keep the usage

@@ -16,6 +16,13 @@ unless a prices file (``MODSTREAM_PRICES_FILE``, :func:`load_prices`) names them
     models:
       llama3.1:8b: {input: 0.0, output: 0.0}
       my-finetune: {input: 0.30, output: 1.20, cached_input: 0.15}   # USD per 1M tokens
+
+**The Batch API.** A request sent through OpenAI's Batch API (``modstream replay --batch-api``)
+costs half the synchronous price, input and output tokens alike (OpenAI's pricing page and
+Batch API guide: batch requests are billed at 50% of the synchronous API's price). The rates
+read from genai-prices here are the synchronous ones, so :meth:`PriceTable.batch_api` is the
+same table with that discount, :data:`BATCH_API_DISCOUNT`, applied to every cost it returns
+and named in its price source: the discount lives here, with the prices, and nowhere else.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ log = structlog.get_logger(__name__)
 
 #: Named in every UsageEvent so a cost can be traced to the data it came from.
 PRICE_SOURCE = f"genai-prices=={version('genai-prices')}"
+
+#: What a Batch API request costs, as a share of the synchronous price: OpenAI's Batch API is
+#: priced at 50% of the synchronous API, for input and output tokens (openai.com/api/pricing).
+BATCH_API_DISCOUNT = 0.5
+
+#: Appended to a batch-priced event's price source, so a reader can tell the price used.
+BATCH_API_SOURCE = f"Batch API at {BATCH_API_DISCOUNT:.0%} of the synchronous price"
 
 Rate = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
@@ -101,15 +115,30 @@ class Rates(NamedTuple):
 class PriceTable:
     """Looks up prices for one provider; unknown models cost ``None`` (not zero)."""
 
-    def __init__(self, provider_id: str = "openai", overrides: PriceFile | None = None) -> None:
+    def __init__(
+        self,
+        provider_id: str = "openai",
+        overrides: PriceFile | None = None,
+        *,
+        discount: float = 1.0,
+    ) -> None:
+        """``discount``: the share of the listed price paid (1.0; use :meth:`batch_api` for
+        the Batch API's, rather than a number of your own)."""
         self.provider_id = provider_id
         self.source = PRICE_SOURCE
+        self._file = overrides
         self.overrides: Mapping[str, ModelPrice] = overrides.models if overrides else {}
         self._override_source = f"prices file {overrides.version}" if overrides else ""
+        self.discount = discount
+
+    def batch_api(self) -> PriceTable:
+        """This table at the Batch API's price (:data:`BATCH_API_DISCOUNT` of every cost)."""
+        return PriceTable(self.provider_id, self._file, discount=BATCH_API_DISCOUNT)
 
     def source_for(self, model: str) -> str:
-        """Where ``model``'s prices come from, for the usage event."""
-        return self._override_source if model in self.overrides else self.source
+        """Where ``model``'s prices come from, for the usage event (and the discount, if any)."""
+        listed = self._override_source if model in self.overrides else self.source
+        return listed if self.discount == 1.0 else f"{listed}; {BATCH_API_SOURCE}"
 
     def cost(
         self,
@@ -120,7 +149,21 @@ class PriceTable:
         reasoning_tokens: int = 0,
     ) -> float | None:
         """USD for one call; ``prompt_tokens`` includes the ``cached_tokens`` read from cache,
-        ``completion_tokens`` the ``reasoning_tokens`` (as OpenAI reports them)."""
+        ``completion_tokens`` the ``reasoning_tokens`` (as OpenAI reports them). A discounted
+        table (:meth:`batch_api`) returns its share of the listed price."""
+        listed = self._listed(
+            model, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens
+        )
+        return None if listed is None else listed * self.discount
+
+    def _listed(
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        reasoning_tokens: int,
+    ) -> float | None:
         cached = min(cached_tokens, prompt_tokens)
         reasoning = min(reasoning_tokens, completion_tokens)
         if (price := self.overrides.get(model)) is not None:

@@ -7,6 +7,11 @@
     replayer     the run: each record from the cache, an estimate or the model, in budget,
                  from the pipeline's parts (range reader, Classifier, verdicts, Publisher)
     replay_view  what a person sees of a replay: the progress bar, the summary table
+    batch_replay ``replay --batch-api``: the range as one Batch API batch (submit, or find
+                 and resume; poll; publish), at the batch price
+    batch_requests  the batch's input file: the synchronous request per input, custom ids,
+                 the key a resumed replay finds its batch by
+    batch_results   the output and error files mapped back to the inputs by custom id
     round_robin  a range's partitions read in turn, so a capped replay is a fair sample
     budget       CostBudget: --max-cost, a message's worst case reserved, its cost settled
     outage       OutageWatch: when a replay gives up on a model that answers nothing

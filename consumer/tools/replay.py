@@ -10,7 +10,8 @@ message could pass the budget (exit code 4, :data:`STOPPED_EARLY_EXIT`); the par
 in turn, so the part replayed is a fair sample. ``--dry-run`` estimates tokens and cost with no
 model call and needs no key. A ``--to-topic`` that is a topic of the service's is refused
 (:func:`check_destination`), and a model unreachable for ``--max-outage`` seconds ends the
-replay.
+replay. ``--batch-api`` sends the range as one batch of the provider's Batch API instead, at
+half the price (:mod:`consumer.tools.batch_replay`).
 
 Built from the pipeline's parts, so a replayed verdict reads like the service's: the range reader
 (:mod:`consumer.kafka.ranges`), decode and admit, the Classifier, its verdict factory and usage
@@ -42,6 +43,7 @@ from consumer.model.build import log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
 from consumer.pipeline.publish import Publisher, Topics
 from consumer.settings import Settings
+from consumer.tools.batch_replay import BATCH_POLL_S, BatchProgress, BatchReplayer, QuietBatch
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replayer import (
@@ -100,6 +102,10 @@ class ReplayRequest:
     max_outage_s: float = MAX_OUTAGE_S
     #: Write to ``to_topic`` even when it is a topic of the service's (see check_destination).
     force: bool = False
+    #: Through the provider's Batch API, at its price (:mod:`consumer.tools.batch_replay`).
+    batch_api: bool = False
+    #: ``batch_api``: seconds between two looks at the batch.
+    batch_poll_s: float = BATCH_POLL_S
 
     @property
     def usage_topic(self) -> str:
@@ -188,11 +194,17 @@ def no_call_client(settings: Settings) -> AsyncOpenAI:
 
 
 async def run_replay(
-    settings: Settings, request: ReplayRequest, *, progress: ReplayProgress | None = None
+    settings: Settings,
+    request: ReplayRequest,
+    *,
+    progress: ReplayProgress | None = None,
+    batch_progress: BatchProgress | None = None,
 ) -> ReplayResult:
     """Build the replay's clients (one exit stack owns them), resolve the range, replay it.
 
-    ``progress`` is told how the replay goes (the CLI passes its progress bar); default none.
+    ``progress`` is told how the replay goes (the CLI passes its progress bar), and
+    ``batch_progress`` how a ``batch_api`` replay's batch goes; default none. A ``batch_api``
+    dry run is the synchronous dry run at the batch price: the same estimate, no call.
     """
     check_destination(settings, request)
     options = kafka_options(settings)
@@ -212,7 +224,12 @@ async def run_replay(
             chat = None
         else:
             client = await stack.enter_async_context(openai_client(settings))
-            chat = await stack.enter_async_context(sender(settings.chat_client, client))
+            # A batch replay sends no chat request of its own: no sender to open.
+            chat = (
+                None
+                if request.batch_api
+                else await stack.enter_async_context(sender(settings.chat_client, client))
+            )
         consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
         await enter_kafka(stack, consumer, options)
         if not request.dry_run:
@@ -223,8 +240,24 @@ async def run_replay(
             publisher = Publisher(producer, topics)
         consumer.assign(partitions)
         bounds = await resolve_range(consumer, request)
-        classifier, admitter = model_stages(settings, client, chat=chat)
+        classifier, admitter = model_stages(
+            settings, client, chat=chat, batch_api=request.batch_api
+        )
         log_request_params(settings)
+        if request.batch_api and publisher is not None:
+            batch = BatchReplayer(
+                settings,
+                classifier=classifier,
+                admitter=admitter,
+                cache=cache,
+                publisher=publisher,
+                budget=CostBudget(request.max_cost),
+                progress=batch_progress or QuietBatch(),
+                topic=request.topic,
+                poll_s=request.batch_poll_s,
+                max_outage_s=request.max_outage_s,
+            )
+            return await batch.run(consumer, bounds)
         replayer = Replayer(
             settings,
             classifier=classifier,

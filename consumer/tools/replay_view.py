@@ -18,6 +18,7 @@ from rich.progress import (
     TaskID,
     TaskProgressColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -26,7 +27,7 @@ from rich.text import Text
 from consumer.tools.replay import ReplayRequest
 from consumer.tools.replayer import ReplayResult, StopReason
 
-__all__ = ["ProgressBar", "RateColumn", "render_result"]
+__all__ = ["BatchProgressBar", "ProgressBar", "RateColumn", "render_result"]
 
 
 class RateColumn(ProgressColumn):
@@ -73,6 +74,46 @@ class ProgressBar:
         self._progress.stop()
 
 
+class BatchProgressBar:
+    """A Batch API replay's batch on the terminal: requests done (completed + failed) of the
+    batch's total, its status, failures, and the time it has been running."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("[yellow]{task.fields[status]}"),
+            TextColumn("[red]{task.fields[failed]:,} failed"),
+            TimeElapsedColumn(),
+        )
+        console = console or Console(stderr=True)
+        self._progress = Progress(*columns, console=console, transient=False)
+        self._task: TaskID | None = None
+
+    def submitted(self, batch_id: str, total: int, *, resumed: bool) -> None:
+        """Show the bar for the batch's ``total`` requests."""
+        self._progress.start()
+        verb = "resumed" if resumed else "batch"
+        self._task = self._progress.add_task(
+            f"{verb} {batch_id}", total=total, status="submitted", failed=0
+        )
+
+    def polled(self, status: str, completed: int, failed: int) -> None:
+        """The batch as of the last poll."""
+        if self._task is not None:
+            self._progress.update(
+                self._task, completed=completed + failed, status=status, failed=failed
+            )
+
+    def finished(self, status: str) -> None:
+        """Leave the bar as the batch ended."""
+        if self._task is not None:
+            self._progress.update(self._task, status=status)
+        self._progress.stop()
+
+
 def render_result(
     result: ReplayResult, request: ReplayRequest, console: Console | None = None
 ) -> None:
@@ -81,7 +122,8 @@ def render_result(
     title = (
         "Dry run (estimate, no model call)" if request.dry_run else f"Replay -> {request.to_topic}"
     )
-    table = Table(title=title)
+    caption = "via the Batch API: 50% of the synchronous price" if request.batch_api else None
+    table = Table(title=title, caption=caption)
     table.add_column("")
     table.add_column("", justify="right")
     rows = {
@@ -94,6 +136,8 @@ def render_result(
         "cost (USD)": f"{result.cost_usd:.5f}",
         "dead letters": ", ".join(f"{k}: {n}" for k, n in result.dead_letters.items()) or "0",
     }
+    if result.batch_id is not None:
+        rows["batch"] = result.batch_id + (" (resumed)" if result.batch_resumed else "")
     for name, value in rows.items():
         table.add_row(name, value)
     console.print(table)

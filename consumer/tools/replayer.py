@@ -46,7 +46,17 @@ from consumer.tools.outage import OutageWatch
 from consumer.tools.round_robin import round_robin
 from schemas import UsageEvent, Verdict
 
-__all__ = ["Quiet", "Range", "ReplayProgress", "ReplayResult", "Replayer", "StopReason"]
+__all__ = [
+    "Quiet",
+    "Range",
+    "ReplayProgress",
+    "ReplayResult",
+    "Replayer",
+    "StopReason",
+    "admit_record",
+    "envelope_of",
+    "verdict_key",
+]
 
 #: A typical reply's rationale, for the dry-run's completion estimate.
 _TYPICAL_RATIONALE = (
@@ -88,6 +98,10 @@ class ReplayResult:
     left: int = 0
     #: For a stop on an unreachable model: the URL and the last error, in one line.
     outage: str | None = None
+    #: ``--batch-api``: the provider's batch, and whether it was found (a resumed replay)
+    #: rather than submitted by this run.
+    batch_id: str | None = None
+    batch_resumed: bool = False
 
     @property
     def tokens(self) -> int:
@@ -132,6 +146,30 @@ class Range:
     def total(self) -> int:
         """Offsets in the range (records, less any compacted away)."""
         return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.start)
+
+
+def admit_record(settings: Settings, admitter: Admitter, envelope: Envelope) -> Admitted:
+    """A record decoded and admitted as the service does; ``PermanentError`` for one that the
+    service would dead-letter (a replay counts it, :attr:`ReplayResult.dead_letters`)."""
+    request = decode(
+        envelope,
+        input_format=settings.input_format,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    return admitter.admit(request)
+
+
+def verdict_key(classifier: Classifier, admitted: Admitted) -> str:
+    """The verdict cache's key for ``admitted`` under ``classifier``'s model, prompt, policy."""
+    builder = classifier.builder
+    return cache_key(
+        admitted.text,
+        admitted.context,
+        classifier.model,
+        builder.prompt.version,
+        builder.policy.version,
+        images=[image.url for image in admitted.images],
+    )
 
 
 class Replayer:
@@ -215,23 +253,10 @@ class Replayer:
             self._not_replayed(envelope)
             return None
         try:
-            request = decode(
-                envelope,
-                input_format=self.settings.input_format,
-                max_message_bytes=self.settings.max_message_bytes,
-            )
-            admitted = self.admitter.admit(request)
+            admitted = admit_record(self.settings, self.admitter, envelope)
         except PermanentError as exc:
             return self._dead_letter(exc.kind)
-        builder = self.classifier.builder
-        key = cache_key(
-            admitted.text,
-            admitted.context,
-            self.classifier.model,
-            builder.prompt.version,
-            builder.policy.version,
-            images=[image.url for image in admitted.images],
-        )
+        key = verdict_key(self.classifier, admitted)
         if (hit := self.cache.get(key)) is not None:
             return self._cached(envelope, admitted, hit)
         if self.dry_run:
@@ -361,7 +386,7 @@ class Replayer:
                         self._window.release()
                         break
                     self._read_to[record.partition] = record.offset + 1
-                    envelope = _envelope(record)
+                    envelope = envelope_of(record)
                     task = group.create_task(self.handle(envelope))
                     tasks.add(task)
                     task.add_done_callback(lambda t, e=envelope: done(e, t))  # type: ignore[misc]
@@ -426,7 +451,8 @@ class Replayer:
 _Plan: TypeAlias = Coroutine[Any, Any, None]
 
 
-def _envelope(record: Record) -> Envelope:
+def envelope_of(record: Record) -> Envelope:
+    """The pipeline's envelope of a record read from the range."""
     return Envelope(
         record.topic,
         record.partition,

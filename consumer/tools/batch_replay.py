@@ -1,0 +1,429 @@
+"""``modstream replay --batch-api``: a range replayed through OpenAI's Batch API, at its price.
+
+The run, once :mod:`consumer.tools.replay` has built the clients and resolved the range:
+
+1. **Collect.** The range is read as a synchronous replay reads it (the partitions in turn,
+   :mod:`consumer.tools.round_robin`), each record decoded and admitted the same way
+   (:func:`~consumer.tools.replayer.admit_record`); a record the service would dead-letter is
+   counted, a verdict cache hit is answered from the cache, and every other input becomes
+   one line of the batch (:mod:`consumer.tools.batch_requests`: the synchronous request's
+   body). With ``--max-cost`` each line first reserves its worst case at the batch price
+   (:mod:`consumer.tools.budget`; one call, no repair: a batch makes none); the first that
+   does not fit ends the range there, so what is submitted is a fair sample.
+2. **Submit, or find.** The batch's key (a hash of the topic and the file) is in its
+   ``metadata``. Before uploading, the provider's batches are listed for one with that key
+   that is not failed, cancelled or expired: a replay killed while its batch ran, run again,
+   waits for that batch instead of paying for a second. No local state file.
+3. **Wait.** The batch is polled every ``--batch-poll-s`` seconds, its status and request
+   counts shown (:class:`BatchProgress`). A batch that fails validation, expires or is
+   cancelled is :class:`~consumer.errors.BatchFailed`, with its first errors.
+4. **Read and publish.** The output and error files are matched to the inputs by custom id
+   (:mod:`consumer.tools.batch_results`); each reply is read as the synchronous path reads one
+   (:meth:`~consumer.model.classify.Classifier.read_reply`: local salvage, no repair call), an
+   unusable reply or an error line is that input's failure (counted as a dead letter, as a
+   synchronous replay counts them). Verdicts and usage go out through the same Publisher, the
+   usage priced at the Batch API's discount (the classifier's price table is
+   :meth:`~consumer.model.cost.PriceTable.batch_api`) and carrying ``provider_batch_id``.
+   Nothing is published before the batch is done, so a killed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, cast
+
+import openai
+import structlog
+from aiokafka import AIOKafkaConsumer
+from openai import AsyncOpenAI
+from openai.types import Batch
+
+from consumer.errors import BatchFailed, ConfigError, ModstreamError, PermanentError
+from consumer.kafka.ranges import Record
+from consumer.model.classify import Classifier
+from consumer.model.conversation import Call
+from consumer.model.ledger import Tokens
+from consumer.model.provider import translate
+from consumer.model.verdicts import Decision
+from consumer.pipeline.admit import Admitted, Admitter
+from consumer.pipeline.publish import OutRecord, Publisher
+from consumer.pipeline.source import Envelope
+from consumer.settings import Settings
+from consumer.tools.batch_requests import (
+    BATCH_ENDPOINT,
+    KEY_FIELD,
+    MAX_LINES,
+    batch_key,
+    batch_metadata,
+    custom_id,
+    jsonl,
+    request_line,
+)
+from consumer.tools.batch_results import Answer, match, read_lines
+from consumer.tools.budget import CostBudget, Grant
+from consumer.tools.cache import VerdictCache
+from consumer.tools.replayer import (
+    Range,
+    ReplayResult,
+    StopReason,
+    admit_record,
+    envelope_of,
+    verdict_key,
+)
+from consumer.tools.round_robin import round_robin
+from schemas import UsageEvent, Verdict
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+__all__ = ["BATCH_POLL_S", "BatchProgress", "BatchReplayer", "QuietBatch"]
+
+#: Default of ``--batch-poll-s``: a batch takes minutes to hours; polling faster buys nothing.
+BATCH_POLL_S = 30.0
+
+#: Statuses a batch never leaves; only ``completed`` has results to read.
+_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: Statuses of a batch that will never have results: not one to resume.
+_DEAD = frozenset({"failed", "expired", "cancelled", "cancelling"})
+#: Errors of a failed batch named in the one-line error.
+_ERRORS_SHOWN = 5
+#: Inputs whose outputs are sent to the broker together (each group awaited as one).
+_PUBLISH_GROUP = 256
+#: Records asked of the broker at once, and how long a fetch may wait for them.
+_FETCH_RECORDS = 256
+_FETCH_TIMEOUT_MS = 500
+
+
+class BatchProgress(Protocol):
+    """What a batch replay tells whoever shows its progress (the CLI's bar)."""
+
+    def submitted(self, batch_id: str, total: int, *, resumed: bool) -> None:
+        """The batch of ``total`` requests is the provider's (``resumed``: found, not sent)."""
+
+    def polled(self, status: str, completed: int, failed: int) -> None:
+        """The batch as of the last poll."""
+
+    def finished(self, status: str) -> None:
+        """The batch reached ``status``, a terminal one (or the replay ended before it)."""
+
+
+class QuietBatch:
+    """No progress shown: tests and scripts."""
+
+    def submitted(self, batch_id: str, total: int, *, resumed: bool) -> None:
+        """Nothing to show."""
+
+    def polled(self, status: str, completed: int, failed: int) -> None:
+        """Nothing to show."""
+
+    def finished(self, status: str) -> None:
+        """Nothing to show."""
+
+
+@dataclass(slots=True)
+class _Item:
+    """One record of the range that the replay answers: from the cache, or a batch line."""
+
+    envelope: Envelope
+    admitted: Admitted
+    key: str
+    #: A cache hit's decision; None: a line of the batch.
+    hit: Decision | None = None
+    call: Call | None = None
+    messages: list[dict[str, str]] | None = None
+    worst: float = 0.0
+
+    @property
+    def custom_id(self) -> str:
+        return custom_id(self.envelope.partition, self.envelope.offset)
+
+
+class BatchReplayer:
+    """Runs one Batch API replay over a range; built by :func:`consumer.tools.replay.run_replay`.
+
+    ``classifier`` must price at the Batch API's discount (``model_stages(...,
+    batch_api=True)``); its client is the one the batch goes through."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        classifier: Classifier,
+        admitter: Admitter,
+        cache: VerdictCache,
+        publisher: Publisher,
+        budget: CostBudget,
+        progress: BatchProgress,
+        topic: str,
+        poll_s: float = BATCH_POLL_S,
+        max_outage_s: float = 60.0,
+    ) -> None:
+        """``poll_s``: seconds between two looks at the batch; ``max_outage_s``: how long the
+        provider may answer no poll (5xx, timeouts) before the replay gives up on it."""
+        self.settings = settings
+        self.classifier = classifier
+        self.client: AsyncOpenAI = classifier.client
+        self.admitter = admitter
+        self.cache = cache
+        self.publisher = publisher
+        self.budget = budget
+        self.progress = progress
+        self.topic = topic
+        self.poll_s = poll_s
+        self.max_outage_s = max_outage_s
+        self.result = ReplayResult()
+        if classifier.policy.first_tier is not None:
+            # The first tier is a call of its own before the chat model's, per message: not a
+            # line a chat completions batch can hold.
+            raise ConfigError("--batch-api replays a policy without a first_tier only")
+
+    async def run(self, consumer: AIOKafkaConsumer, bounds: Range) -> ReplayResult:
+        """Collect the range, run its batch (or find it), publish what it answered."""
+        items = await self.collect(consumer, bounds)
+        lines = [item for item in items if item.hit is None]
+        answers: dict[str, Answer] = {}
+        batch_id = None
+        if lines:
+            batch = await self.submit_or_find(lines, bounds)
+            batch_id = batch.id
+            batch = await self.wait(batch)
+            matched = match([item.custom_id for item in lines], await self.result_lines(batch))
+            if matched.unknown or matched.duplicates or matched.missing:
+                log.warning(
+                    "batch results that match no input, or inputs with no result",
+                    batch_id=batch.id,
+                    unknown=matched.unknown,
+                    duplicates=matched.duplicates,
+                    missing=len(matched.missing),
+                )
+            answers = matched.answers
+        group: list[OutRecord] = []
+        for item in items:
+            verdict, usage = self._answer(item, answers, batch_id)
+            if verdict is not None and item.hit is None:
+                await self.cache.put(item.key, Decision.of(verdict))
+            group.extend(self.publisher.records(item.envelope, verdict=verdict, usage=usage))
+            self.result.messages += 1
+            if len(group) >= _PUBLISH_GROUP:
+                await self.publisher.publish(group)
+                group = []
+        if group:
+            await self.publisher.publish(group)
+        return self.result
+
+    async def collect(self, consumer: AIOKafkaConsumer, bounds: Range) -> list[_Item]:
+        """The range's records answered from the cache or to be asked in the batch, in the
+        order read; dead letters counted; a ``--max-cost`` stop noted in :attr:`result`."""
+        items: list[_Item] = []
+        asked = 0  # items that are lines of the batch
+        next_offset = {tp.partition: offset for tp, offset in bounds.start.items()}
+        records = cast(
+            "AsyncGenerator[Record, None]",
+            round_robin(
+                consumer,
+                bounds.start,
+                bounds.end,
+                max_records=_FETCH_RECORDS,
+                timeout_ms=_FETCH_TIMEOUT_MS,
+            ),
+        )
+        async with aclosing(records):
+            async for record in records:
+                envelope = envelope_of(record)
+                item = self._item(envelope)
+                # Nothing is settled before the batch is done: WAIT means spent, too.
+                fits = item is None or item.hit is not None or self._reserve(item.worst)
+                if not fits:
+                    self.result.stopped = StopReason.BUDGET
+                    break
+                if item is not None:
+                    items.append(item)
+                    asked += item.hit is None
+                    if asked > MAX_LINES:  # refused as soon as known: never read on into memory
+                        raise ConfigError(
+                            f"the range holds more than {MAX_LINES:,} requests, the most one "
+                            "batch takes: replay it in parts (--from-offset/--to-offset)"
+                        )
+                next_offset[envelope.partition] = envelope.offset + 1
+        if self.result.stopped is not None:
+            ends = {tp.partition: end for tp, end in bounds.end.items()}
+            self.result.stopped_at = {p: o for p, o in sorted(next_offset.items()) if o < ends[p]}
+            self.result.left = sum(ends[p] - o for p, o in self.result.stopped_at.items())
+        return items
+
+    def _reserve(self, worst: float) -> bool:
+        return self.budget.reserve(worst) is Grant.GRANTED
+
+    def _item(self, envelope: Envelope) -> _Item | None:
+        """The record as an item of the replay; None for one dead-lettered (counted here)."""
+        try:
+            admitted = admit_record(self.settings, self.admitter, envelope)
+        except PermanentError as exc:
+            self.result.dead_letters[exc.kind] += 1
+            self.result.messages += 1
+            return None
+        key = verdict_key(self.classifier, admitted)
+        if (hit := self.cache.get(key)) is not None:
+            return _Item(envelope, admitted, key, hit=hit)
+        call = self.classifier.new_call(admitted, envelope.source)
+        prompt = self.classifier.overhead_tokens + admitted.content_tokens
+        # One call at the batch price: a batch line gets no retry and no repair.
+        worst = self.classifier.ledger.cost(Tokens(prompt, call.max_tokens)) or 0.0
+        return _Item(envelope, admitted, key, call=call, worst=worst)
+
+    async def submit_or_find(self, lines: Sequence[_Item], bounds: Range) -> Batch:
+        """The batch of ``lines``: the provider's live one with the same key, else a new one."""
+        bodies = []
+        for item in lines:
+            assert item.call is not None
+            body = self.classifier.request_body(item.call)
+            item.messages = body["messages"]
+            bodies.append(request_line(item.custom_id, body))
+        content = jsonl(bodies)
+        key = batch_key(self.topic, content)
+        found = await self._find(key)
+        if found is not None:
+            log.info("resuming the replay's batch", batch_id=found.id, status=found.status)
+            self.result.batch_resumed = True
+            self.progress.submitted(found.id, len(lines), resumed=True)
+            return found
+        upload = await self._call(
+            self.client.files.create(
+                file=(f"modstream-replay-{key}.jsonl", content), purpose="batch"
+            )
+        )
+        builder = self.classifier.builder
+        spans = ",".join(
+            f"{tp.partition}:{bounds.start[tp]}-{bounds.end[tp]}" for tp in sorted(bounds.start)
+        )
+        metadata = batch_metadata(
+            key,
+            tool="modstream replay",
+            topic=self.topic,
+            range=spans,
+            model=self.classifier.model,
+            prompt_version=builder.prompt.version,
+            policy_version=builder.policy.version,
+        )
+        batch = await self._call(
+            self.client.batches.create(
+                input_file_id=upload.id,
+                endpoint=BATCH_ENDPOINT,
+                completion_window="24h",
+                metadata=metadata,
+            )
+        )
+        log.info("batch submitted", batch_id=batch.id, requests=len(lines))
+        self.progress.submitted(batch.id, len(lines), resumed=False)
+        return batch
+
+    async def _find(self, key: str) -> Batch | None:
+        """The newest batch whose metadata holds ``key`` and that may still have results."""
+        try:
+            async for batch in self.client.batches.list(limit=100):
+                if (batch.metadata or {}).get(KEY_FIELD) == key and batch.status not in _DEAD:
+                    return batch
+        except openai.OpenAIError as exc:
+            raise translate(exc, base_url=self.client.base_url) from exc
+        return None
+
+    async def wait(self, batch: Batch) -> Batch:
+        """Poll ``batch`` until it ends; the completed batch, else :class:`BatchFailed`."""
+        failing_since: float | None = None
+        try:
+            while True:
+                counts = batch.request_counts
+                self.progress.polled(
+                    batch.status, counts.completed if counts else 0, counts.failed if counts else 0
+                )
+                if batch.status in _TERMINAL:
+                    break
+                await self._sleep()
+                try:
+                    batch = await self._call(self.client.batches.retrieve(batch.id))
+                    failing_since = None
+                except ModstreamError as exc:
+                    if not exc.retriable:
+                        raise
+                    # A batch runs for hours: a provider hiccup between two polls is not its end.
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > self.max_outage_s:
+                        raise
+                    log.warning("polling the batch failed; polling again", error=str(exc))
+        finally:
+            self.progress.finished(batch.status)
+        if batch.status != "completed":
+            raise BatchFailed(_failure(batch))
+        self.result.batch_id = batch.id
+        return batch
+
+    async def _sleep(self) -> None:
+        await asyncio.sleep(self.poll_s)  # the poll interval: the batch's clock is the provider's
+
+    async def result_lines(self, batch: Batch) -> list[dict[str, object]]:
+        """The lines of the batch's output and error files (either may be absent)."""
+        lines: list[dict[str, object]] = []
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                content = await self._call(self.client.files.content(file_id))
+                lines.extend(read_lines(content.content.decode()))
+        return lines
+
+    def _answer(
+        self, item: _Item, answers: dict[str, Answer], batch_id: str | None
+    ) -> tuple[Verdict | None, list[UsageEvent]]:
+        """The verdict (None: the input failed) and usage of one item, counted in the result."""
+        if item.hit is not None:
+            self.result.cache_hits += 1
+            self.result.verdicts += 1
+            source = item.envelope.source
+            verdict = self.classifier.verdicts.cached(item.admitted, source, item.hit)
+            return verdict, [self.classifier.ledger.cache_hit(item.admitted, source)]
+        assert item.call is not None and item.messages is not None
+        answer = answers[item.custom_id]
+        completion, error = answer.completion, answer.error
+        tokens = (
+            self.classifier.calls.chat_call.tokens(completion, item.messages)
+            if completion is not None
+            else Tokens(0, 0)
+        )
+        classified = self.classifier.read_reply(item.call, completion, tokens, error)
+        usage = [u.model_copy(update={"provider_batch_id": batch_id}) for u in classified.usage]
+        cost = 0.0
+        for event in usage:
+            self.result.model_calls += 1
+            self.result.prompt_tokens += event.prompt_tokens
+            self.result.completion_tokens += event.completion_tokens
+            cost += event.cost_usd or 0.0
+        self.result.cost_usd += cost
+        self.budget.settle(item.worst, cost)
+        if classified.verdict is None:
+            kind = classified.failure.kind if classified.failure else "unknown"
+            self.result.dead_letters[kind] += 1
+            return None, usage
+        self.result.verdicts += 1
+        return classified.verdict, usage
+
+    async def _call(self, pending: Awaitable[_T]) -> _T:
+        """Await an SDK call; openai's errors in our terms."""
+        try:
+            return await pending
+        except openai.OpenAIError as exc:
+            raise translate(exc, base_url=self.client.base_url) from exc
+
+
+def _failure(batch: Batch) -> str:
+    """A batch that ended without results, in one line with its first errors."""
+    errors = batch.errors.data if batch.errors and batch.errors.data else []
+    shown = "; ".join(
+        f"line {e.line}: {e.code}: {e.message}" if e.line else f"{e.code}: {e.message}"
+        for e in errors[:_ERRORS_SHOWN]
+    )
+    more = f" (and {len(errors) - _ERRORS_SHOWN} more)" if len(errors) > _ERRORS_SHOWN else ""
+    what = f": {shown}{more}" if shown else ""
+    return f"batch {batch.id} {batch.status}{what}; nothing was published"
