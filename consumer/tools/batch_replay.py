@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 import openai
 import structlog
@@ -43,7 +43,6 @@ from openai import AsyncOpenAI
 from openai.types import Batch
 
 from consumer.errors import BatchFailed, ConfigError, ModstreamError, PermanentError
-from consumer.kafka.ranges import Record
 from consumer.model.classify import Classifier
 from consumer.model.conversation import Call
 from consumer.model.ledger import Tokens
@@ -94,9 +93,6 @@ _DEAD = frozenset({"failed", "expired", "cancelled", "cancelling"})
 _ERRORS_SHOWN = 5
 #: Inputs whose outputs are sent to the broker together (each group awaited as one).
 _PUBLISH_GROUP = 256
-#: Records asked of the broker at once, and how long a fetch may wait for them.
-_FETCH_RECORDS = 256
-_FETCH_TIMEOUT_MS = 500
 
 
 class BatchProgress(Protocol):
@@ -222,16 +218,8 @@ class BatchReplayer:
         items: list[_Item] = []
         asked = 0  # items that are lines of the batch
         next_offset = {tp.partition: offset for tp, offset in bounds.start.items()}
-        records = cast(
-            "AsyncGenerator[Record, None]",
-            round_robin(
-                consumer,
-                bounds.start,
-                bounds.end,
-                max_records=_FETCH_RECORDS,
-                timeout_ms=_FETCH_TIMEOUT_MS,
-            ),
-        )
+        # Closed here (aclosing): a stop leaves early.
+        records = round_robin(consumer, bounds.start, bounds.end)
         async with aclosing(records):
             async for record in records:
                 envelope = envelope_of(record)

@@ -21,11 +21,11 @@ import asyncio
 import itertools
 import math
 from collections import Counter
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -63,9 +63,6 @@ _TYPICAL_RATIONALE = (
     "The content is an ordinary question with no policy concern; no category applies."
 )
 
-#: Records asked of the broker at once, and how long a fetch may wait for them.
-_FETCH_RECORDS = 256
-_FETCH_TIMEOUT_MS = 500
 
 #: Default of ``--max-outage``: seconds with the model unreachable before a replay gives up.
 MAX_OUTAGE_S = 60.0
@@ -368,17 +365,8 @@ class Replayer:
         self.progress.started(bounds.total)
         watchdog = asyncio.create_task(self._watch_outage(tasks))
         try:
-            # An async generator (typed as an iterator): closed here, a stop leaves early.
-            records = cast(
-                "AsyncGenerator[Record, None]",
-                round_robin(
-                    consumer,
-                    bounds.start,
-                    bounds.end,
-                    max_records=_FETCH_RECORDS,
-                    timeout_ms=_FETCH_TIMEOUT_MS,
-                ),
-            )
+            # Closed here (aclosing): a stop leaves early.
+            records = round_robin(consumer, bounds.start, bounds.end)
             async with asyncio.TaskGroup() as group, aclosing(records):
                 async for record in records:
                     await self._window.acquire()

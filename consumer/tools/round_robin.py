@@ -10,7 +10,7 @@ the range read ahead.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,17 +19,22 @@ from consumer.kafka.ranges import Record, records_in_range
 
 __all__ = ["round_robin"]
 
+#: Records asked of the broker at once, and how long a fetch may wait for them.
+FETCH_RECORDS = 256
+FETCH_TIMEOUT_MS = 500
+
 
 async def round_robin(
     consumer: AIOKafkaConsumer,
     start: Mapping[TopicPartition, int],
     end: Mapping[TopicPartition, int],
     *,
-    max_records: int,
-    timeout_ms: int,
-) -> AsyncIterator[Record]:
+    max_records: int = FETCH_RECORDS,
+    timeout_ms: int = FETCH_TIMEOUT_MS,
+) -> AsyncGenerator[Record, None]:
     """Records of ``[start, end)`` of every partition, in turn (partition order), each
-    partition in offset order. ``consumer`` has the partitions assigned."""
+    partition in offset order. ``consumer`` has the partitions assigned. An async generator:
+    close it (``aclosing``) to leave early."""
     for tp, offset in start.items():
         consumer.seek(tp, offset)
     # One range reader per partition over the one consumer: each fetches only its partition.
