@@ -369,8 +369,8 @@ def replay(
     from consumer.errors import FatalError
     from consumer.model.policy import prompt_file
     from consumer.tools.replay import STOPPED_EARLY_EXIT, ReplayRequest, parse_offsets, run_replay
+    from consumer.tools.replay_outcome import StopReason
     from consumer.tools.replay_view import BatchProgressBar, ProgressBar, render_result
-    from consumer.tools.replayer import StopReason
 
     overrides: dict[str, object] = {}
     if model:

@@ -6,6 +6,9 @@
                  resolved, the clients in one exit stack (the command's composition)
     replayer     the run: each record from the cache, an estimate or the model, in budget,
                  from the pipeline's parts (range reader, Classifier, verdicts, Publisher)
+    replay_outcome  what a replay reports and both runs share: the range, the result, the
+                 stop reason, the progress it tells
+    replay_records  a replayed record as the service sees it: envelope, admitted, cache key
     replay_view  what a person sees of a replay: the progress bar, the summary table
     batch_replay ``replay --batch-api``: the range as one Batch API batch (submit, or find
                  and resume; poll; publish), at the batch price

@@ -4,7 +4,7 @@ The run, once :mod:`consumer.tools.replay` has built the clients and resolved th
 
 1. **Collect.** The range is read as a synchronous replay reads it (the partitions in turn,
    :mod:`consumer.tools.round_robin`), each record decoded and admitted the same way
-   (:func:`~consumer.tools.replayer.admit_record`); a record the service would dead-letter is
+   (:func:`~consumer.tools.replay_records.admit_record`); a record the service would dead-letter is
    counted, a verdict cache hit is answered from the cache, and every other input becomes
    one line of the batch (:mod:`consumer.tools.batch_requests`: the synchronous request's
    body). With ``--max-cost`` each line first reserves its worst case at the batch price
@@ -65,14 +65,8 @@ from consumer.tools.batch_requests import (
 from consumer.tools.batch_results import Answer, match, read_lines
 from consumer.tools.budget import CostBudget, Grant
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replayer import (
-    Range,
-    ReplayResult,
-    StopReason,
-    admit_record,
-    envelope_of,
-    verdict_key,
-)
+from consumer.tools.replay_outcome import Range, ReplayResult, StopReason
+from consumer.tools.replay_records import admit_record, envelope_of, verdict_key
 from consumer.tools.round_robin import round_robin
 from schemas import UsageEvent, Verdict
 

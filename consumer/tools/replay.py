@@ -46,14 +46,8 @@ from consumer.settings import Settings
 from consumer.tools.batch_replay import BATCH_POLL_S, BatchProgress, BatchReplayer, QuietBatch
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replayer import (
-    MAX_OUTAGE_S,
-    Quiet,
-    Range,
-    Replayer,
-    ReplayProgress,
-    ReplayResult,
-)
+from consumer.tools.replay_outcome import MAX_OUTAGE_S, Quiet, Range, ReplayProgress, ReplayResult
+from consumer.tools.replayer import Replayer
 
 __all__ = [
     "STOPPED_EARLY_EXIT",

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.tools.replay import ReplayRequest
-from consumer.tools.replayer import ReplayResult, StopReason
+from consumer.tools.replay_outcome import ReplayResult, StopReason
 
 __all__ = ["BatchProgressBar", "ProgressBar", "RateColumn", "render_result"]
 

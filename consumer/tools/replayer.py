@@ -20,153 +20,41 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections import Counter
 from collections.abc import Coroutine
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from consumer.errors import ModstreamError, PermanentError
-from consumer.kafka.ranges import Record
 from consumer.model.classify import Classifier
 from consumer.model.ledger import Tokens
 from consumer.model.tokens import chat_prompt_tokens, count_tokens
 from consumer.model.verdicts import Decision
 from consumer.pipeline.admit import Admitted, Admitter
-from consumer.pipeline.decode import decode
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.tools.budget import CostBudget, Grant
-from consumer.tools.cache import VerdictCache, cache_key
+from consumer.tools.cache import VerdictCache
 from consumer.tools.outage import OutageWatch
+from consumer.tools.replay_outcome import (
+    MAX_OUTAGE_S,
+    Range,
+    ReplayProgress,
+    ReplayResult,
+    StopReason,
+)
+from consumer.tools.replay_records import admit_record, envelope_of, verdict_key
 from consumer.tools.round_robin import round_robin
 from schemas import UsageEvent, Verdict
 
-__all__ = [
-    "Quiet",
-    "Range",
-    "ReplayProgress",
-    "ReplayResult",
-    "Replayer",
-    "StopReason",
-    "admit_record",
-    "envelope_of",
-    "verdict_key",
-]
+__all__ = ["Replayer"]
 
 #: A typical reply's rationale, for the dry-run's completion estimate.
 _TYPICAL_RATIONALE = (
     "The content is an ordinary question with no policy concern; no category applies."
 )
-
-
-#: Default of ``--max-outage``: seconds with the model unreachable before a replay gives up.
-MAX_OUTAGE_S = 60.0
-
-
-class StopReason(StrEnum):
-    """Why a replay ended before its range did."""
-
-    BUDGET = "budget"
-    MODEL_UNREACHABLE = "model unreachable"
-
-
-@dataclass
-class ReplayResult:
-    """What a replay did, for the summary and the tests."""
-
-    messages: int = 0
-    verdicts: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    cache_hits: int = 0
-    model_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    estimated: bool = False
-    stopped_at: dict[int, int] | None = None  # partition -> first offset not replayed
-    #: Why the replay stopped early (None: it read its whole range).
-    stopped: StopReason | None = None
-    #: Offsets of the range not replayed (records, less any compacted away).
-    left: int = 0
-    #: For a stop on an unreachable model: the URL and the last error, in one line.
-    outage: str | None = None
-    #: ``--batch-api``: the provider's batch, and whether it was found (a resumed replay)
-    #: rather than submitted by this run.
-    batch_id: str | None = None
-    batch_resumed: bool = False
-
-    @property
-    def tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-
-class ReplayProgress(Protocol):
-    """What a replay tells whoever shows its progress (the CLI's bar)."""
-
-    def started(self, total: int) -> None:
-        """The range holds about ``total`` records (fewer if some were compacted away)."""
-
-    def advanced(self, result: ReplayResult) -> None:
-        """One more record done; ``result`` so far."""
-
-    def stopped(self, reason: StopReason | None) -> None:
-        """The replay ended: ``reason`` when it stopped early, None when done (or failed)."""
-
-
-class Quiet:
-    """No progress shown: tests and scripts."""
-
-    def started(self, total: int) -> None:
-        """Nothing to show."""
-
-    def advanced(self, result: ReplayResult) -> None:
-        """Nothing to show."""
-
-    def stopped(self, reason: StopReason | None) -> None:
-        """Nothing to show."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """Per partition, the first offset to read and the end (exclusive)."""
-
-    start: dict[TopicPartition, int]
-    end: dict[TopicPartition, int]
-
-    @property
-    def total(self) -> int:
-        """Offsets in the range (records, less any compacted away)."""
-        return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.start)
-
-
-def admit_record(settings: Settings, admitter: Admitter, envelope: Envelope) -> Admitted:
-    """A record decoded and admitted as the service does; ``PermanentError`` for one that the
-    service would dead-letter (a replay counts it, :attr:`ReplayResult.dead_letters`)."""
-    request = decode(
-        envelope,
-        input_format=settings.input_format,
-        max_message_bytes=settings.max_message_bytes,
-    )
-    return admitter.admit(request)
-
-
-def verdict_key(classifier: Classifier, admitted: Admitted) -> str:
-    """The verdict cache's key for ``admitted`` under ``classifier``'s model, prompt, policy."""
-    builder = classifier.builder
-    return cache_key(
-        admitted.text,
-        admitted.context,
-        classifier.model,
-        builder.prompt.version,
-        builder.policy.version,
-        images=[image.url for image in admitted.images],
-    )
 
 
 class Replayer:
@@ -437,16 +325,3 @@ class Replayer:
 
 #: What a decision leaves to do: the publishing or the model call, to await.
 _Plan: TypeAlias = Coroutine[Any, Any, None]
-
-
-def envelope_of(record: Record) -> Envelope:
-    """The pipeline's envelope of a record read from the range."""
-    return Envelope(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.key,
-        record.value,
-        tuple(record.headers),
-        record.timestamp,
-    )

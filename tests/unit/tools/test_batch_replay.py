@@ -22,7 +22,7 @@ from consumer.settings import OversizePolicy, load_settings
 from consumer.tools.batch_replay import BatchReplayer
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replayer import Range, ReplayResult, StopReason
+from consumer.tools.replay_outcome import Range, ReplayResult, StopReason
 from tests.unit.tools.test_batch_results import classifier
 from tests.unit.tools.test_replay import TOPIC, RangeConsumer
 

@@ -39,7 +39,8 @@ from consumer.settings import InputFormat, OversizePolicy, Settings, load_settin
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replay import ReplayRequest, run_replay
-from consumer.tools.replayer import Range, Replayer, ReplayResult, StopReason
+from consumer.tools.replay_outcome import Range, ReplayResult, StopReason
+from consumer.tools.replayer import Replayer
 from schemas import ModerationRequest, UsageEvent, UsageOutcome, Verdict
 from tests.unit.kafka_fakes import FakeProducer, request_bytes
 from tests.unit.model.test_classify import BUILDER, MODEL, USAGE, ok, reply_text

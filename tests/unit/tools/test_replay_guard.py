@@ -21,7 +21,7 @@ from consumer.model.ledger import Tokens
 from consumer.settings import load_settings
 from consumer.tools.outage import OutageWatch
 from consumer.tools.replay import ReplayRequest, check_destination, parse_offsets
-from consumer.tools.replayer import Range, StopReason
+from consumer.tools.replay_outcome import Range, StopReason
 from tests.unit.model.test_classify import USAGE, ok
 from tests.unit.tools.test_replay import (
     EVAL,
