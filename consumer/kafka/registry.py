@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import fastavro
-import httpx
+import httpx2
 import jsonschema
 import structlog
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, SchemaRegistryError
@@ -132,7 +132,7 @@ class SchemaRegistry:
             if 400 <= status < 500 and status not in _TRY_LATER:
                 raise DecodeError(f"schema id {schema_id}: the registry answered {said}") from None
             raise RegistryUnavailable(f"the schema registry answered {said}") from exc
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise RegistryUnavailable(
                 f"the schema registry is unreachable ({type(exc).__name__})"
             ) from exc
