@@ -57,7 +57,7 @@ lint: install
 kafka-jars:
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) fetch
 
-# The same for the schema registry of the avro/json_schema tests: Apicurio's jars and its
+# The same for the schema registry of the schema-registry input tests: Apicurio's jars and its
 # Quarkus build, about 2 minutes from an empty ~/.m2, nothing once built.
 registry-jars:
 	REGISTRY_PYTHON=$(PY) bash $(REGISTRY_SH) fetch

@@ -9,7 +9,7 @@ is stopped at session end.
 ``MODSTREAM_TEST_KAFKA_BOOTSTRAP=host:port`` uses an existing broker instead and starts nothing.
 
 ``schema_registry`` is a real schema registry (Apicurio, ``deploy/registry/registry.sh``) for
-the avro/json_schema input tests, started on first use on ``MODSTREAM_TEST_REGISTRY_PORT``
+the schema-registry input tests, started on first use on ``MODSTREAM_TEST_REGISTRY_PORT``
 (default 39850; pytest-xdist worker N adds N) and stopped at session end.
 
 Several sessions may run at once in the same tree (two engineers, or ``make test`` next to an

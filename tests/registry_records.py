@@ -13,6 +13,8 @@ from typing import Any
 
 import fastavro
 
+from consumer.kafka.protoc import compile_proto, message_class
+
 #: An Avro post whose fields are not named like the request's parts (MODSTREAM_INPUT_FIELDS).
 AVRO_POST = {
     "type": "record",
@@ -38,13 +40,18 @@ JSON_POST = {
     "required": ["post_id", "body"],
 }
 
+#: Post is the file's second message: its records carry message indexes [1].
 PROTO_POST = """syntax = "proto3";
 package dev.modstream.test;
+message Note { string note = 1; }
 message Post {
   string post_id = 1;
   string body = 2;
+  optional string thread = 3;
+  map<string, string> tags = 4;
 }
 """
+PROTO_POST_INDEXES = (1,)
 
 #: The field mapping for the posts above.
 POST_FIELDS = "id=post_id,text=body,context=thread,metadata=tags"
@@ -79,6 +86,12 @@ def avro_payload(post: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(AVRO_POST), post)
     return buffer.getvalue()
+
+
+def proto_payload(post: dict[str, Any]) -> bytes:
+    message = message_class(compile_proto(PROTO_POST), PROTO_POST_INDEXES)
+    fields = {k: v for k, v in post.items() if v is not None}
+    return message(**fields).SerializeToString()
 
 
 def json_payload(post: dict[str, Any]) -> bytes:

@@ -1,20 +1,22 @@
 """The schema registry: schemas fetched by id, compiled once, and its errors in our terms.
 
-Records in ``MODSTREAM_INPUT_FORMAT=avro`` or ``json_schema`` carry a schema id
+Records in ``MODSTREAM_INPUT_FORMAT=avro``, ``protobuf`` or ``json_schema`` carry a schema id
 (:mod:`consumer.pipeline.registry_decode`); :class:`SchemaRegistry` turns one into a request.
 The client is ``confluent-kafka``'s :class:`AsyncSchemaRegistryClient` against any
 Confluent-compatible registry (Confluent's own, Apicurio's ``/apis/ccompat/v6``).
 
 Errors, decided here and only here:
 
-* a 4xx answer (unknown schema id: 404) and a schema of the wrong kind or that does not
-  compile are :class:`~consumer.errors.DecodeError`: the record is a dead letter;
+* a 4xx answer (unknown schema id: 404), a schema of the wrong kind or that does not
+  compile, and a Protobuf message index the schema does not have are
+  :class:`~consumer.errors.DecodeError`: the record is a dead letter;
 * no answer, a timeout, 5xx, 408 or 429 is :class:`~consumer.errors.RegistryUnavailable`,
   retried here with backoff until the registry answers: the record waits, it is never
   dead-lettered for an outage (the work window fills and fetching stops meanwhile).
 
 Compiled schemas are cached by id for the life of the process: a schema id never changes
-meaning in a registry.
+meaning in a registry. Compiling is synchronous (protoc for Protobuf, :mod:`consumer.kafka.protoc`):
+it happens once per schema id.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import httpx2
 import jsonschema
 import structlog
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, SchemaRegistryError
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import Message
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -37,10 +41,13 @@ from tenacity import (
 )
 
 from consumer.errors import DecodeError, RegistryUnavailable
+from consumer.kafka.protoc import compile_proto, message_class
 from consumer.pipeline.registry_decode import (
+    Framed,
     parse_framed,
     read_avro,
     read_json_schema,
+    read_protobuf,
     to_request,
 )
 from consumer.retry import retried
@@ -51,11 +58,15 @@ __all__ = ["SchemaRegistry"]
 
 log = structlog.get_logger(__name__)
 
-#: A compiled schema: the payload in, the record out (DecodeError when they do not match).
-Reader = Callable[[bytes], Any]
+#: A compiled schema: the framed record in, its fields out (DecodeError when they do not match).
+Reader = Callable[[Framed], Any]
 
 #: The schema type the registry names for each input format (Avro is the registry's default).
-_SCHEMA_TYPES = {InputFormat.AVRO: "AVRO", InputFormat.JSON_SCHEMA: "JSON"}
+_SCHEMA_TYPES = {
+    InputFormat.AVRO: "AVRO",
+    InputFormat.PROTOBUF: "PROTOBUF",
+    InputFormat.JSON_SCHEMA: "JSON",
+}
 
 #: 4xx answers that mean "later", not "never".
 _TRY_LATER = frozenset({408, 429})
@@ -92,11 +103,11 @@ class SchemaRegistry:
     async def decode(self, value: bytes) -> ModerationRequest:
         """One record's value to a request; DecodeError, or waits out a registry outage."""
         try:
-            framed = parse_framed(value)
+            framed = parse_framed(value, message_indexes=self._format is InputFormat.PROTOBUF)
             reader = self._readers.get(framed.schema_id)
             if reader is None:
                 reader = await self._reader(framed.schema_id)
-            return to_request(reader(framed.payload), self._fields)
+            return to_request(reader(framed), self._fields)
         except DecodeError:
             raise
         except Exception as exc:
@@ -146,19 +157,38 @@ class SchemaRegistry:
                 f"MODSTREAM_INPUT_FORMAT={self._format} reads {expected}"
             )
         try:
+            if self._format is InputFormat.PROTOBUF:
+                return _protobuf_reader(compile_proto(text))
             definition = json.loads(text)
             if self._format is InputFormat.AVRO:
                 parsed = fastavro.parse_schema(definition)
-                return lambda payload: read_avro(payload, parsed)
+                return lambda framed: read_avro(framed.payload, parsed)
             cls = jsonschema.validators.validator_for(definition)
             cls.check_schema(definition)
             validator = cls(definition)
-            return lambda payload: read_json_schema(payload, validator)
+            return lambda framed: read_json_schema(framed.payload, validator)
         except (ValueError, TypeError, KeyError, jsonschema.SchemaError) as exc:
             # An unparsable schema, or one with references (not supported): never usable.
             raise DecodeError(
                 f"schema id {schema_id} is not a usable {schema_type} schema ({type(exc).__name__})"
             ) from None
+
+
+def _protobuf_reader(file: FileDescriptor) -> Reader:
+    """Reads each record as the message type its indexes name (classes built once each)."""
+    classes: dict[tuple[int, ...], type[Message]] = {}
+
+    def read(framed: Framed) -> Any:
+        message = classes.get(framed.message_indexes)
+        if message is None:
+            try:
+                message = message_class(file, framed.message_indexes)
+            except ValueError as exc:
+                raise DecodeError(f"schema id {framed.schema_id}: {exc}") from None
+            classes[framed.message_indexes] = message
+        return read_protobuf(framed.payload, message)
+
+    return read
 
 
 def _log_retry(state: RetryCallState) -> None:

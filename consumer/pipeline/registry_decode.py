@@ -25,13 +25,16 @@ from typing import Any
 
 import fastavro
 import jsonschema
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
 from pydantic import ValidationError
 
 from consumer.errors import DecodeError
 from consumer.pipeline.decode import describe_request_errors, is_blank
 from schemas import ModerationRequest
 
-__all__ = ["Framed", "parse_framed", "read_avro", "read_json_schema", "to_request"]
+__all__ = ["Framed", "parse_framed", "read_avro", "read_json_schema", "read_protobuf", "to_request"]
 
 _MAGIC = 0
 _HEADER_BYTES = 5
@@ -107,6 +110,18 @@ def read_avro(payload: bytes, schema: Any) -> Any:
     if left:
         raise DecodeError(f"payload does not match its Avro schema: {left} bytes left over")
     return datum
+
+
+def read_protobuf(payload: bytes, message: type[Message]) -> dict[str, Any]:
+    """The Protobuf message in ``payload`` as a dict keyed by the .proto field names (unset
+    proto3 fields are absent, as if missing; 64-bit integers become strings, as in JSON)."""
+    try:
+        parsed = message.FromString(payload)
+    except ProtobufDecodeError:
+        raise DecodeError(
+            f"payload does not match its Protobuf schema ({message.DESCRIPTOR.full_name})"
+        ) from None
+    return MessageToDict(parsed, preserving_proto_field_name=True)
 
 
 def read_json_schema(payload: bytes, validator: jsonschema.protocols.Validator) -> Any:

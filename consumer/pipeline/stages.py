@@ -69,7 +69,7 @@ class Stages:
         self.policy_version = policy_version
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
         self.shadow = shadow  # the candidate's second opinion, offered each delivered verdict
-        self.registry = registry  # decodes avro and json_schema input (schemas by id)
+        self.registry = registry  # decodes avro, protobuf and json_schema input
 
     async def run(self, envelope: Envelope) -> None:
         """One input to a delivered verdict or dead letter; its lines carry its coordinates."""

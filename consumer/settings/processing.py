@@ -48,14 +48,14 @@ class ProcessingSettings(BaseModel):
     input_format: InputFormat = InputFormat.JSON
     input_fields: str = Field(
         default="id=id,text=text,context=context,metadata=metadata",
-        description="For avro and json_schema input: which record field holds each part of "
-        "the request (PART=FIELD, comma-separated; parts id, text, context, metadata; "
+        description="For avro, protobuf and json_schema input: which record field holds each "
+        "part of the request (PART=FIELD, comma-separated; parts id, text, context, metadata; "
         "id and text required).",
     )
     schema_registry_url: str | None = Field(
         default=None,
-        description="Confluent-compatible schema registry (needed by avro and json_schema "
-        "input), e.g. http://registry:8081 or an Apicurio .../apis/ccompat/v6.",
+        description="Confluent-compatible schema registry (needed by avro, protobuf and "
+        "json_schema input), e.g. http://registry:8081 or an Apicurio .../apis/ccompat/v6.",
     )
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None

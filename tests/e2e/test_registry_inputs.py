@@ -1,7 +1,7 @@
 """Schema-registry input end to end: the real broker, the real registry (Apicurio), the fake
 model over HTTP, modstream in-process.
 
-One corpus goes in three times: as JSON requests, as Avro records and as JSON Schema records
+One corpus goes in as JSON requests, then as Avro, Protobuf and JSON Schema records
 (the Confluent wire format, schemas registered first, fields named unlike the request's parts
 and mapped by MODSTREAM_INPUT_FIELDS). The verdicts must agree content id by content id. Each
 framed run also carries one record of every bad kind, each a decode dead letter with its reason.
@@ -26,10 +26,12 @@ from tests.registry_records import (
     JSON_POST,
     POST_FIELDS,
     PROTO_POST,
+    PROTO_POST_INDEXES,
     avro_payload,
     frame,
     json_payload,
     post,
+    proto_payload,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -77,31 +79,48 @@ async def register(registry: str, subject: str, text: str, kind: str) -> int:
     return schema_id
 
 
-@pytest.mark.parametrize("fmt", [InputFormat.AVRO, InputFormat.JSON_SCHEMA])
+KINDS = {
+    InputFormat.AVRO: "AVRO",
+    InputFormat.PROTOBUF: "PROTOBUF",
+    InputFormat.JSON_SCHEMA: "JSON",
+}
+ENCODERS: dict[InputFormat, Callable[[dict[str, Any]], bytes]] = {
+    InputFormat.AVRO: avro_payload,
+    InputFormat.PROTOBUF: proto_payload,
+    InputFormat.JSON_SCHEMA: json_payload,
+}
+#: A payload its own schema refuses, per format.
+MISMATCHED = {
+    InputFormat.AVRO: avro_payload(post("bad", "fine text"))[:-2],  # a short read
+    InputFormat.PROTOBUF: b"\xff\xff\xff",  # a broken tag
+    InputFormat.JSON_SCHEMA: json_payload({"post_id": "bad", "body": ["not", "a", "string"]}),
+}
+
+
+@pytest.mark.parametrize("fmt", list(KINDS))
 async def test_framed_records_get_the_verdicts_json_gets(
     kafka_bootstrap: str, schema_registry: str, fmt: InputFormat
 ) -> None:
     items = corpus()
-    avro_id = await register(schema_registry, f"e2e-{fmt}-avro", json.dumps(AVRO_POST), "AVRO")
-    json_id = await register(schema_registry, f"e2e-{fmt}-json", json.dumps(JSON_POST), "JSON")
-    proto_id = await register(schema_registry, f"e2e-{fmt}-proto", PROTO_POST, "PROTOBUF")
-    own_id, other_id = (avro_id, json_id) if fmt is InputFormat.AVRO else (json_id, avro_id)
-    encode: Callable[[dict[str, Any]], bytes] = (
-        avro_payload if fmt is InputFormat.AVRO else json_payload
-    )
+    texts = {"AVRO": json.dumps(AVRO_POST), "PROTOBUF": PROTO_POST, "JSON": json.dumps(JSON_POST)}
+    ids = {
+        kind: await register(schema_registry, f"e2e-{fmt}-{kind}", text, kind)
+        for kind, text in texts.items()
+    }
+    own = ids[KINDS[fmt]]
+    indexes = PROTO_POST_INDEXES if fmt is InputFormat.PROTOBUF else None
+    encode = ENCODERS[fmt]
     good = encode(post("bad", "fine text"))
-    mismatched = (
-        good[:-2]
-        if fmt is InputFormat.AVRO
-        else json_payload({"post_id": "bad", "body": ["not", "a", "string"]})
-    )
     bad: dict[str, bytes] = {
         "magic byte 0 (got 0x7b)": b'{"id": "x", "text": "plain json"}',
-        "schema id 424242: the registry answered 404": frame(424_242, good),
-        "does not match its": frame(own_id, mismatched),
-        f"schema id {other_id} is a": frame(other_id, good),
-        f"schema id {proto_id} is a PROTOBUF schema": frame(proto_id, b"\x0a\x01x"),
+        "schema id 424242: the registry answered 404": frame(424_242, good, indexes),
+        "does not match its": frame(own, MISMATCHED[fmt], indexes),
     }
+    for kind, schema_id in ids.items():
+        if kind != KINDS[fmt]:
+            bad[f"schema id {schema_id} is a {kind} schema"] = frame(schema_id, good, indexes)
+    if fmt is InputFormat.PROTOBUF:
+        bad["message index 9 is out of range"] = frame(own, good, (9,))
 
     with fake_openai_server(latency_ms=2, seed=5) as url:
         expected, none = await run_values(
@@ -112,7 +131,7 @@ async def test_framed_records_get_the_verdicts_json_gets(
         got, reasons = await run_values(
             kafka_bootstrap,
             url,
-            [frame(own_id, encode(post(i, t))) for i, t in items] + list(bad.values()),
+            [frame(own, encode(post(i, t)), indexes) for i, t in items] + list(bad.values()),
             input_format=fmt,
             schema_registry_url=schema_registry,
             input_fields=POST_FIELDS,

@@ -25,10 +25,12 @@ from tests.registry_records import (
     JSON_POST,
     POST_FIELDS,
     PROTO_POST,
+    PROTO_POST_INDEXES,
     avro_payload,
     frame,
     json_payload,
     post,
+    proto_payload,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,16 +74,23 @@ async def test_the_registry_serves_the_confluent_api(
 
 
 @pytest.mark.parametrize(
-    ("fmt", "kind"), [(InputFormat.AVRO, "avro"), (InputFormat.JSON_SCHEMA, "json")]
+    ("fmt", "kind"),
+    [
+        (InputFormat.AVRO, "avro"),
+        (InputFormat.JSON_SCHEMA, "json"),
+        (InputFormat.PROTOBUF, "protobuf"),
+    ],
 )
 async def test_records_decode_through_the_registry(
     schema_registry: str, schema_ids: dict[str, int], fmt: InputFormat, kind: str
 ) -> None:
-    encode = avro_payload if kind == "avro" else json_payload
+    encode = {"avro": avro_payload, "json": json_payload, "protobuf": proto_payload}[kind]
+    indexes = PROTO_POST_INDEXES if kind == "protobuf" else None
     record = post("p1", "hello there") | {"thread": "t9", "tags": {"lang": "en"}}
+    value = frame(schema_ids[kind], encode(record), indexes)
     async with SchemaRegistry(settings(schema_registry, fmt)) as registry:
-        request = await registry.decode(frame(schema_ids[kind], encode(record)))
-        again = await registry.decode(frame(schema_ids[kind], encode(record)))
+        request = await registry.decode(value)
+        again = await registry.decode(value)
     assert request == again
     assert (request.id, request.text, request.context) == ("p1", "hello there", "t9")
     assert request.metadata == {"lang": "en"}
@@ -97,6 +106,9 @@ async def test_records_decode_through_the_registry(
         (InputFormat.JSON_SCHEMA, "avro", "is a AVRO schema"),
         (InputFormat.AVRO, "avro-short", "does not match its Avro schema"),
         (InputFormat.JSON_SCHEMA, "json-bad", "does not match its JSON Schema at body"),
+        (InputFormat.PROTOBUF, "protobuf-bad", "does not match its Protobuf schema"),
+        (InputFormat.PROTOBUF, "protobuf-index", "message index 7 is out of range"),
+        (InputFormat.PROTOBUF, "avro-framed", "is a AVRO schema"),
     ],
 )
 async def test_bad_records_are_decode_errors(
@@ -113,6 +125,9 @@ async def test_bad_records_are_decode_errors(
             "protobuf": b"\x0a\x01p",
             "avro-short": avro_payload(post("p", "hello"))[:-2],
             "json-bad": json_payload({"post_id": "p", "body": 3}),
+            "protobuf-bad": b"\x00\x01\xff\xff",  # Post (index [0]), then a broken varint
+            "protobuf-index": b"\x02\x0e\x0a\x01p",  # indexes [7]
+            "avro-framed": b"\x00" + avro_payload(post("p", "x")),
         }
         value = frame(schema_ids[value.split("-")[0]], payloads[value])
     async with SchemaRegistry(settings(schema_registry, fmt)) as registry:

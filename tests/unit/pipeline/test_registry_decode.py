@@ -11,11 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.errors import DecodeError
+from consumer.kafka.protoc import compile_proto, message_class
 from consumer.pipeline.registry_decode import (
     Framed,
     parse_framed,
     read_avro,
     read_json_schema,
+    read_protobuf,
     to_request,
 )
 from consumer.settings.processing import parse_input_fields
@@ -23,10 +25,13 @@ from tests.registry_records import (
     AVRO_POST,
     JSON_POST,
     POST_FIELDS,
+    PROTO_POST,
+    PROTO_POST_INDEXES,
     avro_payload,
     frame,
     json_payload,
     post,
+    proto_payload,
 )
 
 schema_ids = st.integers(min_value=0, max_value=2**32 - 1)
@@ -138,3 +143,22 @@ def test_input_fields_parse() -> None:
     ]:
         with pytest.raises(ValueError, match=reason):
             parse_input_fields(bad)
+
+
+PROTO = message_class(compile_proto(PROTO_POST), PROTO_POST_INDEXES)
+
+
+def test_a_protobuf_post_maps_to_its_request() -> None:
+    record = {"post_id": "p1", "body": "hello", "thread": "t", "tags": {"lang": "en"}}
+    request = to_request(read_protobuf(proto_payload(record), PROTO), FIELDS)
+    assert (request.id, request.text, request.context) == ("p1", "hello", "t")
+    assert request.metadata == {"lang": "en"}
+
+
+def test_protobuf_garbage_and_bad_indexes() -> None:
+    with pytest.raises(DecodeError, match="does not match its Protobuf schema"):
+        read_protobuf(b"\xff\xff\xff", PROTO)
+    with pytest.raises(ValueError, match="out of range"):
+        message_class(compile_proto(PROTO_POST), (2,))
+    with pytest.raises(ValueError, match="protoc exit"):
+        compile_proto('syntax = "proto3"; message {')
