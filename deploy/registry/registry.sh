@@ -34,7 +34,9 @@ PY
 }
 
 resolve() {
-  if [ ! -f "$runner" ] || [ "$here/pom.xml" -nt "$runner" ]; then
+  # Rebuilt when the pom or the build-time properties are newer than the last build.
+  if [ ! -f "$runner" ] || [ "$here/pom.xml" -nt "$runner" ] \
+    || [ "$here/src/main/resources/application.properties" -nt "$runner" ]; then
     echo "registry: resolving jars from Maven Central and building the runtime (once)..." >&2
     rm -rf "$here/target"
     # Strip Maven's colour codes and blank lines; keep what it says (an error) and its exit code.
