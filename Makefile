@@ -8,6 +8,7 @@
 #   make soak        the SIGKILL, rebalance and exactly-once e2e tests 5x each (SOAK_RUNS=N), a summary
 #   make mutation    mutmut over the core modules against their unit tests (not part of `make test`)
 #   make kafka-up    start the dev broker on localhost:9092 (kafka-down stops it)
+#   make registry-jars  build the test schema registry (deploy/registry; `make test` does it)
 #   make schema      regenerate schemas/json from the event models
 #   make clean       remove caches and .run/ (keeps .venv, the jars, busy test brokers)
 
@@ -20,6 +21,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modstream-installed
 KAFKA_SH := deploy/kafka/kafka.sh
+REGISTRY_SH := deploy/registry/registry.sh
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 PYTEST_ARGS ?=
 # The e2e tests mostly wait (on the broker, on rebalances, on injected latency), so two
@@ -28,7 +30,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 KEEP ?= 0
 
-.PHONY: help install lint test soak bench mutation demo kafka-up kafka-down kafka-jars schema clean
+.PHONY: help install lint test soak bench mutation demo kafka-up kafka-down kafka-jars registry-jars schema clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -55,8 +57,13 @@ lint: install
 kafka-jars:
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) fetch
 
+# The same for the schema registry of the schema-registry input tests: Apicurio's jars and its
+# Quarkus build, about 2 minutes from an empty ~/.m2, nothing once built.
+registry-jars:
+	REGISTRY_PYTHON=$(PY) bash $(REGISTRY_SH) fetch
+
 # pytest exits 5 when it collected nothing: that is a failure here too (no `|| true`).
-test: install lint kafka-jars
+test: install lint kafka-jars registry-jars
 	$(PY) -m pytest $(TEST_DIRS) -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The fault tests whose failures are timing-dependent, each run SOAK_RUNS times in a pytest

@@ -6,7 +6,8 @@
     │   ├── ProviderUnavailable    True       False   5xx, timeout, connection error, empty choices
     │   ├── FormatDowngraded       True       False   400 for the response format in ``auto``:
     │   │                                             sent again at once in the next mode
-    │   └── BrokerUnavailable      True       False   a retriable Kafka error (no leader, timeout)
+    │   ├── BrokerUnavailable      True       False   a retriable Kafka error (no leader, timeout)
+    │   └── RegistryUnavailable    True       False   the schema registry is down, 5xx, timeout
     ├── PermanentError             False      False   the message can never succeed: dead letter
     │   ├── DecodeError                               bytes are not a valid ModerationRequest
     │   ├── AdmissionError                            over a size or token limit
@@ -28,8 +29,9 @@
         │                                             expired or was cancelled
         └── RebalanceFailed                           a rebalance callback failed unexpectedly
 
-Third-party exceptions (openai, aiokafka) are translated into this tree in exactly one place
-per adapter (``raise ... from exc``); everything downstream reads ``retriable`` and ``fatal``.
+Third-party exceptions (openai, aiokafka, the schema registry client) are translated into this
+tree in exactly one place per adapter (``raise ... from exc``); everything downstream reads
+``retriable`` and ``fatal``.
 Each class names its ``kind`` on its ``class`` line, and no two share one. A pydantic
 ``ValidationError`` (settings, a policy or prices file, a model's reply) is put in words by
 :func:`describe_validation_error`, the one place that does.
@@ -100,6 +102,11 @@ class FormatDowngraded(TransientError, kind="format_downgraded"):
 
 class BrokerUnavailable(TransientError, kind="broker_unavailable"):
     """A Kafka error that may succeed later (aiokafka says ``retriable``): no leader, timeout."""
+
+
+class RegistryUnavailable(TransientError, kind="registry_unavailable"):
+    """The schema registry is down, timed out or answered 5xx (or 408/429): retried, the record
+    waits."""
 
 
 class PermanentError(ModstreamError, kind="permanent"):

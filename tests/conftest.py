@@ -8,6 +8,10 @@ is stopped at session end.
 
 ``MODSTREAM_TEST_KAFKA_BOOTSTRAP=host:port`` uses an existing broker instead and starts nothing.
 
+``schema_registry`` is a real schema registry (Apicurio, ``deploy/registry/registry.sh``) for
+the schema-registry input tests, started on first use on ``MODSTREAM_TEST_REGISTRY_PORT``
+(default 39850; pytest-xdist worker N adds N) and stopped at session end.
+
 Several sessions may run at once in the same tree (two engineers, or ``make test`` next to an
 editor's test run). Each session holds a lock on its broker's data directory; when the default
 port's lock is held by another session, the next free slot (port + 10, + 20, ...) is used with
@@ -22,6 +26,8 @@ import itertools
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -38,6 +44,8 @@ from tests.kafka_script import RUN_DIR, NoFreeSlot, claim_slot, run_kafka_sh
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORT = 39092
+REGISTRY_SH = ROOT / "deploy" / "registry" / "registry.sh"
+DEFAULT_REGISTRY_PORT = 39850
 PORT_STEP = 10
 PORT_SLOTS = 5
 _KAFKA_DIRS = ("integration", "e2e")
@@ -131,6 +139,59 @@ def kafka_bootstrap() -> Iterator[str]:
             run_kafka_sh("down", port, data)
     finally:
         lock.close()
+
+
+def _run_registry_sh(command: str, port: int, data: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "REGISTRY_PORT": str(port),
+        "REGISTRY_DATA_DIR": str(data),
+        "REGISTRY_PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        ["bash", str(REGISTRY_SH), command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def schema_registry(worker_id: str) -> Iterator[str]:
+    """The Confluent-compatible base URL of a fresh schema registry (empty: in-memory storage).
+
+    Skipped, saying why, only when its jars cannot be resolved from Maven Central; a registry
+    that resolves but does not start fails the tests that asked for it.
+    """
+    worker = 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
+    port = int(os.environ.get("MODSTREAM_TEST_REGISTRY_PORT", DEFAULT_REGISTRY_PORT)) + worker
+    data = RUN_DIR / f"registry-test-{port}"
+    fetched = _run_registry_sh("fetch", port, data)
+    if fetched.returncode != 0:
+        pytest.skip(
+            "the schema registry's jars could not be resolved from Maven Central "
+            f"(registry.sh fetch exit {fetched.returncode}): {fetched.stderr[-2000:]}"
+        )
+    shutil.rmtree(data, ignore_errors=True)
+    started = time.monotonic()
+    result = _run_registry_sh("up", port, data)
+    if result.returncode != 0:
+        log = data / "registry.out"
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+        pytest.fail(
+            f"test schema registry did not start on port {port} (registry.sh up exit "
+            f"{result.returncode}):\n{result.stdout}{result.stderr}\n--- {log}:\n{tail}",
+            pytrace=False,
+        )
+    _broker_note.append(
+        f"test schema registry: 127.0.0.1:{port} started in {time.monotonic() - started:.1f}s"
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/apis/ccompat/v6"
+    finally:
+        _run_registry_sh("down", port, data)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

@@ -6,8 +6,8 @@ throughout and the redaction below applies to all of them:
 
 - **Secrets never.** The settings hold them as ``SecretStr`` (rendered ``**********``); a value
   whose key looks like a credential is masked; and the configured secret values themselves
-  (the API key, the SASL password), and any ``Bearer`` token, are masked wherever they appear
-  in a line, exception tracebacks included.
+  (the API key, the SASL and schema-registry passwords), and any ``Bearer`` token, are masked
+  wherever they appear in a line, exception tracebacks included.
 - **Content only on request.** Values under content keys (``text``, ``content``, ``context``,
   ``reply``) are replaced by their length unless ``MODSTREAM_LOG_CONTENT=true``.
 - **Context per message.** The pipeline binds partition, offset and event id with
@@ -229,7 +229,11 @@ def _add_repeated(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 def secret_values(settings: Settings) -> list[str]:
     """The configured secrets, as they must never appear in a log line."""
     secrets = [settings.openai_api_key.get_secret_value()]
-    for optional in (settings.sasl_password, settings.ssl_key_password):
+    for optional in (
+        settings.sasl_password,
+        settings.ssl_key_password,
+        settings.schema_registry_password,
+    ):
         if optional is not None:
             secrets.append(optional.get_secret_value())
     return [s for s in secrets if s]

@@ -5,6 +5,8 @@ on::
 
     source       Envelope: the aiokafka consumer, fetching only what the work window has room for
     decode       ModerationRequest, or the reason the bytes are not one
+    registry_decode  the same from a schema-registry record (avro, protobuf, json_schema):
+                 wire format, payload read under its schema, fields mapped to the request's parts
     admit        Admitted: tokens counted, the hard limit enforced, content fitted into the budget
     images       CheckedImage: a request's images checked (count, size, base64, magic bytes)
     stages       one record through decode, admit, classify and delivery, or into a dead letter

@@ -46,7 +46,7 @@ from consumer.pipeline.source import Envelope
 from consumer.settings import InputFormat
 from schemas import ModerationRequest
 
-__all__ = ["decode", "describe_request_errors", "is_blank"]
+__all__ = ["admissible_value", "decode", "describe_request_errors", "is_blank"]
 
 #: Characters that carry no content: Unicode whitespace, NUL, and zero-width format marks.
 _BLANK = (
@@ -79,17 +79,7 @@ def decode(
     decoding, so a huge record costs nothing) and ``DecodeError`` for everything else that is
     not a valid request. Never raises anything else.
     """
-    value = envelope.value
-    if value is None:
-        raise DecodeError("record has no value (a tombstone); expected a moderation request")
-    size = len(value)
-    if size > max_message_bytes:
-        raise AdmissionError(
-            f"record is {size:,} bytes; the limit (MODSTREAM_MAX_MESSAGE_BYTES) is "
-            f"{max_message_bytes:,}: {size - max_message_bytes:,} over"
-        )
-    if size == 0:
-        raise DecodeError("record value is empty (0 bytes); expected a moderation request")
+    value = admissible_value(envelope, max_message_bytes=max_message_bytes)
     try:
         if input_format is InputFormat.TEXT:
             return _decode_text(envelope, value)
@@ -102,6 +92,23 @@ def decode(
         raise DecodeError(
             f"unexpected decode failure ({type(exc).__name__}); this is a modstream bug"
         ) from exc
+
+
+def admissible_value(envelope: Envelope, *, max_message_bytes: int) -> bytes:
+    """The record's value, once it is known to be neither missing, empty nor over the limit
+    (checked before any decoding, in every input format)."""
+    value = envelope.value
+    if value is None:
+        raise DecodeError("record has no value (a tombstone); expected a moderation request")
+    size = len(value)
+    if size > max_message_bytes:
+        raise AdmissionError(
+            f"record is {size:,} bytes; the limit (MODSTREAM_MAX_MESSAGE_BYTES) is "
+            f"{max_message_bytes:,}: {size - max_message_bytes:,} over"
+        )
+    if size == 0:
+        raise DecodeError("record value is empty (0 bytes); expected a moderation request")
+    return value
 
 
 def is_blank(text: str) -> bool:

@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from consumer.errors import BrokerRejected, PermanentError, PublishRejected
+from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classified
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.admit import Admitted, Admitter
 from consumer.pipeline.dead_letter import Stage, dead_letter
-from consumer.pipeline.decode import decode
+from consumer.pipeline.decode import admissible_value, decode
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
@@ -57,6 +58,7 @@ class Stages:
         policy_version: str,
         dead_letter_max_bytes: int | None = None,
         shadow: Shadow | None = None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.admitter = admitter
@@ -67,6 +69,7 @@ class Stages:
         self.policy_version = policy_version
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
         self.shadow = shadow  # the candidate's second opinion, offered each delivered verdict
+        self.registry = registry  # decodes avro, protobuf and json_schema input
 
     async def run(self, envelope: Envelope) -> None:
         """One input to a delivered verdict or dead letter; its lines carry its coordinates."""
@@ -80,11 +83,16 @@ class Stages:
         settings = self.settings
         stage: Stage = "decode"
         try:
-            request = decode(
-                envelope,
-                input_format=settings.input_format,
-                max_message_bytes=settings.max_message_bytes,
-            )
+            if self.registry is None:
+                request = decode(
+                    envelope,
+                    input_format=settings.input_format,
+                    max_message_bytes=settings.max_message_bytes,
+                )
+            else:
+                # Waits (retrying) while the registry is away: an outage is no dead letter.
+                value = admissible_value(envelope, max_message_bytes=settings.max_message_bytes)
+                request = await self.registry.decode(value)
             stage = "admit"
             size = len(request.text) + len(request.context or "")
             size += sum(len(image.data) for image in request.images if isinstance(image, ImageData))

@@ -131,6 +131,10 @@ class Settings(
                 f"MODSTREAM_CONTEXT_WINDOW ({self.context_window}): lower MODSTREAM_BATCH_SIZE "
                 "or MODSTREAM_BATCH_MAX_TOKENS"
             )
+        if self.input_format.uses_registry and not self.schema_registry_url:
+            raise ValueError(
+                f"MODSTREAM_INPUT_FORMAT={self.input_format} needs MODSTREAM_SCHEMA_REGISTRY_URL"
+            )
         candidate = (self.shadow_model, self.shadow_prompt_file, self.shadow_policy_file)
         if self.shadow_share > 0 and all(part is None for part in candidate):
             raise ValueError(

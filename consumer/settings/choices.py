@@ -13,6 +13,15 @@ class InputFormat(StrEnum):
 
     JSON = "json"  # a ModerationRequest object
     TEXT = "text"  # the whole value is the UTF-8 text; the id is derived from its source
+    # Confluent wire format (magic byte 0, schema id, payload), the schema from the registry:
+    AVRO = "avro"
+    PROTOBUF = "protobuf"
+    JSON_SCHEMA = "json_schema"
+
+    @property
+    def uses_registry(self) -> bool:
+        """Whether records carry a schema id to resolve through the schema registry."""
+        return self in (InputFormat.AVRO, InputFormat.PROTOBUF, InputFormat.JSON_SCHEMA)
 
 
 class OversizePolicy(StrEnum):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from consumer.settings.choices import InputFormat, OversizePolicy, PositiveFloat, PositiveInt
 
@@ -46,6 +46,19 @@ class ProcessingSettings(BaseModel):
 
     # Input handling
     input_format: InputFormat = InputFormat.JSON
+    input_fields: str = Field(
+        default="id=id,text=text,context=context,metadata=metadata",
+        description="For avro, protobuf and json_schema input: which record field holds each "
+        "part of the request (PART=FIELD, comma-separated; parts id, text, context, metadata; "
+        "id and text required).",
+    )
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="Confluent-compatible schema registry (needed by avro, protobuf and "
+        "json_schema input), e.g. http://registry:8081 or an Apicurio .../apis/ccompat/v6.",
+    )
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
     max_message_bytes: PositiveInt = Field(
         default=1_000_000, description="Records larger than this are dead-lettered undecoded."
     )
@@ -64,6 +77,42 @@ class ProcessingSettings(BaseModel):
         default=False, description="Replace dead-letter payloads by their sha256 only."
     )
 
+    @field_validator("input_fields")
+    @classmethod
+    def _check_input_fields(cls, value: str) -> str:
+        parse_input_fields(value)  # raises ValueError naming the problem
+        return value
+
+    @property
+    def input_field_map(self) -> dict[str, str]:
+        """``MODSTREAM_INPUT_FIELDS`` parsed: request part -> record field."""
+        return parse_input_fields(self.input_fields)
+
     # Policy and prompt (None: the built-in defaults that ship with modstream)
     policy_file: Path | None = None
     prompt_file: Path | None = None
+
+
+#: The request parts a record's fields can fill (MODSTREAM_INPUT_FIELDS).
+INPUT_PARTS = ("id", "text", "context", "metadata")
+
+
+def parse_input_fields(value: str) -> dict[str, str]:
+    """``id=post_id,text=body`` -> ``{"id": "post_id", "text": "body"}``; parts left out keep
+    their own names, except that none is mapped twice and id and text are always there."""
+    mapping = {part: part for part in INPUT_PARTS}
+    given: set[str] = set()
+    for item in filter(None, (piece.strip() for piece in value.split(","))):
+        part, sep, field = (side.strip() for side in item.partition("="))
+        if not sep or not part or not field:
+            raise ValueError(f"{item!r} is not PART=FIELD")
+        if part not in INPUT_PARTS:
+            raise ValueError(f"unknown part {part!r}; one of {', '.join(INPUT_PARTS)}")
+        if part in given:
+            raise ValueError(f"part {part!r} is mapped twice")
+        given.add(part)
+        mapping[part] = field
+    fields = list(mapping.values())
+    if len(set(fields)) != len(fields):
+        raise ValueError("two parts read the same field")
+    return mapping

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from consumer.errors import ConfigError, DecodeError, InvalidReply
 from consumer.kafka.client import kafka_options
-from consumer.ops.logs import configure_logging
+from consumer.ops.logs import configure_logging, secret_values
 from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.source import Envelope
 from consumer.settings import LogFormat, Settings, load_settings
@@ -61,12 +61,23 @@ def sasl_settings(**extra: Any) -> Settings:
 
 
 def test_secret_fields_are_secretstr() -> None:
-    for name in ("openai_api_key", "sasl_password", "ssl_key_password"):
+    for name in ("openai_api_key", "sasl_password", "ssl_key_password", "schema_registry_password"):
         assert "SecretStr" in str(Settings.model_fields[name].annotation)
     settings = sasl_settings()
     assert isinstance(settings.openai_api_key, SecretStr)
     assert isinstance(settings.sasl_password, SecretStr)
     assert isinstance(settings.ssl_key_password, SecretStr)
+
+
+def test_the_registry_password_is_masked_in_logs() -> None:
+    settings = load_settings(
+        openai_api_key="sk-test-not-a-real-key",
+        schema_registry_url="http://registry:8081",
+        schema_registry_username="svc",
+        schema_registry_password="registry-secret-7",
+    )
+    assert "registry-secret-7" in secret_values(settings)
+    assert "registry-secret-7" not in repr(settings)
 
 
 @pytest.mark.parametrize("source", ["kwargs", "env", "sdk-env"])
