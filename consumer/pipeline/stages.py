@@ -8,6 +8,10 @@ into a dead letter of the stage that gave up, carrying its bytes and reason; so 
 Kafka can never take (``PublishRejected``: too large, invalid), the dead letter cut to fit the
 dead-letter topic. A dead letter even that topic refuses stops the service: going on would lose
 the input.
+
+With tracing on (:mod:`consumer.ops.tracing`) each record runs in its span, parented by its
+``traceparent``: a ``classify`` span holding one span per model call, and a ``publish`` span
+whose context the outputs' headers carry on. Off, each costs a shared no-op.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
+from opentelemetry.trace import SpanKind
 
 from consumer.errors import BrokerRejected, PermanentError, PublishRejected
 from consumer.model.classify import Classified
 from consumer.ops.metrics import Metrics
+from consumer.ops.tracing import OFF, Tracing
 from consumer.pipeline.admit import Admitted, Admitter
 from consumer.pipeline.dead_letter import Stage, dead_letter
 from consumer.pipeline.decode import decode
@@ -57,6 +63,7 @@ class Stages:
         policy_version: str,
         dead_letter_max_bytes: int | None = None,
         shadow: Shadow | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.settings = settings
         self.admitter = admitter
@@ -67,6 +74,7 @@ class Stages:
         self.policy_version = policy_version
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
         self.shadow = shadow  # the candidate's second opinion, offered each delivered verdict
+        self.tracing = tracing
 
     async def run(self, envelope: Envelope) -> None:
         """One input to a delivered verdict or dead letter; its lines carry its coordinates."""
@@ -74,7 +82,11 @@ class Stages:
         with structlog.contextvars.bound_contextvars(
             partition=envelope.partition, offset=envelope.offset, event_id=event_id
         ):
-            await self._stages(envelope)
+            if not self.tracing.enabled:
+                await self._stages(envelope)
+                return
+            with self.tracing.record(envelope, event_id):
+                await self._stages(envelope)
 
     async def _stages(self, envelope: Envelope) -> None:
         settings = self.settings
@@ -98,15 +110,24 @@ class Stages:
         except PermanentError as exc:
             await self._dead_letter(envelope, exc, stage, attempts=0)
             return
-        result = await self.classify(admitted, envelope.source)
+        tracing = self.tracing
+        with tracing.span("classify"):
+            tracing.content(admitted.text)
+            result = await self.classify(admitted, envelope.source)
+            tracing.model_calls(result.usage)
+            if result.verdict is not None:
+                tracing.note(action=result.verdict.action, flagged=result.verdict.flagged)
         if result.failure is not None:
             await self._dead_letter(
                 envelope, result.failure, "classify", result.attempts, result.usage
             )
             return
         try:
-            records = self.publisher.records(envelope, verdict=result.verdict, usage=result.usage)
-            await self.delivery.deliver(envelope, records)
+            with tracing.span("publish", kind=SpanKind.PRODUCER):
+                records = self.publisher.records(
+                    envelope, verdict=result.verdict, usage=result.usage
+                )
+                await self.delivery.deliver(envelope, records)
         except PublishRejected as exc:
             await self._dead_letter(envelope, exc, "publish", result.attempts, result.usage)
             return
@@ -141,9 +162,11 @@ class Stages:
             detail=error.message[:200],
             payload_truncated=dead.payload_truncated or None,
         )
+        self.tracing.note(error=f"dead letter: {error.kind}", dead_letter=stage, reason=error.kind)
         try:
-            records = self.publisher.records(envelope, dead=dead, usage=usage or ())
-            await self.delivery.deliver(envelope, records)
+            with self.tracing.span("publish", kind=SpanKind.PRODUCER):
+                records = self.publisher.records(envelope, dead=dead, usage=usage or ())
+                await self.delivery.deliver(envelope, records)
         except PublishRejected as exc:
             # Cut to fit, a dead letter is refused only when something is badly wrong with the
             # dead-letter topic; going on would lose the input.

@@ -1,0 +1,183 @@
+"""Tracing: when it is on, the spans of one record (parent from its headers, model calls timed
+from their usage events), what goes into them, and the lifespan that flushes them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from consumer.errors import ConfigError
+from consumer.model.ledger import MODERATION_PRICE_SOURCE
+from consumer.ops.tracing import OFF, Tracing, export_to, tracing, tracing_on
+from consumer.pipeline.source import Envelope
+from consumer.settings import Settings, TracingMode
+from schemas import UsageOutcome
+from tests.unit.kafka_fakes import usage_for
+
+pytestmark = pytest.mark.timeout(60)
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0xB7AD6B7169203331
+PARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01".encode()
+
+
+def envelope(
+    headers: tuple[tuple[str, bytes | None], ...] = (("traceparent", PARENT),),
+) -> Envelope:
+    return Envelope("in", 2, 41, b"k", b"{}", headers, 1_700_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("mode", "environ", "on"),
+    [
+        (TracingMode.OFF, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, False),
+        (TracingMode.ON, {}, True),
+        (TracingMode.AUTO, {}, False),
+        (TracingMode.AUTO, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://j:4318"}, True),
+        (TracingMode.AUTO, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://j/v1/traces"}, True),
+        (TracingMode.AUTO, {"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
+        (TracingMode.AUTO, {"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        (TracingMode.AUTO, {"OTEL_TRACES_EXPORTER": "none"}, False),
+        (TracingMode.AUTO, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, False),
+    ],
+)
+def test_tracing_is_on_only_when_configured(
+    mode: TracingMode, environ: dict[str, str], on: bool
+) -> None:
+    assert tracing_on(mode, environ) is on
+
+
+async def test_off_makes_no_span_and_injects_nothing() -> None:
+    exporter = InMemorySpanExporter()
+    with export_to(exporter):
+        async with tracing(Settings(tracing="off"), {}) as traces:
+            assert traces is OFF and not traces.enabled and traces.injector is None
+            with traces.record(envelope(), "e1"), traces.span("classify"):
+                traces.model_calls([usage_for(envelope().source, "m1")])
+                traces.note(error="x", flagged=True)
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_a_records_spans_continue_its_producers_trace() -> None:
+    exporter = InMemorySpanExporter()
+    env = envelope((("traceparent", PARENT), ("tracestate", b"vendor=v1")))
+    ended = datetime.now(UTC)
+    chat = usage_for(env.source, "m1", 2).model_copy(
+        update={"latency_ms": 250.0, "created_at": ended, "cost_usd": 0.001}
+    )
+    moderation = usage_for(env.source, "m1", 1).model_copy(
+        update={
+            "model": "omni-moderation-latest",
+            "price_source": MODERATION_PRICE_SOURCE,
+            "outcome": UsageOutcome.PROVIDER_UNAVAILABLE,
+            "created_at": ended - timedelta(seconds=1),
+        }
+    )
+    headers: list[tuple[str, bytes]] = []
+    with export_to(exporter):
+        async with tracing(Settings(tracing="on", group_id="g1"), {}) as traces:
+            assert traces.enabled and traces.injector is not None
+            with traces.record(env, "e1"):
+                with traces.span("classify"):
+                    traces.content("secret text")  # MODSTREAM_LOG_CONTENT is off
+                    traces.model_calls([moderation, chat])
+                with traces.span("publish", kind=SpanKind.PRODUCER):
+                    traces.injector(headers)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {
+        "process in",
+        "classify",
+        "moderation omni-moderation-latest",
+        f"chat {chat.model}",
+        "publish",
+    }
+    record = spans["process in"]
+    assert record.kind is SpanKind.CONSUMER
+    assert record.parent is not None and record.parent.span_id == SPAN_ID
+    assert record.parent.is_remote
+    assert all(span.context.trace_id == TRACE_ID for span in spans.values())
+    assert record.context.trace_state.get("vendor") == "v1"
+    assert record.attributes is not None
+    assert record.attributes["messaging.kafka.offset"] == 41
+    assert record.attributes["messaging.destination.partition.id"] == "2"
+    assert record.attributes["messaging.consumer.group.name"] == "g1"
+    classify = spans["classify"]
+    assert classify.parent is not None and classify.parent.span_id == record.context.span_id
+    assert "modstream.content" not in (classify.attributes or {})
+    call = spans[f"chat {chat.model}"]
+    assert call.kind is SpanKind.CLIENT
+    assert call.parent is not None and call.parent.span_id == classify.context.span_id
+    assert call.attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": chat.model,
+        "gen_ai.usage.input_tokens": 100,
+        "gen_ai.usage.output_tokens": 20,
+        "modstream.outcome": "ok",
+        "modstream.attempt": 2,
+        "modstream.calls": 1,
+        "modstream.cached_tokens": 0,
+        "modstream.reasoning_tokens": 0,
+        "modstream.estimated": False,
+        "modstream.cost_usd": 0.001,
+    }
+    assert call.end_time == int(ended.timestamp() * 1e9)
+    assert call.start_time is not None and call.end_time - call.start_time == 250_000_000
+    failed = spans["moderation omni-moderation-latest"]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert call.status.status_code is StatusCode.UNSET
+    # The outputs' traceparent names the publish span, in the producer's trace.
+    publish = spans["publish"]
+    assert dict(headers)["traceparent"] == (
+        f"00-{TRACE_ID:032x}-{publish.context.span_id:016x}-01".encode()
+    )
+
+
+async def test_content_goes_into_a_span_only_with_log_content() -> None:
+    exporter = InMemorySpanExporter()
+    with export_to(exporter):
+        async with tracing(Settings(tracing="on", log_content=True), {}) as traces:
+            with traces.span("classify"):
+                traces.content("some text")
+    [span] = exporter.get_finished_spans()
+    assert span.attributes == {"modstream.content": "some text"}
+
+
+async def test_a_record_without_a_traceparent_starts_a_trace_of_its_own() -> None:
+    exporter = InMemorySpanExporter()
+    with export_to(exporter):
+        async with tracing(Settings(tracing="on"), {}) as traces:
+            with traces.record(envelope(()), "e1"):
+                traces.note(error="dead letter: decode", dead_letter="decode")
+    [span] = exporter.get_finished_spans()
+    assert span.parent is None
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["modstream.dead_letter"] == "decode"
+
+
+def test_tracing_without_a_tracer_is_the_off_value() -> None:
+    assert not Tracing(None).enabled
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_TRACES_EXPORTER": "zipkin"},
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
+    ],
+)
+async def test_an_exporter_modstream_does_not_ship_is_a_configuration_error(
+    environ: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigError, match=r"otlp|http/protobuf"):
+        async with tracing(Settings(tracing="on"), environ):
+            pass
+
+
+async def test_the_otlp_and_console_exporters_are_built_and_shut_down() -> None:
+    environ = {"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}
+    async with tracing(Settings(tracing="auto"), environ) as traces:
+        assert traces.enabled  # no span made: shutting down posts nothing
