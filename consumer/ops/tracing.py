@@ -25,17 +25,17 @@ The exporters come from ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, over HT
 timeout, batch sizes, sampler: the SDK reads them). Tests swap the exporters for one of their
 own with :func:`export_to`.
 
-Not used, and why: ``opentelemetry-instrumentation-aiokafka`` wraps ``getmany`` and ``send``.
-Its consume span ends when ``getmany`` returns a batch, before the record is processed, so it
-cannot parent our work (which waits in the window, per-key order and the limiter); it would
-make a span per record even for records it only hands on, and it instruments the process-global
-provider, which our own (built and flushed per lifespan) is not. Its ``send`` wrapper would
-inject a traceparent into every output we send, the dead letter's copied headers included,
-with the producer span's context instead of this record's. The OpenAI instrumentation
-(``opentelemetry-instrumentation-openai-v2``) wraps the SDK's ``chat.completions.create``: the
-default lean chat sender (:mod:`consumer.model.chat_client`) posts over aiohttp without it, so
-it would see no chat call at all, only moderation calls; and the SDK's own retries are off, so
-an attempt is our retry layer's, which its span would not know (attempt, folding, outcome).
+Not used, and why: ``opentelemetry-instrumentation-aiokafka`` patches aiokafka's classes
+process-wide (replay's and the tools' consumers too). Its ``getmany`` wrapper makes a span per
+record that ends as ``getmany`` returns, before the record is processed: it cannot parent our
+work, which waits in the window, behind earlier records of its key and for the limiter, and
+would only add a short sibling per record. Its ``send`` wrapper makes one more span per output
+(and looks up the partition for it) and injects that span's context; ours injects the record's
+``publish`` context once per input. The OpenAI instrumentation (``openai-v2``) wraps the SDK's
+``chat.completions.create``: the default lean sender (:mod:`consumer.model.chat_client`) posts
+over aiohttp without it, so it would see no chat call at all, and the attempt, the folding and
+our outcomes (the retry layer is ours: the SDK's retries are off) are not its to know. Both
+would use the global tracer provider unless handed ours.
 """
 
 from __future__ import annotations
