@@ -16,9 +16,10 @@ with ``modstream.calls``).
 Off unless configured (:func:`tracing_on`): ``MODSTREAM_TRACING=on``, or ``auto`` (the default)
 with the standard variables naming an exporter (``OTEL_TRACES_EXPORTER``) or an OTLP endpoint
 (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). Off, :data:`OFF`
-makes no span and no context: a record costs one attribute check, each stage one shared
-``nullcontext``. The tracer provider is our own (not the process-global one), built and shut
-down (its batch flushed) by :func:`tracing`, entered first in the app's lifespan.
+makes no span and no context, and wraps nothing (:meth:`Tracing.classify` and
+:meth:`Tracing.wrap` hand the stage back as it is): a record costs one attribute check. The
+tracer provider is our own (not the process-global one), built and shut down (its batch
+flushed) by :func:`tracing`, entered first in the app's lifespan.
 
 The exporters come from ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, over HTTP/protobuf;
 ``console``; ``none``), each configured by its own ``OTEL_*`` variables (endpoint, headers,
@@ -43,9 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from opentelemetry import trace
@@ -61,16 +62,24 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from consumer import __version__
 from consumer.errors import ConfigError
+from consumer.model.classify import Classified
 from consumer.model.folding import FAILED_OUTCOMES
 from consumer.model.ledger import MODERATION_PRICE_SOURCE
 from consumer.ops.trace_headers import extract, inject
+from consumer.pipeline.admit import Admitted
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings, TracingMode
-from schemas import UsageEvent
+from schemas import Source, UsageEvent
 
 __all__ = ["OFF", "Tracing", "export_to", "tracing", "tracing_on"]
 
 log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: The classify stage (as :mod:`consumer.pipeline.stages` names it).
+Classify = Callable[[Admitted, Source], Awaitable[Classified]]
 
 #: What a stage's span is when tracing is off: one shared, reusable no-op.
 _NO_SPAN: AbstractContextManager[None] = nullcontext()
@@ -121,11 +130,37 @@ class Tracing:
             },
         )
 
-    def span(self, name: str, *, kind: SpanKind = SpanKind.INTERNAL) -> AbstractContextManager[Any]:
-        """A stage's span (``classify``, ``publish``), current while it runs."""
-        if self.tracer is None:
-            return _NO_SPAN
-        return self.tracer.start_as_current_span(name, kind=kind)
+    def wrap(
+        self, name: str, stage: Callable[P, Awaitable[T]], *, kind: SpanKind = SpanKind.INTERNAL
+    ) -> Callable[P, Awaitable[T]]:
+        """``stage`` run in a span ``name`` of its own; off, ``stage`` itself."""
+        tracer = self.tracer
+        if tracer is None:
+            return stage
+
+        async def traced(*args: P.args, **kwargs: P.kwargs) -> T:
+            with tracer.start_as_current_span(name, kind=kind):
+                return await stage(*args, **kwargs)
+
+        return traced
+
+    def classify(self, classify: Classify) -> Classify:
+        """``classify`` in a ``classify`` span, with a child per model call and the verdict's
+        action; off, ``classify`` itself."""
+        tracer = self.tracer
+        if tracer is None:
+            return classify
+
+        async def traced(admitted: Admitted, source: Source) -> Classified:
+            with tracer.start_as_current_span("classify"):
+                self.content(admitted.text)
+                result = await classify(admitted, source)
+                self.model_calls(result.usage)
+                if result.verdict is not None:
+                    self.note(action=result.verdict.action, flagged=result.verdict.flagged)
+                return result
+
+        return traced
 
     def note(self, *, error: str | None = None, **attributes: str | int | float | bool) -> None:
         """Attributes on the current span (``error``: its status is ERROR, with that reason)."""

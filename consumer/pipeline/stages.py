@@ -10,14 +10,15 @@ dead-letter topic. A dead letter even that topic refuses stops the service: goin
 the input.
 
 With tracing on (:mod:`consumer.ops.tracing`) each record runs in its span, parented by its
-``traceparent``: a ``classify`` span holding one span per model call, and a ``publish`` span
-whose context the outputs' headers carry on. Off, each costs a shared no-op.
+``traceparent``: classify and publish are wrapped once, at construction, in spans of their own
+(classify's holding one span per model call; publish's is the context the outputs' headers
+carry on). Off, nothing is wrapped: a record costs one check.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from opentelemetry.trace import SpanKind
@@ -34,7 +35,7 @@ from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.shadow.runner import Shadow
-from schemas import ImageData, Source, UsageEvent, make_event_id
+from schemas import DeadLetter, ImageData, Source, UsageEvent, Verdict, make_event_id
 
 __all__ = ["Classify", "Stages"]
 
@@ -67,7 +68,6 @@ class Stages:
     ) -> None:
         self.settings = settings
         self.admitter = admitter
-        self.classify = classify
         self.publisher = publisher  # serializes (and size-checks) the outputs
         self.delivery = delivery
         self.metrics = metrics
@@ -75,6 +75,9 @@ class Stages:
         self.dead_letter_max_bytes = dead_letter_max_bytes  # the dead-letter topic's limit
         self.shadow = shadow  # the candidate's second opinion, offered each delivered verdict
         self.tracing = tracing
+        # Wrapped once here, not checked per message: tracing off leaves them as they are.
+        self.classify = tracing.classify(classify)
+        self.publish = tracing.wrap("publish", self._publish, kind=SpanKind.PRODUCER)
 
     async def run(self, envelope: Envelope) -> None:
         """One input to a delivered verdict or dead letter; its lines carry its coordinates."""
@@ -110,24 +113,14 @@ class Stages:
         except PermanentError as exc:
             await self._dead_letter(envelope, exc, stage, attempts=0)
             return
-        tracing = self.tracing
-        with tracing.span("classify"):
-            tracing.content(admitted.text)
-            result = await self.classify(admitted, envelope.source)
-            tracing.model_calls(result.usage)
-            if result.verdict is not None:
-                tracing.note(action=result.verdict.action, flagged=result.verdict.flagged)
+        result = await self.classify(admitted, envelope.source)
         if result.failure is not None:
             await self._dead_letter(
                 envelope, result.failure, "classify", result.attempts, result.usage
             )
             return
         try:
-            with tracing.span("publish", kind=SpanKind.PRODUCER):
-                records = self.publisher.records(
-                    envelope, verdict=result.verdict, usage=result.usage
-                )
-                await self.delivery.deliver(envelope, records)
+            await self.publish(envelope, verdict=result.verdict, usage=result.usage)
         except PublishRejected as exc:
             await self._dead_letter(envelope, exc, "publish", result.attempts, result.usage)
             return
@@ -135,6 +128,18 @@ class Stages:
         if self.shadow is not None and result.verdict is not None:
             # After delivery: the candidate neither delays nor holds back this message.
             self.shadow.offer(envelope, request, result.verdict)
+
+    async def _publish(
+        self,
+        envelope: Envelope,
+        *,
+        verdict: Verdict | None = None,
+        usage: Sequence[UsageEvent] = (),
+        dead: DeadLetter | None = None,
+    ) -> None:
+        """The input's outputs serialized (size-checked) and delivered."""
+        records = self.publisher.records(envelope, verdict=verdict, usage=usage, dead=dead)
+        await self.delivery.deliver(envelope, records)
 
     async def _dead_letter(
         self,
@@ -164,9 +169,7 @@ class Stages:
         )
         self.tracing.note(error=f"dead letter: {error.kind}", dead_letter=stage, reason=error.kind)
         try:
-            with self.tracing.span("publish", kind=SpanKind.PRODUCER):
-                records = self.publisher.records(envelope, dead=dead, usage=usage or ())
-                await self.delivery.deliver(envelope, records)
+            await self.publish(envelope, dead=dead, usage=usage or ())
         except PublishRejected as exc:
             # Cut to fit, a dead letter is refused only when something is badly wrong with the
             # dead-letter topic; going on would lose the input.

@@ -10,11 +10,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer.errors import ConfigError
+from consumer.model.classify import Classified
 from consumer.model.ledger import MODERATION_PRICE_SOURCE
-from consumer.ops.tracing import OFF, Tracing, export_to, tracing, tracing_on
+from consumer.ops.tracing import OFF, Classify, Tracing, export_to, tracing, tracing_on
+from consumer.pipeline.admit import Admitted
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings, TracingMode
-from schemas import UsageOutcome
+from schemas import ModerationRequest, Source, UsageEvent, UsageOutcome
 from tests.unit.kafka_fakes import usage_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,15 +52,29 @@ def test_tracing_is_on_only_when_configured(
     assert tracing_on(mode, environ) is on
 
 
-async def test_off_makes_no_span_and_injects_nothing() -> None:
+async def test_off_makes_no_span_wraps_nothing_and_injects_nothing() -> None:
     exporter = InMemorySpanExporter()
     with export_to(exporter):
         async with tracing(Settings(tracing="off"), {}) as traces:
             assert traces is OFF and not traces.enabled and traces.injector is None
-            with traces.record(envelope(), "e1"), traces.span("classify"):
+            stage = classify_with([])
+            assert traces.classify(stage) is stage  # the stage itself: no cost per message
+            assert traces.wrap("publish", stage) is stage
+            with traces.record(envelope(), "e1"):
                 traces.model_calls([usage_for(envelope().source, "m1")])
                 traces.note(error="x", flagged=True)
+                traces.content("text")
     assert exporter.get_finished_spans() == ()
+
+
+def classify_with(usage: list[UsageEvent]) -> Classify:
+    async def classify(admitted: Admitted, source: Source) -> Classified:
+        return Classified(None, None, usage)
+
+    return classify
+
+
+ADMITTED = Admitted(ModerationRequest(id="m1", text="secret text"), "secret text", None, False, 3)
 
 
 async def test_a_records_spans_continue_its_producers_trace() -> None:
@@ -80,12 +96,18 @@ async def test_a_records_spans_continue_its_producers_trace() -> None:
     with export_to(exporter):
         async with tracing(Settings(tracing="on", group_id="g1"), {}) as traces:
             assert traces.enabled and traces.injector is not None
+            inject = traces.injector
+
+            async def send() -> None:
+                inject(headers)
+
             with traces.record(env, "e1"):
-                with traces.span("classify"):
-                    traces.content("secret text")  # MODSTREAM_LOG_CONTENT is off
-                    traces.model_calls([moderation, chat])
-                with traces.span("publish", kind=SpanKind.PRODUCER):
-                    traces.injector(headers)
+                # MODSTREAM_LOG_CONTENT is off: the text stays out.
+                result = await traces.classify(classify_with([moderation, chat]))(
+                    ADMITTED, env.source
+                )
+                assert result.usage == [moderation, chat]
+                await traces.wrap("publish", send, kind=SpanKind.PRODUCER)()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert set(spans) == {
         "process in",
@@ -139,10 +161,9 @@ async def test_content_goes_into_a_span_only_with_log_content() -> None:
     exporter = InMemorySpanExporter()
     with export_to(exporter):
         async with tracing(Settings(tracing="on", log_content=True), {}) as traces:
-            with traces.span("classify"):
-                traces.content("some text")
+            await traces.classify(classify_with([]))(ADMITTED, envelope().source)
     [span] = exporter.get_finished_spans()
-    assert span.attributes == {"modstream.content": "some text"}
+    assert span.attributes == {"modstream.content": "secret text"}
 
 
 async def test_a_record_without_a_traceparent_starts_a_trace_of_its_own() -> None:
