@@ -308,7 +308,13 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
         OTLPSpanExporter,
     )
 
-    return OTLPSpanExporter()  # endpoint, headers, timeout, compression: from OTEL_*
+    # The endpoint as ``environ`` says (the SDK would read os.environ's); headers, timeout,
+    # compression and certificates the SDK reads from OTEL_* itself.
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not endpoint and base:
+        endpoint = base.rstrip("/") + "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint or None)
 
 
 def _resource() -> Resource:

@@ -3,9 +3,13 @@ from their usage events), what goes into them, and the lifespan that flushes the
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -202,3 +206,43 @@ async def test_the_otlp_and_console_exporters_are_built_and_shut_down() -> None:
     environ = {"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}
     async with tracing(Settings(tracing="auto"), environ) as traces:
         assert traces.enabled  # no span made: shutting down posts nothing
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector of one test: keeps each request's path and body."""
+
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_spans_reach_an_otlp_http_collector_when_the_lifespan_ends() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}/"}
+        async with tracing(Settings(), environ) as traces:  # auto: on, for the endpoint
+            with traces.record(envelope(), "e1"):
+                pass
+    finally:
+        server.shutdown()
+        thread.join()
+    [(path, body)] = _Collector.received
+    assert path == "/v1/traces"
+    request = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = request.resource_spans
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "modstream"
+    [span] = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    assert span.name == "process in"
+    assert span.trace_id == TRACE_ID.to_bytes(16, "big")
+    assert span.parent_span_id == SPAN_ID.to_bytes(8, "big")
