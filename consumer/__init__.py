@@ -16,7 +16,7 @@ Packages::
     model      the classifier and its parts (tier, batch, limits, breaker, tokens, cost)
     kafka      the Kafka adapter: client options, start-up diagnosis, error translation, topics
     shadow     a candidate model, prompt or policy on a sampled share of live traffic
-    ops        metrics, health, logs, the progress line and top, the --workers supervisor
+    ops        metrics, health, logs, tracing, the progress line and top, the --workers supervisor
     tools      replay, evaluate, report, sample and the verdict cache
     testing    the fake OpenAI-compatible server
 

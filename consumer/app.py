@@ -31,6 +31,7 @@ from consumer.ops.health import HealthServer, kafka_readiness
 from consumer.ops.logs import configure_logging
 from consumer.ops.metrics import Metrics
 from consumer.ops.progress import progress_lines
+from consumer.ops.tracing import tracing
 from consumer.ops.workers import WorkerRole
 from consumer.pipeline.delivery import AtLeastOnce, ExactlyOnce
 from consumer.pipeline.outbox import Outbox
@@ -68,6 +69,8 @@ async def serve(
     metrics = metrics or Metrics()
     kafka = kafka_options(settings)
     async with AsyncExitStack() as stack:
+        # Entered first, left last: the spans of the drain are ended before it flushes them.
+        traces = await stack.enter_async_context(tracing(settings))
         health = await _enter_health(stack, settings, metrics, report_health_port)
         client = await stack.enter_async_context(openai_client(settings))
         chat = await stack.enter_async_context(sender(settings.chat_client, client))
@@ -89,10 +92,16 @@ async def serve(
         # Entered after the producer it publishes on: left (drained) before it closes.
         shadow = None
         if candidate is not None:
-            stage = shadow_stage(
-                settings, candidate, producer, production=classifier.limiter, metrics=metrics
+            shadow = await stack.enter_async_context(
+                shadow_stage(
+                    settings,
+                    candidate,
+                    producer,
+                    production=classifier.limiter,
+                    metrics=metrics,
+                    inject=traces.injector,
+                )
             )
-            shadow = await stack.enter_async_context(stage)
         consumer = AIOKafkaConsumer(
             **kafka,
             group_id=settings.group_id,
@@ -108,7 +117,9 @@ async def serve(
         topics = Topics(settings.verdict_topic, settings.usage_topic, settings.dlq_topic)
         limits = await output_limits(kafka, topics)
         health.readiness = kafka_readiness(consumer, stop)
-        publisher = Publisher(producer, topics, limits)
+        publisher = Publisher(
+            producer, topics, limits, carry=settings.carried_headers, inject=traces.injector
+        )
         delivery = (
             AtLeastOnce(publisher, consumer, metrics)
             if transactional is None
@@ -130,6 +141,7 @@ async def serve(
             registry=await stack.enter_async_context(SchemaRegistry(settings))
             if settings.input_format.uses_registry
             else None,
+            tracing=traces,
         )
         pipeline = Pipeline(
             settings,
@@ -157,6 +169,7 @@ async def serve(
             concurrency=settings.concurrency,
             max_in_flight=settings.max_in_flight,
             batch_size=settings.batch_size,
+            tracing=traces.enabled,
             first_tier=classifier.policy.first_tier is not None,
             shadow=None
             if candidate is None

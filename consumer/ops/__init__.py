@@ -7,6 +7,8 @@
     health          /metrics, /healthz and /readyz of one consumer process
     port            the operations port and its three routes, for the consumer and the supervisor
     logs            structlog: JSON lines, repeated lines collapsed, secrets kept out
+    tracing         OpenTelemetry: a record's spans, continued from its traceparent; the provider
+    trace_headers   the W3C trace context read from and written into Kafka headers
     progress        consume's progress line every MODSTREAM_PROGRESS_INTERVAL_S
     scrape          read a running consumer's /metrics into a typed snapshot
     top             ``modstream top``: that snapshot as a live dashboard

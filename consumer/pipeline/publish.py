@@ -1,7 +1,9 @@
 """Publish stage: one input's verdict, usage events and dead letter, serialized and acknowledged.
 
 :class:`Publisher` turns events into :class:`OutRecord` values (keyed by the input key, headed
-with the schema and the event id), refuses one over its topic's limit before any send, and
+with the schema and the event id, then the input headers it carries (:mod:`consumer.pipeline.carry`)
+and, with tracing on, the trace context of the moment), refuses one over its topic's limit
+before any send, and
 ``publish`` returns only once the broker has acknowledged every record it was handed: that is
 what lets the offsets stage count the input as done, so an offset is never committed ahead of
 its outputs. The producer is idempotent with ``acks=all``.
@@ -14,7 +16,7 @@ can never be written) turns the input into a dead letter (:mod:`consumer.pipelin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from consumer.errors import PublishRejected
 from consumer.kafka.translate import translate
+from consumer.pipeline.carry import carried, carry_names
 from consumer.pipeline.source import Envelope
 from schemas import DeadLetter, UsageEvent, Verdict
 
@@ -58,12 +61,21 @@ class Publisher:
         producer: AIOKafkaProducer,
         topics: Topics,
         limits: Mapping[str, int] | None = None,
+        *,
+        carry: Collection[str] | None = None,
+        inject: Callable[[list[tuple[str, bytes]]], None] | None = None,
     ) -> None:
+        """``carry``: the input headers carried onto the outputs besides the trace context
+        (None: none at all, not even that); ``inject``: writes the current trace context into
+        an output's headers (:meth:`consumer.ops.tracing.Tracing.injector`; None: tracing is
+        off, a carried ``traceparent`` goes on as it came)."""
         self.producer = producer
         self.topics = topics
         #: The largest record each topic takes (its max.message.bytes, within the producer's
         #: max_request_size); an output over it is refused here, before any send.
         self.limits = dict(limits or {})
+        self.carry = frozenset() if carry is None else carry_names(carry)
+        self.inject = inject
 
     def records(
         self,
@@ -83,6 +95,10 @@ class Publisher:
         events.extend((self.topics.usage, u, "UsageEvent") for u in usage)
         if dead is not None:
             events.append((self.topics.dead_letters, dead, "DeadLetter"))
+        # Ours first; the carried ones after, never in their place (carry_names leaves ours out).
+        extra = carried(envelope.headers, self.carry) if self.carry else []
+        if self.inject is not None:
+            self.inject(extra)  # once per input: every output has the same parent
         records = [
             OutRecord(
                 topic,
@@ -92,6 +108,7 @@ class Publisher:
                     ("content-type", b"application/json"),
                     ("modstream-schema", f"{name}/1".encode()),
                     ("modstream-event-id", event.event_id.encode()),
+                    *extra,
                 ],
             )
             for topic, event, name in events

@@ -8,10 +8,10 @@ field, so the CLI can print it and exit 2 without a traceback.
 :class:`Settings` is one model; its fields are declared in groups, one module each, and
 the checks that span groups are here::
 
-    kafka        the cluster, security, topics, group, delivery and ordering
+    kafka        the cluster, security, topics, group, carried headers, delivery, ordering
     provider     the model server, the request parameters, timeouts, limits, the breaker
     processing   the work window, micro-batching, input handling, policy and prompt
-    operations   logs, the metrics and health port, Kafka's retry pace
+    operations   logs, the metrics and health port, tracing, Kafka's retry pace
     shadow       a candidate model, prompt or policy on a share of live traffic
     choices      the enums (Delivery, Ordering, ...) and the number types they share
     variables    the MODSTREAM_* names that mean something, and what a typo meant
@@ -34,6 +34,7 @@ from consumer.settings.choices import (
     OversizePolicy,
     PositiveFloat,
     PositiveInt,
+    TracingMode,
 )
 from consumer.settings.kafka import KafkaSettings
 from consumer.settings.operations import OperationsSettings
@@ -56,6 +57,7 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "Settings",
+    "TracingMode",
     "load_settings",
 ]
 

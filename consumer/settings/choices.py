@@ -54,5 +54,13 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
+class TracingMode(StrEnum):
+    """Whether spans are made and exported (OpenTelemetry)."""
+
+    AUTO = "auto"  # on when the OTEL_* variables name an exporter or an OTLP endpoint
+    ON = "on"
+    OFF = "off"
+
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]

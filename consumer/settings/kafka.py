@@ -43,10 +43,21 @@ class KafkaSettings(BaseModel):
         "instance (e.g. the pod name) so a restart fences its crashed predecessor. "
         "Default: <group_id>-<hostname>.",
     )
+    carry_headers: str = Field(
+        default="",
+        description="Comma-separated names of input record headers copied onto the verdict, "
+        "usage and dead-letter records (traceparent and tracestate always are); never over "
+        "modstream's own content-type, modstream-schema and modstream-event-id.",
+    )
     ordering: Ordering = Field(
         default=Ordering.UNORDERED,
         description="unordered, key (same key in offset order) or partition.",
     )
+
+    @property
+    def carried_headers(self) -> tuple[str, ...]:
+        """The header names of ``carry_headers``, blanks dropped."""
+        return tuple(name.strip() for name in self.carry_headers.split(",") if name.strip())
 
     @property
     def effective_transactional_id(self) -> str:

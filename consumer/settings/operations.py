@@ -1,5 +1,5 @@
 """The operations fields of :class:`consumer.settings.Settings`: logs, the progress line, the
-metrics and health port, and the Kafka clients' retry pace during an outage."""
+metrics and health port, tracing, and the Kafka clients' retry pace during an outage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from consumer.settings.choices import LogFormat
+from consumer.settings.choices import LogFormat, TracingMode
 
 
 class OperationsSettings(BaseModel):
@@ -42,4 +42,11 @@ class OperationsSettings(BaseModel):
         "default). Higher means fewer retries during an outage, slower recovery after one. "
         "It does not pace aiokafka's metadata refresh, which retries as soon "
         "as asked during an outage (see log_repeat_interval_s for its log lines).",
+    )
+    tracing: TracingMode = Field(
+        default=TracingMode.AUTO,
+        description="OpenTelemetry spans per record (consume, classify, each model call, "
+        "publish), exported over OTLP/HTTP as the standard OTEL_* variables say. auto: on "
+        "when OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_TRACES_EXPORTER (not none) is set; on; off.",
     )

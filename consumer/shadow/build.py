@@ -8,6 +8,8 @@ production's call, token, cost or circuit figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiokafka import AIOKafkaProducer
 from openai import AsyncOpenAI
 
@@ -69,12 +71,20 @@ def shadow_stage(
     *,
     production: Limiter,
     metrics: Metrics,
+    inject: Callable[[list[tuple[str, bytes]]], None] | None = None,
 ) -> Shadow:
     """The :class:`Shadow` for ``candidate`` (from :func:`candidate_stages`), publishing on
-    ``producer`` (the plain one, also in exactly-once mode: shadow output is best-effort)."""
+    ``producer`` (the plain one, also in exactly-once mode: shadow output is best-effort),
+    with the input headers production carries and, with tracing on (``inject``), the context
+    of the input's span."""
     classifier, admitter = candidate
     topic = settings.effective_shadow_topic
-    publisher = Publisher(producer, Topics(topic, f"{topic}.usage", dead_letters=""))
+    publisher = Publisher(
+        producer,
+        Topics(topic, f"{topic}.usage", dead_letters=""),
+        carry=settings.carried_headers,
+        inject=inject,
+    )
     return Shadow(
         Candidate(classifier, admitter, publisher),
         share=settings.shadow_share,

@@ -159,3 +159,22 @@ def test_dockerfile_is_multi_stage_non_root_with_modstream_entrypoint() -> None:
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     assert re.search(r'^ENTRYPOINT \["modstream"\]$', text, re.MULTILINE)
     assert re.search(r'^CMD \["consume"\]$', text, re.MULTILINE)
+
+
+def test_the_observability_profile_has_jaeger_and_modstream_exports_to_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["observability"]
+    assert re.fullmatch(r"jaegertracing/all-in-one:\d+\.\d+\.\d+", jaeger["image"])
+    assert _env(jaeger)["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert {"4318:4318", "16686:16686"} <= set(jaeger["ports"])  # OTLP/HTTP in, the UI
+    env = _env(services["modstream"])
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert env["OTEL_SERVICE_NAME"] == "modstream"
+    # Off unless asked for: without the profile there is no Jaeger to export to.
+    assert re.fullmatch(r"\$\{MODSTREAM_TRACING:-off\}", env["MODSTREAM_TRACING"])
+    assert Settings.model_validate({"tracing": _default(env["MODSTREAM_TRACING"])}).tracing == "off"
+    # Every other observability service sits in the same profile, beside it.
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"]

@@ -1,4 +1,5 @@
-"""build: the candidate's settings are production's with the shadow parts and budget share."""
+"""build: the candidate's settings are production's with the shadow parts and budget share; its
+outputs carry what production's do."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
+from openai import AsyncOpenAI
 
 from consumer.errors import ConfigError
+from consumer.ops.metrics import Metrics
+from consumer.pipeline.admit import Admitted
+from consumer.pipeline.source import Envelope
 from consumer.settings import Settings, load_settings
-from consumer.shadow.build import candidate_settings
+from consumer.shadow.build import candidate_settings, candidate_stages, shadow_stage
+from schemas import ModerationRequest
+from tests.unit.kafka_fakes import FakeProducer, usage_for, verdict_for
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +74,32 @@ def test_the_shadow_topic_defaults_beside_the_verdicts_and_must_be_its_own(
     monkeypatch.setenv("MODSTREAM_SHADOW_TOPIC", "moderation.verdicts")
     with pytest.raises(ConfigError, match=r"MODSTREAM_SHADOW_TOPIC .* must differ"):
         load_settings()
+
+
+def test_shadow_outputs_carry_the_input_headers_and_the_trace_context() -> None:
+    settings = Settings(shadow_share=0.5, shadow_model="gpt-4o", carry_headers="tenant")
+    client = AsyncOpenAI(api_key="sk-test-not-a-real-key", base_url="http://127.0.0.1:9/v1")
+    candidate = candidate_stages(settings, client, None)
+
+    def inject(headers: list[tuple[str, bytes]]) -> None:
+        headers.append(("traceparent", b"the input span's"))
+
+    shadow = shadow_stage(
+        settings,
+        candidate,
+        FakeProducer(),
+        production=candidate[0].limiter,
+        metrics=Metrics(),
+        inject=inject,
+    )
+    env = Envelope("in", 0, 3, b"k", b"{}", (("tenant", b"t1"), ("x", b"no")), 0)
+    admitted = Admitted(ModerationRequest(id="m3", text="hi"), "hi", None, False, 1)
+    records = shadow.candidate.publisher.records(
+        env, verdict=verdict_for(admitted, env.source), usage=[usage_for(env.source, "m3")]
+    )
+    assert [r.topic for r in records] == [
+        "moderation.verdicts.shadow",
+        "moderation.verdicts.shadow.usage",
+    ]
+    for record in records:
+        assert record.headers[3:] == [("tenant", b"t1"), ("traceparent", b"the input span's")]
