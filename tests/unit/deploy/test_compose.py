@@ -178,3 +178,13 @@ def test_the_observability_profile_has_jaeger_and_modstream_exports_to_it(
     # Every other observability service sits in the same profile, beside it.
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["observability"]
+
+
+def test_the_registry_profile_runs_the_apicurio_version_the_tests_build() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    registry = services["schema-registry"]
+    assert registry["profiles"] == ["registry"]
+    pom = (COMPOSE.parent / "deploy" / "registry" / "pom.xml").read_text()
+    version = registry["image"].rsplit(":", 1)[1]
+    assert registry["image"].startswith("apicurio/apicurio-registry-mem:")
+    assert f"<apicurio.version>{version}</apicurio.version>" in pom
