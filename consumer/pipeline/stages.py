@@ -17,7 +17,6 @@ carry on). Off, nothing is wrapped: a record costs one check.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -28,7 +27,7 @@ from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classified
 from consumer.ops.metrics import Metrics
 from consumer.ops.tracing import OFF, Tracing
-from consumer.pipeline.admit import Admitted, Admitter
+from consumer.pipeline.admit import Admitted, Admitter, admit_off_loop
 from consumer.pipeline.dead_letter import Stage, dead_letter
 from consumer.pipeline.decode import admissible_value, decode
 from consumer.pipeline.delivery import Delivery
@@ -36,7 +35,7 @@ from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.shadow.runner import Shadow
-from schemas import DeadLetter, ImageData, Source, UsageEvent, Verdict, make_event_id
+from schemas import DeadLetter, Source, UsageEvent, Verdict, make_event_id
 
 __all__ = ["Classify", "Stages"]
 
@@ -45,9 +44,6 @@ log = structlog.get_logger(__name__)
 #: The classify stage: the classifier's ``classify``, or the micro-batcher's, chosen by
 #: :mod:`consumer.app`. Each message gets its own result, delivered and marked done alone.
 Classify = Callable[[Admitted, Source], Awaitable[Classified]]
-
-#: Texts longer than this are tokenized in a worker thread (~1 ms of tiktoken on the loop).
-_ADMIT_INLINE_CHARS = 20_000
 
 
 class Stages:
@@ -109,14 +105,7 @@ class Stages:
                 value = admissible_value(envelope, max_message_bytes=settings.max_message_bytes)
                 request = await self.registry.decode(value)
             stage = "admit"
-            size = len(request.text) + len(request.context or "")
-            size += sum(len(image.data) for image in request.images if isinstance(image, ImageData))
-            if size > _ADMIT_INLINE_CHARS:
-                # tiktoken releases the GIL: a megabyte of text is counted off the event loop;
-                # so is a large inline image's base64 decoding and header check.
-                admitted = await asyncio.to_thread(self.admitter.admit, request)
-            else:
-                admitted = self.admitter.admit(request)
+            admitted = await admit_off_loop(self.admitter, request)
             log.debug("classifying", content=admitted.text, tokens=admitted.content_tokens)
         except PermanentError as exc:
             await self._dead_letter(envelope, exc, stage, attempts=0)

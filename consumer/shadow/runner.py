@@ -33,7 +33,7 @@ from consumer.errors import FatalError, ModstreamError, PermanentError, RateLimi
 from consumer.model.classify import Classifier
 from consumer.model.limit import Limiter
 from consumer.ops.metrics import Metrics
-from consumer.pipeline.admit import Admitter
+from consumer.pipeline.admit import Admitter, admit_off_loop
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
 from consumer.shadow.compare import compare
@@ -119,7 +119,8 @@ class Shadow:
         candidate = self.candidate
         try:
             async with asyncio.timeout(self.deadline_s):
-                admitted = candidate.admitter.admit(request)
+                # Off the loop when large, as production's admit: shadow must not stall it.
+                admitted = await admit_off_loop(candidate.admitter, request)
                 result = await candidate.classifier.classify(admitted, envelope.source)
         except TimeoutError:
             self.metrics.shadow_dropped("deadline")

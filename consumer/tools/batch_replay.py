@@ -65,7 +65,7 @@ from consumer.tools.batch_requests import (
 from consumer.tools.batch_results import Answer, match, read_lines
 from consumer.tools.budget import CostBudget, Grant
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replay_outcome import Range, ReplayResult, StopReason
+from consumer.tools.replay_outcome import MAX_OUTAGE_S, Range, ReplayResult, StopReason
 from consumer.tools.replay_records import admit_record, envelope_of, verdict_key
 from consumer.tools.round_robin import round_robin
 from schemas import UsageEvent, Verdict
@@ -151,7 +151,7 @@ class BatchReplayer:
         progress: BatchProgress,
         topic: str,
         poll_s: float = BATCH_POLL_S,
-        max_outage_s: float = 60.0,
+        max_outage_s: float = MAX_OUTAGE_S,
     ) -> None:
         """``poll_s``: seconds between two looks at the batch; ``max_outage_s``: how long the
         provider may answer no poll (5xx, timeouts) before the replay gives up on it."""
