@@ -24,6 +24,7 @@ from consumer.errors import ConfigError, first_fatal
 from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.pacing import pace_metadata_refresh
 from consumer.kafka.registry import SchemaRegistry
+from consumer.kafka.registry_outputs import output_encoder, service_outputs
 from consumer.kafka.topics import MAX_REQUEST_BYTES, check_topics, output_limits
 from consumer.model.build import batcher, log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
@@ -80,6 +81,8 @@ async def serve(
         metrics.describe(
             version=__version__, model=settings.model, policy_version=classifier.policy.version
         )
+        # Before Kafka too: an output schema that would break its subject's readers stops here.
+        encoder = await output_encoder(settings, service_outputs(settings))
         producer = await _enter_producer(stack, settings, kafka)
         transactional = None
         if settings.delivery is Delivery.EXACTLY_ONCE:
@@ -100,17 +103,10 @@ async def serve(
                     production=classifier.limiter,
                     metrics=metrics,
                     inject=traces.injector,
+                    encoder=encoder,
                 )
             )
-        consumer = AIOKafkaConsumer(
-            **kafka,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=settings.auto_offset_reset,
-            max_poll_interval_ms=settings.max_poll_interval_ms,
-            max_poll_records=settings.max_in_flight,
-        )
-        pace_metadata_refresh(consumer, settings.kafka_retry_backoff_ms / 1000)
+        consumer = _consumer(settings, kafka)
         await enter_kafka(stack, consumer, kafka)
         await check_topics(consumer, settings)
         _log_request_params(settings, shadow=candidate is not None)
@@ -118,7 +114,12 @@ async def serve(
         limits = await output_limits(kafka, topics)
         health.readiness = kafka_readiness(consumer, stop)
         publisher = Publisher(
-            producer, topics, limits, carry=settings.carried_headers, inject=traces.injector
+            producer,
+            topics,
+            limits,
+            carry=settings.carried_headers,
+            inject=traces.injector,
+            encoder=encoder,
         )
         delivery = (
             AtLeastOnce(publisher, consumer, metrics)
@@ -191,6 +192,20 @@ async def serve(
                 loop.remove_signal_handler(sig)
         log.info("stopped", **summary(metrics)._asdict())
         return pipeline
+
+
+def _consumer(settings: Settings, kafka: dict[str, Any]) -> AIOKafkaConsumer:
+    """The group's consumer: commits are ours, and a poll takes at most the work window."""
+    consumer = AIOKafkaConsumer(
+        **kafka,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        max_poll_records=settings.max_in_flight,
+    )
+    pace_metadata_refresh(consumer, settings.kafka_retry_backoff_ms / 1000)
+    return consumer
 
 
 class Summary(NamedTuple):

@@ -25,6 +25,8 @@
         ├── BrokerRejected                            Kafka refuses what we must write: not
         │                                             authorized, or a dead letter rejected
         ├── ProducerFencedError                       exactly-once: a newer instance took over
+        ├── OutputSchemaRejected                      an output schema cannot be registered:
+        │                                             incompatible, refused, registry down
         ├── BatchFailed                               a Batch API batch failed validation,
         │                                             expired or was cancelled
         └── RebalanceFailed                           a rebalance callback failed unexpectedly
@@ -165,6 +167,11 @@ class ProviderMisconfigured(FatalError, kind="provider_misconfigured"):
 
 class BrokerRejected(FatalError, kind="broker_rejected"):
     """Kafka refuses what modstream must write (no ACL; the dead-letter topic refuses it)."""
+
+
+class OutputSchemaRejected(FatalError, kind="output_schema"):
+    """An output topic's schema cannot be registered at start-up (MODSTREAM_OUTPUT_FORMAT avro
+    or json_schema): it breaks the subject's readers, the registry refuses it, or never answers."""
 
 
 class ProducerFencedError(FatalError, kind="producer_fenced"):

@@ -54,7 +54,7 @@ from consumer.retry import retried
 from consumer.settings import InputFormat, Settings
 from schemas import ModerationRequest
 
-__all__ = ["SchemaRegistry"]
+__all__ = ["SchemaRegistry", "is_unavailable", "registry_client", "said"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,24 +72,40 @@ _SCHEMA_TYPES = {
 _TRY_LATER = frozenset({408, 429})
 
 
+def registry_client(settings: Settings, *, timeout_s: float = 10.0) -> AsyncSchemaRegistryClient:
+    """A client of ``MODSTREAM_SCHEMA_REGISTRY_URL``, with its basic auth; the caller closes it."""
+    if settings.schema_registry_url is None:
+        raise ValueError("the schema registry needs MODSTREAM_SCHEMA_REGISTRY_URL")
+    conf: dict[str, Any] = {
+        "url": settings.schema_registry_url,
+        "timeout": timeout_s,
+        # Our callers retry with backoff for as long as it takes; the client's own retries
+        # would only stretch each attempt.
+        "max.retries": 0,
+    }
+    if settings.schema_registry_username is not None:
+        password = settings.schema_registry_password
+        secret = "" if password is None else password.get_secret_value()
+        conf["basic.auth.user.info"] = f"{settings.schema_registry_username}:{secret}"
+    return AsyncSchemaRegistryClient(conf)
+
+
+def is_unavailable(exc: SchemaRegistryError) -> bool:
+    """Whether the registry's answer means "later" (5xx, 408, 429), not "never"."""
+    status = exc.http_status_code
+    return not (400 <= status < 500) or status in _TRY_LATER
+
+
+def said(exc: SchemaRegistryError) -> str:
+    """The registry's answer in one short phrase: status, error code, message."""
+    return f"{exc.http_status_code} (error code {exc.error_code}): {str(exc.error_message)[:200]}"
+
+
 class SchemaRegistry:
     """Decodes registry-framed records; ``async with`` closes its HTTP session."""
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
-        if settings.schema_registry_url is None:
-            raise ValueError("SchemaRegistry needs MODSTREAM_SCHEMA_REGISTRY_URL")
-        conf: dict[str, Any] = {
-            "url": settings.schema_registry_url,
-            "timeout": timeout_s,
-            # Our loop below retries with backoff for as long as it takes; the client's own
-            # retries would only stretch each attempt.
-            "max.retries": 0,
-        }
-        if settings.schema_registry_username is not None:
-            password = settings.schema_registry_password
-            secret = "" if password is None else password.get_secret_value()
-            conf["basic.auth.user.info"] = f"{settings.schema_registry_username}:{secret}"
-        self._client = AsyncSchemaRegistryClient(conf)
+        self._client = registry_client(settings, timeout_s=timeout_s)
         self._format = settings.input_format
         self._fields = settings.input_field_map
         self._readers: dict[int, Reader] = {}
@@ -138,11 +154,11 @@ class SchemaRegistry:
         try:
             schema = await self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            status = exc.http_status_code
-            said = f"{status} (error code {exc.error_code}): {str(exc.error_message)[:200]}"
-            if 400 <= status < 500 and status not in _TRY_LATER:
-                raise DecodeError(f"schema id {schema_id}: the registry answered {said}") from None
-            raise RegistryUnavailable(f"the schema registry answered {said}") from exc
+            if not is_unavailable(exc):
+                raise DecodeError(
+                    f"schema id {schema_id}: the registry answered {said(exc)}"
+                ) from None
+            raise RegistryUnavailable(f"the schema registry answered {said(exc)}") from exc
         except httpx2.TransportError as exc:
             raise RegistryUnavailable(
                 f"the schema registry is unreachable ({type(exc).__name__})"

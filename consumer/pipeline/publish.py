@@ -1,6 +1,7 @@
 """Publish stage: one input's verdict, usage events and dead letter, serialized and acknowledged.
 
-:class:`Publisher` turns events into :class:`OutRecord` values (keyed by the input key, headed
+:class:`Publisher` turns events into :class:`OutRecord` values (encoded as
+``MODSTREAM_OUTPUT_FORMAT`` says, :mod:`consumer.pipeline.encode`; keyed by the input key, headed
 with the schema and the event id, then the input headers it carries (:mod:`consumer.pipeline.carry`)
 and, with tracing on, the trace context of the moment), refuses one over its topic's limit
 before any send, and
@@ -25,6 +26,7 @@ from aiokafka.errors import KafkaError
 from consumer.errors import PublishRejected
 from consumer.kafka.translate import translate
 from consumer.pipeline.carry import carried, carry_names
+from consumer.pipeline.encode import Encoder, JsonEncoder
 from consumer.pipeline.source import Envelope
 from schemas import DeadLetter, UsageEvent, Verdict
 
@@ -64,11 +66,13 @@ class Publisher:
         *,
         carry: Collection[str] | None = None,
         inject: Callable[[list[tuple[str, bytes]]], None] | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         """``carry``: the input headers carried onto the outputs besides the trace context
         (None: none at all, not even that); ``inject``: writes the current trace context into
         an output's headers (:meth:`consumer.ops.tracing.Tracing.injector`; None: tracing is
-        off, a carried ``traceparent`` goes on as it came)."""
+        off, a carried ``traceparent`` goes on as it came); ``encoder``: how values are
+        written (:func:`consumer.kafka.registry_outputs.output_encoder`; None: JSON)."""
         self.producer = producer
         self.topics = topics
         #: The largest record each topic takes (its max.message.bytes, within the producer's
@@ -76,6 +80,7 @@ class Publisher:
         self.limits = dict(limits or {})
         self.carry = frozenset() if carry is None else carry_names(carry)
         self.inject = inject
+        self.encoder = encoder or JsonEncoder()
 
     def records(
         self,
@@ -99,13 +104,15 @@ class Publisher:
         extra = carried(envelope.headers, self.carry) if self.carry else []
         if self.inject is not None:
             self.inject(extra)  # once per input: every output has the same parent
+        encode = self.encoder.encode
+        content_type = self.encoder.content_type
         records = [
             OutRecord(
                 topic,
                 key,
-                event.model_dump_json().encode(),
+                encode(topic, event),
                 [
-                    ("content-type", b"application/json"),
+                    ("content-type", content_type),
                     ("modstream-schema", f"{name}/1".encode()),
                     ("modstream-event-id", event.event_id.encode()),
                     *extra,

@@ -27,10 +27,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError, describe_validation_error
 from consumer.settings.choices import (
+    Compatibility,
     Delivery,
     InputFormat,
     LogFormat,
     Ordering,
+    OutputFormat,
     OversizePolicy,
     PositiveFloat,
     PositiveInt,
@@ -49,10 +51,12 @@ from consumer.settings.variables import (
 )
 
 __all__ = [
+    "Compatibility",
     "Delivery",
     "InputFormat",
     "LogFormat",
     "Ordering",
+    "OutputFormat",
     "OversizePolicy",
     "PositiveFloat",
     "PositiveInt",
@@ -136,6 +140,10 @@ class Settings(
         if self.input_format.uses_registry and not self.schema_registry_url:
             raise ValueError(
                 f"MODSTREAM_INPUT_FORMAT={self.input_format} needs MODSTREAM_SCHEMA_REGISTRY_URL"
+            )
+        if self.output_format.uses_registry and not self.schema_registry_url:
+            raise ValueError(
+                f"MODSTREAM_OUTPUT_FORMAT={self.output_format} needs MODSTREAM_SCHEMA_REGISTRY_URL"
             )
         candidate = (self.shadow_model, self.shadow_prompt_file, self.shadow_policy_file)
         if self.shadow_share > 0 and all(part is None for part in candidate):

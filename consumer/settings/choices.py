@@ -24,6 +24,32 @@ class InputFormat(StrEnum):
         return self in (InputFormat.AVRO, InputFormat.PROTOBUF, InputFormat.JSON_SCHEMA)
 
 
+class OutputFormat(StrEnum):
+    """How output record values (verdicts, usage events, dead letters) are written."""
+
+    JSON = "json"  # the event's JSON, as schemas/json describes it
+    # Confluent wire format, each topic's schema registered under <topic>-value at start-up:
+    AVRO = "avro"  # schemas generated from the event models (schemas/avro.py)
+    JSON_SCHEMA = "json_schema"  # the JSON, with the schemas/json files registered
+
+    @property
+    def uses_registry(self) -> bool:
+        """Whether each record is framed with a registered schema's id."""
+        return self is not OutputFormat.JSON
+
+
+class Compatibility(StrEnum):
+    """A schema registry compatibility level (what a new version of a subject must keep)."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+
 class OversizePolicy(StrEnum):
     """What admit does with a text over the token budget."""
 

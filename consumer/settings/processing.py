@@ -8,7 +8,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from consumer.settings.choices import InputFormat, OversizePolicy, PositiveFloat, PositiveInt
+from consumer.settings.choices import (
+    Compatibility,
+    InputFormat,
+    OutputFormat,
+    OversizePolicy,
+    PositiveFloat,
+    PositiveInt,
+)
 
 
 class ProcessingSettings(BaseModel):
@@ -59,6 +66,17 @@ class ProcessingSettings(BaseModel):
     )
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    output_format: OutputFormat = Field(
+        default=OutputFormat.JSON,
+        description="How verdicts, usage events and dead letters are written: json, or avro / "
+        "json_schema in the Confluent wire format with each topic's schema registered under "
+        "<topic>-value at start-up (needs MODSTREAM_SCHEMA_REGISTRY_URL).",
+    )
+    schema_compatibility: Compatibility = Field(
+        default=Compatibility.BACKWARD,
+        description="The compatibility level modstream sets on its output subjects at start-up; "
+        "a schema the registry finds incompatible with a subject's latest version stops start-up.",
+    )
     max_message_bytes: PositiveInt = Field(
         default=1_000_000, description="Records larger than this are dead-lettered undecoded."
     )

@@ -20,6 +20,7 @@ from consumer.model.classify import Classifier
 from consumer.model.limit import Limiter
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.admit import Admitter
+from consumer.pipeline.encode import Encoder
 from consumer.pipeline.publish import Publisher, Topics
 from consumer.settings import Settings
 from consumer.shadow.runner import Candidate, Shadow, give_up
@@ -72,11 +73,12 @@ def shadow_stage(
     production: Limiter,
     metrics: Metrics,
     inject: Callable[[list[tuple[str, bytes]]], None] | None = None,
+    encoder: Encoder | None = None,
 ) -> Shadow:
     """The :class:`Shadow` for ``candidate`` (from :func:`candidate_stages`), publishing on
     ``producer`` (the plain one, also in exactly-once mode: shadow output is best-effort),
     with the input headers production carries and, with tracing on (``inject``), the context
-    of the input's span."""
+    of the input's span, written as production's are (``encoder``)."""
     classifier, admitter = candidate
     topic = settings.effective_shadow_topic
     publisher = Publisher(
@@ -84,6 +86,7 @@ def shadow_stage(
         Topics(topic, f"{topic}.usage", dead_letters=""),
         carry=settings.carried_headers,
         inject=inject,
+        encoder=encoder,
     )
     return Shadow(
         Candidate(classifier, admitter, publisher),

@@ -35,9 +35,11 @@ import httpx2
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from openai import AsyncOpenAI
+from pydantic import BaseModel
 
 from consumer.errors import ConfigError
 from consumer.kafka.client import enter_kafka, kafka_options
+from consumer.kafka.registry_outputs import output_encoder
 from consumer.kafka.topics import create_missing, require_topics, topic_partitions
 from consumer.model.build import log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
@@ -48,6 +50,7 @@ from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replay_outcome import MAX_OUTAGE_S, Quiet, Range, ReplayProgress, ReplayResult
 from consumer.tools.replayer import Replayer
+from schemas import UsageEvent, Verdict
 
 __all__ = [
     "STOPPED_EARLY_EXIT",
@@ -231,7 +234,12 @@ async def run_replay(
             await enter_kafka(stack, producer, options)
             # A replay writes no dead letters: it counts them (ReplayResult.dead_letters).
             topics = Topics(request.to_topic, request.usage_topic, dead_letters="")
-            publisher = Publisher(producer, topics)
+            written: dict[str, type[BaseModel]] = {
+                request.to_topic: Verdict,
+                request.usage_topic: UsageEvent,
+            }
+            encoder = await output_encoder(settings, written)
+            publisher = Publisher(producer, topics, encoder=encoder)
         consumer.assign(partitions)
         bounds = await resolve_range(consumer, request)
         classifier, admitter = model_stages(

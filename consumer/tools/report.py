@@ -17,9 +17,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, DecodeError
 from consumer.kafka.client import admin_client, kafka_options
 from consumer.kafka.ranges import read_topics
+from consumer.kafka.registry_outputs import OutputReader
 from consumer.kafka.topics import missing_topics
 from consumer.settings import Settings
 from schemas import DeadLetter, UsageEvent, Verdict
@@ -117,20 +118,22 @@ async def read_topic(settings: Settings, topic: str) -> list[bytes]:
     return [r.value async for r in records if r.value is not None]
 
 
-def _parse(values: list[bytes], model: type[T]) -> tuple[list[T], int]:
+async def _parse(settings: Settings, values: list[bytes], model: type[T]) -> tuple[list[T], int]:
     parsed: list[T] = []
     bad = 0
-    for value in values:
-        try:
-            parsed.append(model.model_validate_json(value))
-        except ValidationError:
-            bad += 1
+    # JSON, or Avro / JSON Schema outputs read under the registry's schemas.
+    async with OutputReader(settings) as reader:
+        for value in values:
+            try:
+                parsed.append(await reader.read(value, model))
+            except (ValidationError, DecodeError):
+                bad += 1
     return parsed, bad
 
 
 async def read_events(settings: Settings, topic: str, model: type[T]) -> list[T]:
     """The records of ``topic`` that parse as ``model`` (others are skipped)."""
-    return _parse(await read_topic(settings, topic), model)[0]
+    return (await _parse(settings, await read_topic(settings, topic), model))[0]
 
 
 async def summarise(settings: Settings, topics: ReportTopics | None = None) -> Summary:
@@ -145,7 +148,7 @@ async def summarise(settings: Settings, topics: ReportTopics | None = None) -> S
     async def parsed(source: Source | None, model: type[T]) -> tuple[list[T], int]:
         if source is None:
             return [], 0
-        return _parse(await read_topic(settings, source.topic), model)
+        return await _parse(settings, await read_topic(settings, source.topic), model)
 
     verdicts, bad_v = await parsed(topics.verdicts, Verdict)
     usage, bad_u = await parsed(topics.usage, UsageEvent)

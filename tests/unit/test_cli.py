@@ -124,18 +124,19 @@ def test_secret_is_not_echoed_on_config_error() -> None:
     assert "pw-cli-secret-value" not in result.stderr + result.stdout
 
 
-def test_schema_writes_the_four_schema_files(tmp_path: Path) -> None:
+def test_schema_writes_the_json_and_avro_schema_files(tmp_path: Path) -> None:
     out = tmp_path / "json"
     result = _run(str(MODSTREAM), "schema", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     expected = schema_files()
     assert written == sorted(expected)
-    assert len(written) == 4
+    assert len(written) == 7  # four JSON Schemas, the three outputs' Avro schemas
     for name, text in expected.items():
         assert (out / name).read_text() == text
     # It prints the paths it wrote, one a line.
-    assert sorted(Path(line).name for line in result.stdout.split()) == written
+    printed = sorted(Path(line).relative_to(out).as_posix() for line in result.stdout.split())
+    assert printed == written
 
 
 def test_every_command_maps_modstream_errors_to_exit_codes() -> None:
@@ -220,7 +221,8 @@ def test_schema_writes_into_the_directory_it_runs_in_by_default(tmp_path: Path) 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(schema_files())
+    written = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
+    assert sorted(written) == sorted(schema_files())
 
 
 @pytest.mark.parametrize("command", [[], ["replay"], ["consume"], ["fake-openai"]])

@@ -23,7 +23,7 @@ from schemas import (
     Verdict,
     make_event_id,
 )
-from schemas.export import JSON_DIR, MODELS, schema_files
+from schemas.export import JSON_DIR, MODELS, OUTPUT_MODELS, schema_files
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 Build = Callable[..., Verdict | UsageEvent | DeadLetter]
@@ -32,7 +32,11 @@ SOURCE = Source(topic="moderation.requests", partition=2, offset=41, key="k", ti
 
 def test_checked_in_schema_files_match_the_models() -> None:
     expected = schema_files()
-    on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
+    on_disk = {
+        p.relative_to(JSON_DIR).as_posix(): p.read_text()
+        for p in JSON_DIR.rglob("*")
+        if p.is_file()
+    }
     stale = sorted(name for name in expected if on_disk.get(name) != expected[name])
     extra = sorted(set(on_disk) - set(expected))
     assert not stale and not extra, (
@@ -44,7 +48,10 @@ def test_checked_in_schema_files_match_the_models() -> None:
 
 def test_one_schema_file_per_public_model_with_version_and_id() -> None:
     files = schema_files()
-    assert len(files) == len(MODELS) == 4
+    assert len(files) == len(MODELS) + len(OUTPUT_MODELS) == 7
+    for model in OUTPUT_MODELS:
+        avro = json.loads(files[f"avro/{model.__name__}.v{SCHEMA_VERSION}.avsc"])
+        assert (avro["type"], avro["name"]) == ("record", model.__name__)
     for model in MODELS:
         name = f"{model.__name__}.v{SCHEMA_VERSION}.schema.json"
         schema = json.loads(files[name])
