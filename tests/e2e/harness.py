@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -100,6 +100,8 @@ class Run:
     partitions: int = 6
     #: Where its consumers' stdout goes (a file, for a test that reads it); by default nowhere.
     stdout: IO[bytes] | int = subprocess.DEVNULL
+    #: Settings the readers of its outputs need besides the topics (a schema registry's URL).
+    reading: dict[str, object] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -163,7 +165,7 @@ class Run:
             await asyncio.gather(*futures)
 
     async def outputs(self) -> Summary:
-        return await summarise(self.settings())
+        return await summarise(self.settings(**self.reading))
 
     async def committed(self) -> dict[int, int]:
         """The group's committed offset per input partition (-1 when none)."""
