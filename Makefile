@@ -3,7 +3,8 @@
 #   make install     .venv with python3.11 and the project (editable, dev extras)
 #   make lint        ruff check, ruff format --check, mypy --strict (consumer, schemas, tests)
 #   make test        install, lint, then unit + integration + e2e tests (starts its own broker)
-#   make demo        the pipeline end to end on a local broker (deploy/demo.sh)
+#   make demo        the pipeline end to end on a local broker (deploy/demo.sh);
+#                    FORMAT=avro: Avro in and out through a local schema registry
 #   make bench       benchmarks (not part of `make test`)
 #   make soak        the SIGKILL, rebalance and exactly-once e2e tests 5x each (SOAK_RUNS=N), a summary
 #   make mutation    mutmut over the core modules against their unit tests (not part of `make test`)
@@ -29,6 +30,7 @@ PYTEST_ARGS ?=
 # on two cores. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 KEEP ?= 0
+FORMAT ?= json
 
 .PHONY: help install lint test soak bench mutation demo kafka-up kafka-down kafka-jars registry-jars schema clean
 
@@ -117,7 +119,7 @@ mutation: install
 	cd .run/mutation && $(MUTMUT) run --max-children 2 && $(MUTMUT) results
 
 demo: install
-	KEEP=$(KEEP) bash deploy/demo.sh
+	KEEP=$(KEEP) FORMAT=$(FORMAT) bash deploy/demo.sh
 
 kafka-up: install
 	KAFKA_PYTHON=$(PY) bash $(KAFKA_SH) up

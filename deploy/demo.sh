@@ -6,6 +6,11 @@
 # creates fresh demo topics, produces ~200 mixed messages, runs `modstream consume` until idle,
 # prints what came out and the commands to look at it again, and stops whatever it started
 # (KEEP=1 leaves the broker and the fake server running, so those commands work afterwards).
+#
+# FORMAT=avro (`make demo FORMAT=avro`) runs it through a schema registry (Apicurio, from Maven
+# Central jars, deploy/registry): the requests are produced as Avro, the verdicts, usage events
+# and dead letters written as Avro with their schemas registered at start-up, and one verdict
+# is read back with Confluent's deserializer and the registry's schema.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -14,14 +19,21 @@ py=$root/.venv/bin/python
 ms=$root/.venv/bin/modstream
 count=${DEMO_COUNT:-200}
 fake_port=${DEMO_FAKE_PORT:-8400}
+format=${FORMAT:-json}
+case "$format" in
+  json|avro) ;;
+  *) echo "demo: FORMAT must be json or avro, not '$format'" >&2; exit 2 ;;
+esac
 
 started_kafka=0
+started_registry=0
 fake_pid=
 keep=${KEEP:-0}
 cleanup() {
   if [ "$keep" = 1 ]; then return; fi
   [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null || true
   if [ "$started_kafka" = 1 ]; then KAFKA_PYTHON=$py deploy/kafka/kafka.sh down >/dev/null; fi
+  if [ "$started_registry" = 1 ]; then REGISTRY_PYTHON=$py deploy/registry/registry.sh down >/dev/null; fi
 }
 trap cleanup EXIT
 
@@ -38,6 +50,19 @@ if KAFKA_PYTHON=$py deploy/kafka/kafka.sh status >/dev/null 2>&1; then
 else
   KAFKA_PYTHON=$py deploy/kafka/kafka.sh up
   started_kafka=1
+fi
+
+if [ "$format" = avro ]; then
+  step "Schema registry"
+  registry_url=http://127.0.0.1:${REGISTRY_PORT:-8081}/apis/ccompat/v6
+  if REGISTRY_PYTHON=$py deploy/registry/registry.sh status >/dev/null 2>&1; then
+    echo "using the registry already running at $registry_url"
+  else
+    REGISTRY_PYTHON=$py deploy/registry/registry.sh up
+    started_registry=1
+  fi
+  export MODSTREAM_SCHEMA_REGISTRY_URL=$registry_url MODSTREAM_INPUT_FORMAT=avro \
+    MODSTREAM_OUTPUT_FORMAT=avro
 fi
 
 step "Model"
@@ -73,7 +98,7 @@ export MODSTREAM_INPUT_TOPIC=demo.$run.requests MODSTREAM_VERDICT_TOPIC=demo.$ru
 step "Topics (demo.$run.*)"
 "$ms" topics
 
-step "Produce $count mixed messages"
+step "Produce $count mixed messages ($format)"
 "$ms" sample --count "$count"
 
 step "modstream consume (until 3 s idle)"
@@ -84,20 +109,59 @@ echo "consumer exited 0 after $((SECONDS - start)) s (including the 3 s idle wai
 step "What came out"
 "$ms" report
 
+if [ "$format" = avro ]; then
+  step "Read back with the registry's schema (Confluent's deserializer, not modstream)"
+  "$py" - <<'PY'
+import asyncio, os
+from aiokafka import AIOKafkaConsumer
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+from confluent_kafka.schema_registry._async.avro import AsyncAvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+async def main() -> None:
+    env = os.environ
+    topics = [env[f"MODSTREAM_{t}_TOPIC"] for t in ("INPUT", "VERDICT", "USAGE", "DLQ")]
+    async with AsyncSchemaRegistryClient({"url": env["MODSTREAM_SCHEMA_REGISTRY_URL"]}) as client:
+        for topic in topics:
+            latest = await client.get_latest_version(f"{topic}-value")
+            level = await client.get_compatibility(f"{topic}-value")
+            print(f"  {topic}-value: version {latest.version}, schema id {latest.schema_id}, {level}")
+        bootstrap = env.get("MODSTREAM_KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+        consumer = AIOKafkaConsumer(topics[1], bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        async with consumer:
+            record = await consumer.getone()
+        verdict = await (await AsyncAvroDeserializer(client))(
+            record.value, SerializationContext(topics[1], MessageField.VALUE))
+        flagged = [name for name, c in verdict["categories"].items() if c["flagged"]]
+        print(f"  first verdict ({len(record.value)} bytes of Avro): content_id={verdict['content_id']}"
+              f" action={verdict['action']} flagged={flagged} model={verdict['model']}")
+
+asyncio.run(main())
+PY
+fi
+
 step "Look again"
 bootstrap=${MODSTREAM_KAFKA_BOOTSTRAP_SERVERS:-localhost:${KAFKA_PORT:-9092}}
 if [ "$keep" = 1 ]; then
   kept="The broker (localhost:${KAFKA_PORT:-9092})"
+  [ "$started_registry" = 1 ] && kept="$kept, the registry ($MODSTREAM_SCHEMA_REGISTRY_URL)"
   [ -n "$fake_pid" ] && kept="$kept and the fake server (pid $fake_pid, port $fake_port)"
-  echo "$kept keep running (KEEP=1): stop them with 'make kafka-down' and 'kill $fake_pid'."
+  stops="'make kafka-down'"
+  [ -n "$fake_pid" ] && stops="$stops, 'kill $fake_pid'"
+  [ "$started_registry" = 1 ] && stops="$stops, 'deploy/registry/registry.sh down'"
+  echo "$kept keep running (KEEP=1): stop them with $stops."
 else
-  echo "The broker and the fake server are stopped now; 'make demo KEEP=1' keeps them, then:"
+  echo "What the demo started is stopped now; 'make demo KEEP=1' keeps it running, then:"
 fi
 # The fake's key is no secret; a real one is never printed (it is in the caller's environment).
 model_env=
 [ -n "$fake_pid" ] && model_env="OPENAI_BASE_URL=$OPENAI_BASE_URL OPENAI_API_KEY=$OPENAI_API_KEY "
+registry_env=
+[ "$format" = avro ] && registry_env="MODSTREAM_SCHEMA_REGISTRY_URL=$MODSTREAM_SCHEMA_REGISTRY_URL \\
+    MODSTREAM_INPUT_FORMAT=avro MODSTREAM_OUTPUT_FORMAT=avro "
 cat <<EOF
-  export ${model_env}MODSTREAM_KAFKA_BOOTSTRAP_SERVERS=$bootstrap \\
+  export ${model_env}${registry_env}MODSTREAM_KAFKA_BOOTSTRAP_SERVERS=$bootstrap \\
     MODSTREAM_INPUT_TOPIC=$MODSTREAM_INPUT_TOPIC \\
     MODSTREAM_VERDICT_TOPIC=$MODSTREAM_VERDICT_TOPIC MODSTREAM_USAGE_TOPIC=$MODSTREAM_USAGE_TOPIC \\
     MODSTREAM_DLQ_TOPIC=$MODSTREAM_DLQ_TOPIC

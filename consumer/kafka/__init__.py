@@ -7,6 +7,8 @@
     diagnosis  why a start failed: unknown host, refused, no answer, SASL, TLS
     translate  aiokafka's errors in our terms: retried, dead-lettered or fatal
     registry   the schema registry: schemas by id, compiled once, its errors in our terms
+    registry_outputs  output schemas registered at start-up, compatibility checked; framed
+               outputs read back (report, eval)
     protoc     a registry's .proto schema compiled into message classes (protoc in-process)
     topics     the topics modstream reads and writes: checked before use, created on demand
                (each broker answer read), their size limits read

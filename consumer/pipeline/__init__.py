@@ -12,6 +12,7 @@ on::
     stages       one record through decode, admit, classify and delivery, or into a dead letter
                  (classify, from :mod:`consumer.model`, is handed in by :mod:`consumer.app`)
     publish      OutRecord: outputs serialized, size-checked, sent and acknowledged
+    encode       an output's value: JSON, or registry-framed Avro / JSON (MODSTREAM_OUTPUT_FORMAT)
     carry        the input headers an output carries (MODSTREAM_CARRY_HEADERS, trace context)
     dead_letter  DeadLetter: the input's bytes and the reason, cut to fit the dead-letter topic
     delivery     at-least-once (acknowledged, then committed) or exactly-once (chosen by app)

@@ -1,27 +1,49 @@
 """A small mixed corpus (clean, harmful, poison) and a producer for it.
 
 Used by ``make demo``, the end-to-end tests and the benchmarks, so they all exercise the same
-kinds of input. The harmful texts are deliberately mild: they only need to trip the fake
+kinds of input. With ``MODSTREAM_INPUT_FORMAT=avro`` (``make demo FORMAT=avro``) the requests
+are Avro records in the Confluent wire format, their schema (:data:`SAMPLE_AVRO`) registered
+under ``<input topic>-value`` first; the poison stays raw bytes, dead letters either way.
+
+The harmful texts are deliberately mild: they only need to trip the fake
 server's keyword heuristic (or a real model's judgement), not to shock anyone reading the repo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+import fastavro
+import httpx2
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 
-from consumer.errors import ModstreamError
+from consumer.errors import ConfigError, ModstreamError
 from consumer.kafka.client import enter_kafka, kafka_options
+from consumer.kafka.registry import registry_client
 from consumer.kafka.topics import require_topics
 from consumer.kafka.translate import translate
-from consumer.settings import Settings
+from consumer.pipeline.encode import frame
+from consumer.settings import InputFormat, Settings
+
+#: The sample's requests as Avro: the fields MODSTREAM_INPUT_FIELDS maps by default.
+SAMPLE_AVRO = {
+    "type": "record",
+    "name": "SampleRequest",
+    "namespace": "dev.modstream.sample",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "text", "type": "string"},
+        {"name": "metadata", "type": {"type": "map", "values": "string"}, "default": {}},
+    ],
+}
 
 CLEAN = [
     "Does anyone know a good recipe for banana bread?",
@@ -97,6 +119,13 @@ async def produce(settings: Settings, records: list[SampleRecord]) -> Produced:
     """
     options = kafka_options(settings)
     await require_topics(options, {"MODSTREAM_INPUT_TOPIC": settings.input_topic})
+    if settings.input_format is InputFormat.AVRO:
+        records = await as_avro(settings, records)
+    elif settings.input_format.uses_registry:
+        raise ConfigError(
+            f"modstream sample writes json or avro, not MODSTREAM_INPUT_FORMAT="
+            f"{settings.input_format}"
+        )
     async with AsyncExitStack() as stack:
         producer = AIOKafkaProducer(**options, acks="all", linger_ms=20)
         await enter_kafka(stack, producer, options)
@@ -110,6 +139,32 @@ async def produce(settings: Settings, records: list[SampleRecord]) -> Produced:
             raise first  # not Kafka's answer: a bug, with its traceback
         done.error = translate(first, f"{len(refused)} of {len(records)} sample records")
     return done
+
+
+async def as_avro(settings: Settings, records: list[SampleRecord]) -> list[SampleRecord]:
+    """The requests as framed Avro under :data:`SAMPLE_AVRO`, registered first; poison as is."""
+    client = registry_client(settings)
+    try:
+        schema_id = await client.register_schema(
+            f"{settings.input_topic}-value", Schema(json.dumps(SAMPLE_AVRO), "AVRO")
+        )
+    except (SchemaRegistryError, httpx2.TransportError) as exc:
+        raise ConfigError(
+            f"the sample's Avro schema could not be registered at "
+            f"{settings.schema_registry_url}: {exc}"
+        ) from None
+    finally:
+        await client.aclose()
+    parsed = fastavro.parse_schema(SAMPLE_AVRO)
+    out = []
+    for record in records:
+        if record.kind == "poison":
+            out.append(record)
+            continue
+        payload = io.BytesIO()
+        fastavro.schemaless_writer(payload, parsed, json.loads(record.value))
+        out.append(SampleRecord(record.key, frame(schema_id, payload.getvalue()), record.kind))
+    return out
 
 
 def _failed(answer: object) -> bool:
