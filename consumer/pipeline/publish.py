@@ -124,6 +124,19 @@ class Publisher:
             self._check_size(record)
         return records
 
+    def replay_records(
+        self, envelope: Envelope, *, verdict: Verdict | None, usage: Sequence[UsageEvent]
+    ) -> tuple[list[OutRecord], PublishRejected | None]:
+        """For a replay, which writes no dead letters: :meth:`records`, or, when the verdict
+        can never be written (over a limit, a value Avro cannot hold), the usage events alone
+        (their calls cost all the same) and the reason, for the replay to count."""
+        try:
+            return self.records(envelope, verdict=verdict, usage=usage), None
+        except PublishRejected as exc:
+            if verdict is None:
+                raise
+            return self.records(envelope, usage=usage), exc
+
     def _check_size(self, record: OutRecord) -> None:
         limit = self.limits.get(record.topic)
         if limit is None:

@@ -197,7 +197,13 @@ class BatchReplayer:
             verdict, usage = self._answer(item, answers, batch_id)
             if verdict is not None and item.hit is None:
                 await self.cache.put(item.key, Decision.of(verdict))
-            group.extend(self.publisher.records(item.envelope, verdict=verdict, usage=usage))
+            records, rejected = self.publisher.replay_records(
+                item.envelope, verdict=verdict, usage=usage
+            )
+            if rejected is not None:
+                self.result.verdicts -= 1
+                self.result.dead_letters[rejected.kind] += 1
+            group.extend(records)
             self.result.messages += 1
             if len(group) >= _PUBLISH_GROUP:
                 await self.publisher.publish(group)

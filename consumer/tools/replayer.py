@@ -234,7 +234,10 @@ class Replayer:
     ) -> None:
         if self.publisher is None:
             return
-        records = self.publisher.records(envelope, verdict=verdict, usage=usage)
+        records, rejected = self.publisher.replay_records(envelope, verdict=verdict, usage=usage)
+        if rejected is not None:
+            self.result.verdicts -= 1  # counted when classified: a dead letter after all
+            self.result.dead_letters[rejected.kind] += 1
         await self.publisher.publish(records)
 
     async def run(self, consumer: AIOKafkaConsumer, bounds: Range) -> ReplayResult:

@@ -6,6 +6,8 @@ model over HTTP, modstream itself.
   dead letter of a framed run is read back by Confluent's own deserializer with the schema the
   registry holds for its id; the framed runs agree with the JSON run input by input, and
   ``report`` (``summarise``) reads them as it reads JSON.
+- A replay with Avro output registers its own subjects, and ``eval`` reads it against the
+  production run's Avro verdicts.
 - The real ``modstream consume``, its verdict subject holding a version ours cannot read (a
   field of another type), stops with exit 3 and one line naming the subject and the level,
   before it consumes anything.
@@ -26,8 +28,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import BaseModel
 
 from consumer.app import serve
+from consumer.errors import PublishRejected
 from consumer.kafka.registry_outputs import subject
 from consumer.settings import Delivery, OutputFormat
+from consumer.tools.evaluate import run_eval
+from consumer.tools.replay import ReplayRequest, run_replay
 from consumer.tools.report import Summary
 from consumer.tools.sample import HARMFUL
 from schemas import DeadLetter, UsageEvent, Verdict
@@ -182,3 +187,28 @@ async def test_an_incompatible_output_schema_stops_consume_naming_the_subject(
     # Stopped before consuming: nothing was written, nothing committed.
     assert await run.committed_total() == 0
     assert await raw_values(kafka_bootstrap, verdicts) == []
+
+
+async def test_a_replay_writes_avro_and_eval_reads_it_against_an_avro_baseline(
+    kafka_bootstrap: str, schema_registry: str, tmp_path: Path
+) -> None:
+    avro = {"output_format": OutputFormat.AVRO, "schema_registry_url": schema_registry}
+    with fake_openai_server(latency_ms=2, seed=11) as url:
+        run, production = await run_corpus(kafka_bootstrap, url, **avro)
+        settings = run.settings(**avro)
+        to_topic = f"{run.name}.eval"
+        result = await run_replay(settings, ReplayRequest(topic=run.input_topic, to_topic=to_topic))
+        [report] = await run_eval(
+            settings, [to_topic], labels=None, baseline=f"{run.name}.verdicts", out=tmp_path
+        )
+    assert result.verdicts == len(production.verdicts) == report.verdicts
+    # HUGE: no verdict Avro can hold, so counted with the undecodable ones, by kind.
+    assert result.dead_letters == {"decode": len(UNDECODABLE), PublishRejected.kind: 1}
+    assert report.agreement == 1.0  # the same inputs, the same (deterministic) fake model
+    async with AsyncSchemaRegistryClient({"url": schema_registry}) as client:
+        for topic in (to_topic, f"{to_topic}.usage"):
+            latest = await client.get_latest_version(subject(topic))
+            assert latest.schema.schema_type == "AVRO"
+            values = await raw_values(kafka_bootstrap, topic)
+            assert values and all(v[:1] == b"\x00" for v in values)
+            assert {int.from_bytes(v[1:5], "big") for v in values} == {latest.schema_id}
