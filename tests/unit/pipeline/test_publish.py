@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import fastavro
 import pytest
 from aiokafka.errors import (
     KafkaError,
@@ -26,9 +27,11 @@ from consumer.errors import (
 )
 from consumer.pipeline.admit import Admitted
 from consumer.pipeline.dead_letter import dead_letter
+from consumer.pipeline.encode import RegistryEncoder, TopicSchema, frame
 from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES, OutRecord, Publisher, Topics
 from consumer.pipeline.source import Envelope
-from schemas import DeadLetter, ModerationRequest, Verdict
+from schemas import DeadLetter, ModerationRequest, UsageEvent, Verdict
+from schemas.avro import avro_schema
 from tests.unit.kafka_fakes import FakeProducer, usage_for, verdict_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -168,3 +171,38 @@ async def test_publish_translates_kafka_errors(
         await Publisher(producer, TOPICS).publish([out("verdicts")])
     assert info.value.__cause__ is error
     assert info.value.message.startswith(f"Kafka refused an output: {type(error).__name__}")
+
+
+# ---- an encoder other than JSON, and what a replay does with a verdict it cannot write -------
+
+
+def avro_publisher(limits: dict[str, int] | None = None) -> Publisher:
+    schemas = {
+        "verdicts": TopicSchema(11, fastavro.parse_schema(avro_schema(Verdict))),
+        "usage": TopicSchema(12, fastavro.parse_schema(avro_schema(UsageEvent))),
+    }
+    return Publisher(None, TOPICS, limits, encoder=RegistryEncoder(schemas, avro=True))
+
+
+def test_records_are_encoded_by_the_encoder_with_its_content_type() -> None:
+    env = envelope()
+    records = avro_publisher().records(
+        env, verdict=verdict(env), usage=[usage_for(env.source, "m7")]
+    )
+    assert [(r.topic, r.value[:5]) for r in records] == [
+        ("verdicts", frame(11, b"")),
+        ("usage", frame(12, b"")),
+    ]
+    assert all(dict(r.headers)["content-type"] == b"application/avro" for r in records)
+
+
+def test_a_replay_gets_the_usage_alone_and_the_reason_when_the_verdict_cannot_be_written() -> None:
+    env = envelope()
+    unwritable = verdict(env).model_copy(update={"metadata": {"n": 2**70}})
+    usage = [usage_for(env.source, "m7")]
+    records, rejected = avro_publisher().replay_records(env, verdict=unwritable, usage=usage)
+    assert [r.topic for r in records] == ["usage"]
+    assert isinstance(rejected, PublishRejected)
+    assert "metadata['n']" in rejected.message
+    fine, none = avro_publisher().replay_records(env, verdict=verdict(env), usage=usage)
+    assert [r.topic for r in fine] == ["verdicts", "usage"] and none is None
