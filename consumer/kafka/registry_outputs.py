@@ -41,6 +41,7 @@ from tenacity import (
 
 from consumer.errors import ConfigError, DecodeError, OutputSchemaRejected, RegistryUnavailable
 from consumer.kafka.registry import is_unavailable, registry_client, said
+from consumer.model.provider import public_url
 from consumer.pipeline.encode import Encoder, JsonEncoder, RegistryEncoder, TopicSchema
 from consumer.pipeline.registry_decode import parse_framed
 from consumer.settings import OutputFormat, Settings
@@ -164,6 +165,8 @@ async def _set_level(client: AsyncSchemaRegistryClient, name: str, level: str) -
 async def _answered(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
     """``call``'s result, the registry's outage retried for a while; its refusal is fatal."""
 
+    where = public_url(settings.schema_registry_url)
+
     async def attempt() -> T:
         try:
             return await call()
@@ -171,7 +174,7 @@ async def _answered(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
             if is_unavailable(exc):
                 raise RegistryUnavailable(f"answered {said(exc)}") from exc
             raise OutputSchemaRejected(
-                f"the schema registry at {settings.schema_registry_url} refused to register "
+                f"the schema registry at {where} refused to register "
                 f"modstream's output schemas: it answered {said(exc)}"
             ) from None
         except httpx2.TransportError as exc:
@@ -188,7 +191,7 @@ async def _answered(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
                 return await attempt()
     except RegistryUnavailable as exc:
         raise OutputSchemaRejected(
-            f"the schema registry at {settings.schema_registry_url} did not register "
+            f"the schema registry at {where} did not register "
             f"modstream's output schemas within {START_UP_DEADLINE_S:.0f} s: {exc}"
         ) from None
     raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover

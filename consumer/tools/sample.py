@@ -30,6 +30,7 @@ from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.registry import registry_client
 from consumer.kafka.topics import require_topics
 from consumer.kafka.translate import translate
+from consumer.model.provider import public_url
 from consumer.pipeline.encode import frame
 from consumer.settings import InputFormat, Settings
 
@@ -151,7 +152,7 @@ async def as_avro(settings: Settings, records: list[SampleRecord]) -> list[Sampl
     except (SchemaRegistryError, httpx2.TransportError) as exc:
         raise ConfigError(
             f"the sample's Avro schema could not be registered at "
-            f"{settings.schema_registry_url}: {exc}"
+            f"{public_url(settings.schema_registry_url)}: {exc}"
         ) from None
     finally:
         await client.aclose()

@@ -9,11 +9,13 @@ refuses or never answers stops it too, with the reason.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
 
+import fastavro
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -21,10 +23,10 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from confluent_kafka.schema_registry._async.avro import AsyncAvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.errors import OutputSchemaRejected
+from consumer.errors import ConfigError, OutputSchemaRejected
 from consumer.kafka import registry_outputs
 from consumer.kafka.registry_outputs import OutputReader, output_encoder, subject
-from consumer.pipeline.encode import RegistryEncoder
+from consumer.pipeline.encode import RegistryEncoder, frame
 from consumer.settings import Compatibility, OutputFormat, Settings
 from schemas import DeadLetter, UsageEvent, Verdict
 from schemas.avro import avro_schema
@@ -191,5 +193,36 @@ async def test_a_registry_that_never_answers_stops_start_up_after_the_deadline(
         port = sock.getsockname()[1]
     monkeypatch.setattr(registry_outputs, "START_UP_DEADLINE_S", 1.0)
     url = f"http://127.0.0.1:{port}"
-    with pytest.raises(OutputSchemaRejected, match=rf"at {url} did not register .* within 1 s"):
-        await output_encoder(settings(url, OutputFormat.AVRO), topics())
+    # Credentials in the URL are never repeated in the message.
+    with_password = f"http://svc:pw-in-url-9@127.0.0.1:{port}"
+    with pytest.raises(
+        OutputSchemaRejected, match=rf"at {url} did not register .* within 1 s"
+    ) as e:
+        await output_encoder(settings(with_password, OutputFormat.AVRO), topics())
+    assert "pw-in-url-9" not in str(e.value)
+
+
+async def test_a_value_written_under_an_older_version_reads_into_todays_model(
+    schema_registry: str,
+) -> None:
+    older = copy.deepcopy(avro_schema(Verdict))
+    older["fields"] = [f for f in older["fields"] if f["name"] != "shadow_of"]
+    async with AsyncSchemaRegistryClient({"url": schema_registry}) as client:
+        older_id = await client.register_schema(
+            f"older-{uuid.uuid4().hex[:8]}-value", Schema(json.dumps(older), "AVRO")
+        )
+    verdict = output_events.verdict()
+    payload = io.BytesIO()
+    record = verdict.model_dump(mode="python", exclude={"shadow_of"})
+    fastavro.schemaless_writer(payload, fastavro.parse_schema(older), record)
+    async with OutputReader(settings(schema_registry, OutputFormat.JSON)) as reader:
+        read = await reader.read(frame(older_id, payload.getvalue()), Verdict)
+    assert read == verdict  # shadow_of, which the older version lacks, takes its default
+
+
+async def test_framed_values_without_a_registry_url_say_what_to_set() -> None:
+    plain = Settings(openai_api_key="sk-test-not-a-real-key")
+    async with OutputReader(plain) as reader:
+        assert await reader.read(output_events.verdict().model_dump_json().encode(), Verdict)
+        with pytest.raises(ConfigError, match="set MODSTREAM_SCHEMA_REGISTRY_URL"):
+            await reader.read(frame(1, b"\x02"), Verdict)

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from consumer.errors import ConfigError
-from consumer.settings import Delivery, InputFormat, Settings, load_settings
+from consumer.settings import (
+    Compatibility,
+    Delivery,
+    InputFormat,
+    OutputFormat,
+    Settings,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -285,3 +292,24 @@ def test_variables_read_outside_the_settings_are_not_unknown(
     ):
         monkeypatch.setenv(name, "1")
     assert load_settings().openai_api_key.get_secret_value() == "1"
+
+
+def test_registry_output_needs_the_registry_and_says_which_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODSTREAM_OUTPUT_FORMAT", "avro")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "MODSTREAM_OUTPUT_FORMAT=avro needs MODSTREAM_SCHEMA_REGISTRY_URL" in str(caught.value)
+    monkeypatch.setenv("MODSTREAM_SCHEMA_REGISTRY_URL", "http://registry:8081")
+    settings = load_settings()
+    assert settings.output_format is OutputFormat.AVRO
+    assert settings.schema_compatibility is Compatibility.BACKWARD
+
+
+def test_an_unknown_compatibility_level_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODSTREAM_SCHEMA_COMPATIBILITY", "SIDEWAYS")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "MODSTREAM_SCHEMA_COMPATIBILITY" in str(caught.value)
+    assert "'BACKWARD'" in str(caught.value)
