@@ -15,8 +15,8 @@ The registry refusing (401, 403, any other 4xx) also stops start-up; a registry 
 answer is retried for :data:`START_UP_DEADLINE_S`, then stops it. Once running, nothing here is
 called: the ids are in the encoder (:mod:`consumer.pipeline.encode`).
 
-:class:`OutputReader` is the other way, for ``report``, ``eval`` and ``replay``: a value is
-JSON, or registry-framed, read under the schema its id names (the writer's) into our model.
+:class:`OutputReader` is the other way, for ``report`` and ``eval``: a value is JSON, or
+registry-framed, read under the schema its id names (the writer's) into our model.
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ class OutputReader:
     """Reads output values back: JSON, or registry-framed Avro / JSON; ``async with`` closes it.
 
     Framed values need ``MODSTREAM_SCHEMA_REGISTRY_URL``: without it the first one is a
-    ConfigError that says so. Writer schemas are fetched once per id.
+    ConfigError that says so. Writer schemas are fetched once per id; an unknown id is a
+    DecodeError (the value is counted unreadable), a registry that is down RegistryUnavailable
+    (the read stops: every later framed value would need it too).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -253,7 +255,17 @@ class OutputReader:
         try:
             found = await self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
+            if is_unavailable(exc):
+                raise RegistryUnavailable(
+                    f"the schema registry at {public_url(self._settings.schema_registry_url)} "
+                    f"answered {said(exc)}; try again when it is back"
+                ) from None
             raise DecodeError(f"schema id {schema_id}: the registry answered {said(exc)}") from None
+        except httpx2.TransportError as exc:
+            raise RegistryUnavailable(
+                f"the schema registry at {public_url(self._settings.schema_registry_url)} is "
+                f"unreachable ({type(exc).__name__}); try again when it is back"
+            ) from None
         schema_type = (found.schema_type or "AVRO").upper()
         text = found.schema_str or ""
         writer = fastavro.parse_schema(json.loads(text)) if schema_type == "AVRO" else None

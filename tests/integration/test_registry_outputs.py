@@ -23,7 +23,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from confluent_kafka.schema_registry._async.avro import AsyncAvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.errors import ConfigError, OutputSchemaRejected
+from consumer.errors import ConfigError, OutputSchemaRejected, RegistryUnavailable
 from consumer.kafka import registry_outputs
 from consumer.kafka.registry_outputs import OutputReader, output_encoder, subject
 from consumer.pipeline.encode import RegistryEncoder, frame
@@ -225,4 +225,14 @@ async def test_framed_values_without_a_registry_url_say_what_to_set() -> None:
     async with OutputReader(plain) as reader:
         assert await reader.read(output_events.verdict().model_dump_json().encode(), Verdict)
         with pytest.raises(ConfigError, match="set MODSTREAM_SCHEMA_REGISTRY_URL"):
+            await reader.read(frame(1, b"\x02"), Verdict)
+
+
+async def test_reading_framed_values_from_a_registry_that_is_down_says_so() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = settings(f"http://127.0.0.1:{port}", OutputFormat.JSON)
+    async with OutputReader(down) as reader:
+        with pytest.raises(RegistryUnavailable, match=rf"127.0.0.1:{port} is unreachable"):
             await reader.read(frame(1, b"\x02"), Verdict)
