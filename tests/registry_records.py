@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import fastavro
+from aiohttp import web
 
 from consumer.kafka.protoc import compile_proto, message_class
 
@@ -101,3 +104,22 @@ def json_payload(post: dict[str, Any]) -> bytes:
 def post(request_id: str, text: str) -> dict[str, Any]:
     """The post whose mapped request is ``{"id": request_id, "text": text}``."""
     return {"post_id": request_id, "body": text, "thread": None, "tags": {}}
+
+
+@asynccontextmanager
+async def registry_stub(
+    handle: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """A stand-in HTTP server on 127.0.0.1 answering every request with ``handle``; its base
+    URL. For the registry's failures only (refusals, outages): the real registry does the rest."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

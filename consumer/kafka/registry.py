@@ -54,7 +54,7 @@ from consumer.retry import retried
 from consumer.settings import InputFormat, Settings
 from schemas import ModerationRequest
 
-__all__ = ["SchemaRegistry", "is_unavailable", "registry_client", "said"]
+__all__ = ["SchemaRegistry", "fetch_schema", "is_unavailable", "registry_client", "said"]
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +101,26 @@ def said(exc: SchemaRegistryError) -> str:
     return f"{exc.http_status_code} (error code {exc.error_code}): {str(exc.error_message)[:200]}"
 
 
+async def fetch_schema(client: AsyncSchemaRegistryClient, schema_id: int) -> tuple[str, str]:
+    """Schema ``schema_id``'s type (``AVRO``, ``PROTOBUF``, ``JSON``) and text.
+
+    DecodeError when the registry says never (4xx but 408/429: an unknown id is 404);
+    RegistryUnavailable when it cannot answer now (down, 5xx, 408, 429), for the caller to
+    retry or give up on.
+    """
+    try:
+        schema = await client.get_schema(schema_id)
+    except SchemaRegistryError as exc:
+        if not is_unavailable(exc):
+            raise DecodeError(f"schema id {schema_id}: the registry answered {said(exc)}") from None
+        raise RegistryUnavailable(f"the schema registry answered {said(exc)}") from exc
+    except httpx2.TransportError as exc:
+        raise RegistryUnavailable(
+            f"the schema registry is unreachable ({type(exc).__name__})"
+        ) from exc
+    return (schema.schema_type or "AVRO").upper(), schema.schema_str or ""
+
+
 class SchemaRegistry:
     """Decodes registry-framed records; ``async with`` closes its HTTP session."""
 
@@ -135,7 +155,7 @@ class SchemaRegistry:
 
     async def _reader(self, schema_id: int) -> Reader:
         schema_type, text = await retried(
-            lambda: self._fetch(schema_id),
+            lambda: fetch_schema(self._client, schema_id),
             lambda: AsyncRetrying(
                 retry=retry_if_exception_type(RegistryUnavailable),
                 wait=wait_random_exponential(multiplier=0.2, max=5),
@@ -148,22 +168,6 @@ class SchemaRegistry:
         reader = self._compile(schema_id, schema_type, text)
         self._readers[schema_id] = reader
         return reader
-
-    async def _fetch(self, schema_id: int) -> tuple[str, str]:
-        """The schema's type and text; the client's errors translated."""
-        try:
-            schema = await self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if not is_unavailable(exc):
-                raise DecodeError(
-                    f"schema id {schema_id}: the registry answered {said(exc)}"
-                ) from None
-            raise RegistryUnavailable(f"the schema registry answered {said(exc)}") from exc
-        except httpx2.TransportError as exc:
-            raise RegistryUnavailable(
-                f"the schema registry is unreachable ({type(exc).__name__})"
-            ) from exc
-        return (schema.schema_type or "AVRO").upper(), schema.schema_str or ""
 
     def _compile(self, schema_id: int, schema_type: str, text: str) -> Reader:
         expected = _SCHEMA_TYPES[self._format]

@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from consumer.errors import ConfigError, DecodeError, OutputSchemaRejected, RegistryUnavailable
-from consumer.kafka.registry import is_unavailable, registry_client, said
+from consumer.kafka.registry import fetch_schema, is_unavailable, registry_client, said
 from consumer.model.provider import public_url
 from consumer.pipeline.encode import Encoder, JsonEncoder, RegistryEncoder, TopicSchema
 from consumer.pipeline.registry_decode import parse_framed
@@ -253,21 +253,10 @@ class OutputReader:
         if self._client is None:
             self._client = registry_client(self._settings)
         try:
-            found = await self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if is_unavailable(exc):
-                raise RegistryUnavailable(
-                    f"the schema registry at {public_url(self._settings.schema_registry_url)} "
-                    f"answered {said(exc)}; try again when it is back"
-                ) from None
-            raise DecodeError(f"schema id {schema_id}: the registry answered {said(exc)}") from None
-        except httpx2.TransportError as exc:
-            raise RegistryUnavailable(
-                f"the schema registry at {public_url(self._settings.schema_registry_url)} is "
-                f"unreachable ({type(exc).__name__}); try again when it is back"
-            ) from None
-        schema_type = (found.schema_type or "AVRO").upper()
-        text = found.schema_str or ""
+            schema_type, text = await fetch_schema(self._client, schema_id)
+        except RegistryUnavailable as exc:
+            where = public_url(self._settings.schema_registry_url)
+            raise RegistryUnavailable(f"{exc} (at {where}); try again when it is back") from None
         writer = fastavro.parse_schema(json.loads(text)) if schema_type == "AVRO" else None
         self._writers[schema_id] = (schema_type, writer)
         return schema_type, writer

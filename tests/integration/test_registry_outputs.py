@@ -31,6 +31,7 @@ from consumer.settings import Compatibility, OutputFormat, Settings
 from schemas import DeadLetter, UsageEvent, Verdict
 from schemas.avro import avro_schema
 from tests import output_events
+from tests.registry_records import registry_stub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,17 +164,8 @@ async def refusing_registry() -> AsyncIterator[str]:
     async def handle(request: web.Request) -> web.Response:
         return web.json_response({"error_code": 40301, "message": "forbidden"}, status=403)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with registry_stub(handle) as url:
+        yield url
 
 
 async def test_a_registry_that_refuses_stops_start_up_with_its_answer(
@@ -234,5 +226,7 @@ async def test_reading_framed_values_from_a_registry_that_is_down_says_so() -> N
         port = sock.getsockname()[1]
     down = settings(f"http://127.0.0.1:{port}", OutputFormat.JSON)
     async with OutputReader(down) as reader:
-        with pytest.raises(RegistryUnavailable, match=rf"127.0.0.1:{port} is unreachable"):
+        with pytest.raises(
+            RegistryUnavailable, match=rf"unreachable .*\(at http://127.0.0.1:{port}\)"
+        ):
             await reader.read(frame(1, b"\x02"), Verdict)

@@ -31,6 +31,7 @@ from tests.registry_records import (
     json_payload,
     post,
     proto_payload,
+    registry_stub,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -153,17 +154,8 @@ async def flaky_registry(schema_registry: str) -> AsyncIterator[tuple[str, list[
                 body=await upstream.read(), status=upstream.status, content_type="application/json"
             )
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/r", answered
-    finally:
-        await runner.cleanup()
+    async with registry_stub(handle) as url:
+        yield f"{url}/r", answered
 
 
 async def test_a_5xx_registry_is_retried_until_it_answers(
