@@ -10,8 +10,10 @@
                  stop reason, the progress it tells
     replay_records  a replayed record as the service sees it: envelope, admitted, cache key
     replay_view  what a person sees of a replay: the progress bar, the summary table
-    batch_replay ``replay --batch-api``: the range as one Batch API batch (submit, or find
-                 and resume; poll; publish), at the batch price
+    batch_replay ``replay --batch-api``: the range as one Batch API batch (collect, submit
+                 or find and resume, read the answers, publish), at the batch price
+    batch_job    the batch at the provider: found by its key or submitted, polled until it
+                 ends, its result files read
     batch_requests  the batch's input file: the synchronous request per input, custom ids,
                  the key a resumed replay finds its batch by
     batch_results   the output and error files mapped back to the inputs by custom id

@@ -10,13 +10,15 @@ The run, once :mod:`consumer.tools.replay` has built the clients and resolved th
    body). With ``--max-cost`` each line first reserves its worst case at the batch price
    (:mod:`consumer.tools.budget`; one call, no repair: a batch makes none); the first that
    does not fit ends the range there, so what is submitted is a fair sample.
-2. **Submit, or find.** The batch's key (a hash of the topic and the file) is in its
-   ``metadata``. Before uploading, the provider's batches are listed for one with that key
-   that is not failed, cancelled or expired: a replay killed while its batch ran, run again,
-   waits for that batch instead of paying for a second. No local state file.
+2. **Submit, or find** (:class:`~consumer.tools.batch_job.BatchJob`, the provider's side). The
+   batch's key (a hash of the topic and the file) is in its ``metadata``. Before uploading,
+   the provider's batches are listed for one with that key that is not failed, cancelled or
+   expired: a replay killed while its batch ran, run again, waits for that batch instead of
+   paying for a second. No local state file.
 3. **Wait.** The batch is polled every ``--batch-poll-s`` seconds, its status and request
-   counts shown (:class:`BatchProgress`). A batch that fails validation, expires or is
-   cancelled is :class:`~consumer.errors.BatchFailed`, with its first errors.
+   counts shown (:class:`~consumer.tools.batch_job.BatchProgress`). A batch that fails
+   validation, expires or is cancelled is :class:`~consumer.errors.BatchFailed`, with its
+   first errors.
 4. **Read and publish.** The output and error files are matched to the inputs by custom id
    (:mod:`consumer.tools.batch_results`); each reply is read as the synchronous path reads one
    (:meth:`~consumer.model.classify.Classifier.read_reply`: local salvage, no repair call), an
@@ -29,32 +31,25 @@ The run, once :mod:`consumer.tools.replay` has built the clients and resolved th
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
-import openai
 import structlog
 from aiokafka import AIOKafkaConsumer
-from openai import AsyncOpenAI
 from openai.types import Batch
 
-from consumer.errors import BatchFailed, ConfigError, ModstreamError, PermanentError
+from consumer.errors import ConfigError, PermanentError
 from consumer.model.classify import Classifier
 from consumer.model.conversation import Call
 from consumer.model.ledger import Tokens
-from consumer.model.provider import translate
 from consumer.model.verdicts import Decision
 from consumer.pipeline.admit import Admitted, Admitter
 from consumer.pipeline.publish import OutRecord, Publisher
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
+from consumer.tools.batch_job import BATCH_POLL_S, BatchJob, BatchProgress
 from consumer.tools.batch_requests import (
-    BATCH_ENDPOINT,
-    KEY_FIELD,
     MAX_LINES,
     batch_key,
     batch_metadata,
@@ -62,7 +57,7 @@ from consumer.tools.batch_requests import (
     jsonl,
     request_line,
 )
-from consumer.tools.batch_results import Answer, match, read_lines
+from consumer.tools.batch_results import Answer, match
 from consumer.tools.budget import CostBudget, Grant
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replay_outcome import MAX_OUTAGE_S, Range, ReplayResult, StopReason
@@ -72,47 +67,10 @@ from schemas import UsageEvent, Verdict
 
 log = structlog.get_logger(__name__)
 
-_T = TypeVar("_T")
+__all__ = ["BatchReplayer"]
 
-__all__ = ["BATCH_POLL_S", "BatchProgress", "BatchReplayer", "QuietBatch"]
-
-#: Default of ``--batch-poll-s``: a batch takes minutes to hours; polling faster buys nothing.
-BATCH_POLL_S = 30.0
-
-#: Statuses a batch never leaves; only ``completed`` has results to read.
-_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-#: Statuses of a batch that will never have results: not one to resume.
-_DEAD = frozenset({"failed", "expired", "cancelled", "cancelling"})
-#: Errors of a failed batch named in the one-line error.
-_ERRORS_SHOWN = 5
 #: Inputs whose outputs are sent to the broker together (each group awaited as one).
 _PUBLISH_GROUP = 256
-
-
-class BatchProgress(Protocol):
-    """What a batch replay tells whoever shows its progress (the CLI's bar)."""
-
-    def submitted(self, batch_id: str, total: int, *, resumed: bool) -> None:
-        """The batch of ``total`` requests is the provider's (``resumed``: found, not sent)."""
-
-    def polled(self, status: str, completed: int, failed: int) -> None:
-        """The batch as of the last poll."""
-
-    def finished(self, status: str) -> None:
-        """The batch reached ``status``, a terminal one (or the replay ended before it)."""
-
-
-class QuietBatch:
-    """No progress shown: tests and scripts."""
-
-    def submitted(self, batch_id: str, total: int, *, resumed: bool) -> None:
-        """Nothing to show."""
-
-    def polled(self, status: str, completed: int, failed: int) -> None:
-        """Nothing to show."""
-
-    def finished(self, status: str) -> None:
-        """Nothing to show."""
 
 
 @dataclass(slots=True)
@@ -157,15 +115,13 @@ class BatchReplayer:
         provider may answer no poll (5xx, timeouts) before the replay gives up on it."""
         self.settings = settings
         self.classifier = classifier
-        self.client: AsyncOpenAI = classifier.client
         self.admitter = admitter
         self.cache = cache
         self.publisher = publisher
         self.budget = budget
         self.progress = progress
         self.topic = topic
-        self.poll_s = poll_s
-        self.max_outage_s = max_outage_s
+        self.job = BatchJob(classifier.client, progress, poll_s=poll_s, max_outage_s=max_outage_s)
         self.result = ReplayResult()
         if classifier.policy.first_tier is not None:
             # The first tier is a call of its own before the chat model's, per message: not a
@@ -181,8 +137,9 @@ class BatchReplayer:
         if lines:
             batch = await self.submit_or_find(lines, bounds)
             batch_id = batch.id
-            batch = await self.wait(batch)
-            matched = match([item.custom_id for item in lines], await self.result_lines(batch))
+            batch = await self.job.wait(batch)
+            self.result.batch_id = batch.id
+            matched = match([item.custom_id for item in lines], await self.job.result_lines(batch))
             if matched.unknown or matched.duplicates or matched.missing:
                 log.warning(
                     "batch results that match no input, or inputs with no result",
@@ -274,17 +231,12 @@ class BatchReplayer:
             bodies.append(request_line(item.custom_id, body))
         content = jsonl(bodies)
         key = batch_key(self.topic, content)
-        found = await self._find(key)
+        found = await self.job.find(key)
         if found is not None:
             log.info("resuming the replay's batch", batch_id=found.id, status=found.status)
             self.result.batch_resumed = True
             self.progress.submitted(found.id, len(lines), resumed=True)
             return found
-        upload = await self._call(
-            self.client.files.create(
-                file=(f"modstream-replay-{key}.jsonl", content), purpose="batch"
-            )
-        )
         builder = self.classifier.builder
         spans = ",".join(
             f"{tp.partition}:{bounds.start[tp]}-{bounds.end[tp]}" for tp in sorted(bounds.start)
@@ -298,69 +250,9 @@ class BatchReplayer:
             prompt_version=builder.prompt.version,
             policy_version=builder.policy.version,
         )
-        batch = await self._call(
-            self.client.batches.create(
-                input_file_id=upload.id,
-                endpoint=BATCH_ENDPOINT,
-                completion_window="24h",
-                metadata=metadata,
-            )
-        )
-        log.info("batch submitted", batch_id=batch.id, requests=len(lines))
+        batch = await self.job.submit(key, content, len(lines), metadata)
         self.progress.submitted(batch.id, len(lines), resumed=False)
         return batch
-
-    async def _find(self, key: str) -> Batch | None:
-        """The newest batch whose metadata holds ``key`` and that may still have results."""
-        try:
-            async for batch in self.client.batches.list(limit=100):
-                if (batch.metadata or {}).get(KEY_FIELD) == key and batch.status not in _DEAD:
-                    return batch
-        except openai.OpenAIError as exc:
-            raise translate(exc, base_url=self.client.base_url) from exc
-        return None
-
-    async def wait(self, batch: Batch) -> Batch:
-        """Poll ``batch`` until it ends; the completed batch, else :class:`BatchFailed`."""
-        failing_since: float | None = None
-        try:
-            while True:
-                counts = batch.request_counts
-                self.progress.polled(
-                    batch.status, counts.completed if counts else 0, counts.failed if counts else 0
-                )
-                if batch.status in _TERMINAL:
-                    break
-                await self._sleep()
-                try:
-                    batch = await self._call(self.client.batches.retrieve(batch.id))
-                    failing_since = None
-                except ModstreamError as exc:
-                    if not exc.retriable:
-                        raise
-                    # A batch runs for hours: a provider hiccup between two polls is not its end.
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since > self.max_outage_s:
-                        raise
-                    log.warning("polling the batch failed; polling again", error=str(exc))
-        finally:
-            self.progress.finished(batch.status)
-        if batch.status != "completed":
-            raise BatchFailed(_failure(batch))
-        self.result.batch_id = batch.id
-        return batch
-
-    async def _sleep(self) -> None:
-        await asyncio.sleep(self.poll_s)  # the poll interval: the batch's clock is the provider's
-
-    async def result_lines(self, batch: Batch) -> list[dict[str, object]]:
-        """The lines of the batch's output and error files (either may be absent)."""
-        lines: list[dict[str, object]] = []
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                content = await self._call(self.client.files.content(file_id))
-                lines.extend(read_lines(content.content.decode()))
-        return lines
 
     def _answer(
         self, item: _Item, answers: dict[str, Answer], batch_id: str | None
@@ -396,22 +288,3 @@ class BatchReplayer:
             return None, usage
         self.result.verdicts += 1
         return classified.verdict, usage
-
-    async def _call(self, pending: Awaitable[_T]) -> _T:
-        """Await an SDK call; openai's errors in our terms."""
-        try:
-            return await pending
-        except openai.OpenAIError as exc:
-            raise translate(exc, base_url=self.client.base_url) from exc
-
-
-def _failure(batch: Batch) -> str:
-    """A batch that ended without results, in one line with its first errors."""
-    errors = batch.errors.data if batch.errors and batch.errors.data else []
-    shown = "; ".join(
-        f"line {e.line}: {e.code}: {e.message}" if e.line else f"{e.code}: {e.message}"
-        for e in errors[:_ERRORS_SHOWN]
-    )
-    more = f" (and {len(errors) - _ERRORS_SHOWN} more)" if len(errors) > _ERRORS_SHOWN else ""
-    what = f": {shown}{more}" if shown else ""
-    return f"batch {batch.id} {batch.status}{what}; nothing was published"

@@ -45,7 +45,8 @@ from consumer.model.build import log_request_params, model_stages, openai_client
 from consumer.model.chat_client import sender
 from consumer.pipeline.publish import Publisher, Topics
 from consumer.settings import Settings
-from consumer.tools.batch_replay import BATCH_POLL_S, BatchProgress, BatchReplayer, QuietBatch
+from consumer.tools.batch_job import BATCH_POLL_S, BatchProgress, QuietBatch
+from consumer.tools.batch_replay import BatchReplayer
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
 from consumer.tools.replay_outcome import MAX_OUTAGE_S, Quiet, Range, ReplayProgress, ReplayResult

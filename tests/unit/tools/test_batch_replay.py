@@ -19,10 +19,11 @@ from consumer.errors import BatchFailed, ConfigError, ProviderUnavailable
 from consumer.pipeline.admit import Admitter
 from consumer.pipeline.publish import Publisher
 from consumer.settings import OversizePolicy, load_settings
+from consumer.tools.batch_job import BatchJob
 from consumer.tools.batch_replay import BatchReplayer
 from consumer.tools.budget import CostBudget
 from consumer.tools.cache import VerdictCache
-from consumer.tools.replay_outcome import Range, ReplayResult, StopReason
+from consumer.tools.replay_outcome import Range, StopReason
 from tests.unit.tools.test_batch_results import classifier
 from tests.unit.tools.test_replay import TOPIC, RangeConsumer
 
@@ -85,27 +86,14 @@ class Progress:
         self.seen.append(f"finished {status}")
 
 
-def replayer(batches: Batches, progress: Progress) -> BatchReplayer:
-    chosen = classifier()
-    replay = BatchReplayer(
-        settings=None,  # type: ignore[arg-type]  # not read while waiting
-        classifier=chosen,
-        admitter=None,  # type: ignore[arg-type]
-        cache=VerdictCache(),
-        publisher=Publisher.__new__(Publisher),
-        budget=CostBudget(None),
-        progress=progress,
-        topic="in",
-        poll_s=0.0,
-        max_outage_s=60.0,
-    )
-    replay.client = type("Client", (), {"batches": batches})()
-    return replay
+def job(batches: Batches, progress: Progress) -> BatchJob:
+    client = type("Client", (), {"batches": batches, "base_url": "http://fake/v1"})()
+    return BatchJob(client, progress, poll_s=0.0, max_outage_s=60.0)
 
 
 async def test_a_batch_that_failed_validation_is_one_line_with_its_first_errors() -> None:
     progress = Progress()
-    waiting = replayer(Batches([batch("failed", errors=7)]), progress)
+    waiting = job(Batches([batch("failed", errors=7)]), progress)
     with pytest.raises(BatchFailed) as caught:
         await waiting.wait(batch("validating"))
     message = str(caught.value)
@@ -118,7 +106,7 @@ async def test_a_batch_that_failed_validation_is_one_line_with_its_first_errors(
 
 @pytest.mark.parametrize("status", ["expired", "cancelled"])
 async def test_an_expired_or_cancelled_batch_is_an_error(status: str) -> None:
-    waiting = replayer(Batches([batch("in_progress"), batch(status)]), Progress())
+    waiting = job(Batches([batch("in_progress"), batch(status)]), Progress())
     with pytest.raises(BatchFailed, match=f"{status}; nothing was published"):
         await waiting.wait(batch("validating"))
 
@@ -130,9 +118,9 @@ async def test_a_failed_poll_is_polled_again_and_the_batch_completes() -> None:
         ProviderUnavailable("502 from the gateway"),
         batch("completed", done=10),
     ]
-    waiting = replayer(Batches(script), progress)
+    waiting = job(Batches(script), progress)
     done = await waiting.wait(batch("validating"))
-    assert done.status == "completed" and waiting.result.batch_id == "batch_completed"
+    assert done.status == "completed" and done.id == "batch_completed"
     assert progress.seen == [
         "validating 0",
         "in_progress 3",
@@ -150,16 +138,24 @@ async def test_a_resumed_replay_finds_only_a_live_batch_with_its_key() -> None:
         batch("in_progress"),
         batch("completed", key="k1"),
     ]
-    finder = replayer(Batches([], listed), Progress())
-    found = await finder._find("k1")
+    finder = job(Batches([], listed), Progress())
+    found = await finder.find("k1")
     assert found is not None and found.id == "batch_completed"
-    assert await finder._find("k2") is None
-    assert isinstance(finder.result, ReplayResult)
+    assert await finder.find("k2") is None
 
 
 def collector(max_cost: float | None) -> BatchReplayer:
     """A batch replay whose range reading is real (round robin over a scripted consumer)."""
-    made = replayer(Batches([]), Progress())
+    made = BatchReplayer(
+        settings=None,  # type: ignore[arg-type]  # set below
+        classifier=classifier(),
+        admitter=None,  # type: ignore[arg-type]
+        cache=VerdictCache(),
+        publisher=Publisher.__new__(Publisher),
+        budget=CostBudget(None),
+        progress=Progress(),
+        topic="in",
+    )
     made.settings = load_settings(openai_api_key="k")
     made.admitter = Admitter(
         model="gpt-4o-mini",
