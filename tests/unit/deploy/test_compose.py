@@ -188,3 +188,15 @@ def test_the_registry_profile_runs_the_apicurio_version_the_tests_build() -> Non
     version = registry["image"].rsplit(":", 1)[1]
     assert registry["image"].startswith("apicurio/apicurio-registry-mem:")
     assert f"<apicurio.version>{version}</apicurio.version>" in pom
+    # modstream reaches it on the compose network, and uses it only when a format asks.
+    env = _env(services["modstream"])
+    internal = registry["ports"][0].split(":")[-1]
+    assert env["MODSTREAM_SCHEMA_REGISTRY_URL"] == (
+        f"http://schema-registry:{internal}/apis/ccompat/v6"
+    )
+    formats = {
+        name: _default(env[f"MODSTREAM_{name.upper()}"])
+        for name in ("input_format", "output_format")
+    }
+    assert formats == {"input_format": "json", "output_format": "json"}
+    Settings.model_validate(formats)  # valid values, and JSON needs no registry
