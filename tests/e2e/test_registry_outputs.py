@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from confluent_kafka.schema_registry._async.avro import AsyncAvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -29,6 +28,7 @@ from pydantic import BaseModel
 
 from consumer.app import serve
 from consumer.errors import PublishRejected
+from consumer.kafka.ranges import read_topics
 from consumer.kafka.registry_outputs import subject
 from consumer.settings import Delivery, OutputFormat
 from consumer.tools.evaluate import run_eval
@@ -81,13 +81,9 @@ def outcomes(summary: Summary) -> dict[tuple[int, int], tuple[str, ...]]:
 
 
 async def raw_values(kafka_bootstrap: str, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    async with consumer:
-        batches = await consumer.getmany(timeout_ms=5000)
-        values = [r.value for records in batches.values() for r in records if r.value]
-    return values
+    """Every committed value of ``topic``, as bytes, up to its end offsets now."""
+    records = read_topics({"bootstrap_servers": kafka_bootstrap}, [topic])
+    return [r.value async for r in records if r.value is not None]
 
 
 async def assert_read_by_confluents_deserializer(
