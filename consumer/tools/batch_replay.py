@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer
 from openai.types import Batch
 
 from consumer.errors import ConfigError, PermanentError
+from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classifier
 from consumer.model.conversation import Call
 from consumer.model.ledger import Tokens
@@ -110,10 +111,13 @@ class BatchReplayer:
         topic: str,
         poll_s: float = BATCH_POLL_S,
         max_outage_s: float = MAX_OUTAGE_S,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         """``poll_s``: seconds between two looks at the batch; ``max_outage_s``: how long the
-        provider may answer no poll (5xx, timeouts) before the replay gives up on it."""
+        provider may answer no poll (5xx, timeouts) before the replay gives up on it;
+        ``registry``: decodes schema-registry input (``MODSTREAM_INPUT_FORMAT`` avro, ...)."""
         self.settings = settings
+        self.registry = registry
         self.classifier = classifier
         self.admitter = admitter
         self.cache = cache
@@ -180,7 +184,7 @@ class BatchReplayer:
         async with aclosing(records):
             async for record in records:
                 envelope = envelope_of(record)
-                item = self._item(envelope)
+                item = await self._item(envelope)
                 # Nothing is settled before the batch is done: WAIT means spent, too.
                 fits = item is None or item.hit is not None or self._reserve(item.worst)
                 if not fits:
@@ -204,10 +208,10 @@ class BatchReplayer:
     def _reserve(self, worst: float) -> bool:
         return self.budget.reserve(worst) is Grant.GRANTED
 
-    def _item(self, envelope: Envelope) -> _Item | None:
+    async def _item(self, envelope: Envelope) -> _Item | None:
         """The record as an item of the replay; None for one dead-lettered (counted here)."""
         try:
-            admitted = admit_record(self.settings, self.admitter, envelope)
+            admitted = await admit_record(self.settings, self.admitter, envelope, self.registry)
         except PermanentError as exc:
             self.result.dead_letters[exc.kind] += 1
             self.result.messages += 1

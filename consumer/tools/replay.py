@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 from consumer.errors import ConfigError
 from consumer.kafka.client import enter_kafka, kafka_options
+from consumer.kafka.registry import SchemaRegistry
 from consumer.kafka.registry_outputs import output_encoder
 from consumer.kafka.topics import create_missing, require_topics, topic_partitions
 from consumer.model.build import log_request_params, model_stages, openai_client
@@ -247,6 +248,11 @@ async def run_replay(
             settings, client, chat=chat, batch_api=request.batch_api
         )
         log_request_params(settings)
+        registry = (
+            await stack.enter_async_context(SchemaRegistry(settings))
+            if settings.input_format.uses_registry
+            else None
+        )
         if request.batch_api and publisher is not None:
             batch = BatchReplayer(
                 settings,
@@ -259,6 +265,7 @@ async def run_replay(
                 topic=request.topic,
                 poll_s=request.batch_poll_s,
                 max_outage_s=request.max_outage_s,
+                registry=registry,
             )
             return await batch.run(consumer, bounds)
         replayer = Replayer(
@@ -271,5 +278,6 @@ async def run_replay(
             progress=progress or Quiet(),
             dry_run=request.dry_run,
             max_outage_s=request.max_outage_s,
+            registry=registry,
         )
         return await replayer.run(consumer, bounds)

@@ -4,9 +4,10 @@ key in the verdict cache. Shared by both ways of replaying."""
 from __future__ import annotations
 
 from consumer.kafka.ranges import Record
+from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classifier
 from consumer.pipeline.admit import Admitted, Admitter
-from consumer.pipeline.decode import decode
+from consumer.pipeline.decode import admissible_value, decode
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.tools.cache import cache_key
@@ -14,14 +15,28 @@ from consumer.tools.cache import cache_key
 __all__ = ["admit_record", "envelope_of", "verdict_key"]
 
 
-def admit_record(settings: Settings, admitter: Admitter, envelope: Envelope) -> Admitted:
+async def admit_record(
+    settings: Settings,
+    admitter: Admitter,
+    envelope: Envelope,
+    registry: SchemaRegistry | None = None,
+) -> Admitted:
     """A record decoded and admitted as the service does; ``PermanentError`` for one that the
-    service would dead-letter (a replay counts it, :attr:`ReplayResult.dead_letters`)."""
-    request = decode(
-        envelope,
-        input_format=settings.input_format,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    service would dead-letter (a replay counts it, :attr:`ReplayResult.dead_letters`).
+
+    ``registry``: decodes avro, protobuf and json_schema input (required for those formats),
+    waiting, as the service does, while the registry is away."""
+    if settings.input_format.uses_registry:
+        if registry is None:
+            raise RuntimeError(f"{settings.input_format} input needs the schema registry")
+        value = admissible_value(envelope, max_message_bytes=settings.max_message_bytes)
+        request = await registry.decode(value)
+    else:
+        request = decode(
+            envelope,
+            input_format=settings.input_format,
+            max_message_bytes=settings.max_message_bytes,
+        )
     return admitter.admit(request)
 
 

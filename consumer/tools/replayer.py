@@ -27,6 +27,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer
 
 from consumer.errors import ModstreamError, PermanentError
+from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classifier
 from consumer.model.ledger import Tokens
 from consumer.model.tokens import chat_prompt_tokens, count_tokens
@@ -72,11 +73,14 @@ class Replayer:
         progress: ReplayProgress,
         dry_run: bool = False,
         max_outage_s: float = MAX_OUTAGE_S,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         """``publisher``: where verdicts and usage go (None: write nothing); ``dry_run``:
         estimate each message's tokens and cost instead of asking the model; ``max_outage_s``:
-        how long the model may be unreachable (nothing answered) before the replay stops."""
+        how long the model may be unreachable (nothing answered) before the replay stops;
+        ``registry``: decodes schema-registry input (``MODSTREAM_INPUT_FORMAT`` avro, ...)."""
         self.settings = settings
+        self.registry = registry
         self.classifier = classifier
         self.admitter = admitter
         self.cache = cache
@@ -138,7 +142,7 @@ class Replayer:
             self._not_replayed(envelope)
             return None
         try:
-            admitted = admit_record(self.settings, self.admitter, envelope)
+            admitted = await admit_record(self.settings, self.admitter, envelope, self.registry)
         except PermanentError as exc:
             return self._dead_letter(exc.kind)
         key = verdict_key(self.classifier, admitted)

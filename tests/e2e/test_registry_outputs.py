@@ -7,7 +7,7 @@ model over HTTP, modstream itself.
   registry holds for its id; the framed runs agree with the JSON run input by input, and
   ``report`` (``summarise``) reads them as it reads JSON.
 - A replay with Avro output registers its own subjects, and ``eval`` reads it against the
-  production run's Avro verdicts.
+  production run's Avro verdicts; a replay of Avro input decodes it through the registry.
 - The real ``modstream consume``, its verdict subject holding a version ours cannot read (a
   field of another type), stops with exit 3 and one line naming the subject and the level,
   before it consumes anything.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,16 @@ from consumer.app import serve
 from consumer.errors import PublishRejected
 from consumer.kafka.ranges import read_topics
 from consumer.kafka.registry_outputs import subject
-from consumer.settings import Delivery, OutputFormat
+from consumer.settings import Delivery, InputFormat, OutputFormat
 from consumer.tools.evaluate import run_eval
 from consumer.tools.replay import ReplayRequest, run_replay
-from consumer.tools.report import Summary
+from consumer.tools.report import Summary, read_events
 from consumer.tools.sample import HARMFUL
 from schemas import DeadLetter, UsageEvent, Verdict
 from schemas.avro import avro_schema
 from tests.e2e.harness import Run, assert_nothing_lost, clean_values, new_run
 from tests.fake_server import fake_openai_server
+from tests.registry_records import AVRO_POST, POST_FIELDS, avro_payload, frame, post
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -208,3 +210,37 @@ async def test_a_replay_writes_avro_and_eval_reads_it_against_an_avro_baseline(
             values = await raw_values(kafka_bootstrap, topic)
             assert values and all(v[:1] == b"\x00" for v in values)
             assert {int.from_bytes(v[1:5], "big") for v in values} == {latest.schema_id}
+
+
+async def test_a_replay_reads_schema_registry_input_as_the_service_does(
+    kafka_bootstrap: str, schema_registry: str
+) -> None:
+    async with AsyncSchemaRegistryClient({"url": schema_registry}) as client:
+        schema_id = await client.register_schema(
+            f"replay-in-{uuid.uuid4().hex[:8]}-value", Schema(json.dumps(AVRO_POST), "AVRO")
+        )
+    texts = [text for _, text in HARMFUL] + ["a calm message about the weather"] * 4
+    framed = [frame(schema_id, avro_payload(post(f"p{i}", t))) for i, t in enumerate(texts)]
+    avro_in = {
+        "input_format": InputFormat.AVRO,
+        "schema_registry_url": schema_registry,
+        "input_fields": POST_FIELDS,
+    }
+    with fake_openai_server(latency_ms=2, seed=11) as url:
+        run = new_run(kafka_bootstrap, url, partitions=2)
+        await run.create_topics()
+        await run.produce([*framed, b'{"id": "not framed", "text": "json"}'])
+        settings = run.settings(**avro_in)
+        dry = await run_replay(
+            settings, ReplayRequest(topic=run.input_topic, to_topic="unused", dry_run=True)
+        )
+        real = await run_replay(
+            settings, ReplayRequest(topic=run.input_topic, to_topic=f"{run.name}.eval")
+        )
+    for result in (dry, real):
+        # Every framed record decoded through the registry; the unframed one a decode dead letter.
+        assert result.dead_letters == {"decode": 1}, result.dead_letters
+    assert real.verdicts == len(texts)
+    replayed = await read_events(run.settings(), f"{run.name}.eval", Verdict)
+    assert sorted(v.content_id for v in replayed) == sorted(f"p{i}" for i in range(len(texts)))
+    assert any(v.flagged for v in replayed)
