@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import fastavro
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas import (
     SCHEMA_VERSION,
@@ -23,6 +25,7 @@ from schemas import (
     Verdict,
     make_event_id,
 )
+from schemas.avro import avro_schema
 from schemas.export import JSON_DIR, MODELS, OUTPUT_MODELS, schema_files
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -240,3 +243,32 @@ def test_request_schema_offers_both_image_forms_and_verdict_has_category_inputs(
     verdict = json.loads(files[f"Verdict.v{SCHEMA_VERSION}.schema.json"])
     assert "category_inputs" not in verdict["required"]
     assert _verdict().category_inputs == {}
+
+
+@pytest.mark.parametrize("model", OUTPUT_MODELS, ids=lambda m: m.__name__)
+def test_avro_schemas_carry_every_field_and_every_default_of_the_model(
+    model: type[BaseModel],
+) -> None:
+    schema = avro_schema(model)
+    fastavro.parse_schema(schema)  # valid Avro
+    fields = {f["name"]: f for f in schema["fields"]}
+    assert list(fields) == list(model.model_fields)  # all of them, in the model's order
+    for name, info in model.model_fields.items():
+        if not info.is_required():
+            # A reader of a newer version fills it in for records written without it.
+            assert "default" in fields[name], name
+            default = info.get_default(call_default_factory=True)
+            assert fields[name]["default"] == (
+                default.value if hasattr(default, "value") else default
+            )
+
+
+def test_a_json_schema_node_with_no_avro_type_is_refused_by_name() -> None:
+    class Odd(BaseModel):
+        anything: Any  # a JSON Schema node with no type to map
+
+    with pytest.raises(
+        ValueError,
+        match=r"no Avro type for the JSON Schema node \{'title': 'Anything'\} \(at OddAnything\)",
+    ):
+        avro_schema(Odd)
