@@ -23,7 +23,7 @@ from consumer import __version__
 from consumer.errors import ConfigError, first_fatal
 from consumer.kafka.client import enter_kafka, kafka_options
 from consumer.kafka.pacing import pace_metadata_refresh
-from consumer.kafka.registry import SchemaRegistry
+from consumer.kafka.registry import enter_input_registry
 from consumer.kafka.registry_outputs import output_encoder, service_outputs
 from consumer.kafka.topics import MAX_REQUEST_BYTES, check_topics, output_limits
 from consumer.model.build import batcher, log_request_params, model_stages, openai_client
@@ -139,9 +139,7 @@ async def serve(
             # Room for the record's framing and our headers, which the size check counts too.
             dead_letter_max_bytes=limits[topics.dead_letters] - 2 * RECORD_OVERHEAD_BYTES,
             shadow=shadow,
-            registry=await stack.enter_async_context(SchemaRegistry(settings))
-            if settings.input_format.uses_registry
-            else None,
+            registry=await enter_input_registry(stack, settings),
             tracing=traces,
         )
         pipeline = Pipeline(

@@ -18,12 +18,11 @@ or list defaults to empty, so a field added later with a default stays BACKWARD 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["NAMESPACE", "avro_schema", "avro_schema_text"]
+__all__ = ["NAMESPACE", "avro_schema"]
 
 #: The namespace of every named type (records and enums) we generate.
 NAMESPACE = "dev.modstream.v1"
@@ -35,11 +34,6 @@ def avro_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The Avro schema of ``model``'s serialized form (its ``model_dump(mode="python")``)."""
     source = model.model_json_schema(mode="serialization")
     return _Converter(source.get("$defs", {})).record(model.__name__, source)
-
-
-def avro_schema_text(model: type[BaseModel]) -> str:
-    """:func:`avro_schema` as the canonical text registered and checked in (sorted keys)."""
-    return json.dumps(avro_schema(model), sort_keys=True)
 
 
 class _Converter:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any, Self
 
 import fastavro
@@ -54,7 +55,14 @@ from consumer.retry import retried
 from consumer.settings import InputFormat, Settings
 from schemas import ModerationRequest
 
-__all__ = ["SchemaRegistry", "fetch_schema", "is_unavailable", "registry_client", "said"]
+__all__ = [
+    "SchemaRegistry",
+    "enter_input_registry",
+    "fetch_schema",
+    "is_unavailable",
+    "registry_client",
+    "said",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -192,6 +200,14 @@ class SchemaRegistry:
             raise DecodeError(
                 f"schema id {schema_id} is not a usable {schema_type} schema ({type(exc).__name__})"
             ) from None
+
+
+async def enter_input_registry(stack: AsyncExitStack, settings: Settings) -> SchemaRegistry | None:
+    """The decoder ``MODSTREAM_INPUT_FORMAT`` needs, closed with ``stack``; None for json
+    and text, which need none."""
+    if not settings.input_format.uses_registry:
+        return None
+    return await stack.enter_async_context(SchemaRegistry(settings))
 
 
 def _protobuf_reader(file: FileDescriptor) -> Reader:

@@ -46,7 +46,7 @@ from consumer.pipeline.encode import Encoder, JsonEncoder, RegistryEncoder, Topi
 from consumer.pipeline.registry_decode import parse_framed
 from consumer.settings import OutputFormat, Settings
 from schemas import DeadLetter, UsageEvent, Verdict
-from schemas.avro import avro_schema, avro_schema_text
+from schemas.avro import avro_schema
 from schemas.export import json_schema_text
 
 __all__ = [
@@ -86,11 +86,14 @@ def service_outputs(settings: Settings) -> dict[str, type[BaseModel]]:
     return outputs
 
 
-def output_schema(output_format: OutputFormat, model: type[BaseModel]) -> Schema:
-    """The schema ``model``'s records are written with, as the registry takes it."""
+def output_schema(output_format: OutputFormat, model: type[BaseModel]) -> tuple[Schema, Any]:
+    """The schema ``model``'s records are written with, as the registry takes it, and parsed
+    for fastavro (None: the records are JSON)."""
     if output_format is OutputFormat.AVRO:
-        return Schema(avro_schema_text(model), "AVRO")
-    return Schema(json_schema_text(model), "JSON")
+        definition = avro_schema(model)
+        text = json.dumps(definition, sort_keys=True)
+        return Schema(text, "AVRO"), fastavro.parse_schema(definition)
+    return Schema(json_schema_text(model), "JSON"), None
 
 
 async def output_encoder(settings: Settings, models: Mapping[str, type[BaseModel]]) -> Encoder:
@@ -106,14 +109,11 @@ async def output_encoder(settings: Settings, models: Mapping[str, type[BaseModel
     client = registry_client(settings)
     try:
         for topic, model in models.items():
-            schema = output_schema(output_format, model)
+            schema, parsed = output_schema(output_format, model)
             schema_id = await _answered(
                 settings, partial(_register, client, subject(topic), schema, level)
             )
-            parsed = avro_schema(model) if output_format is OutputFormat.AVRO else None
-            schemas[topic] = TopicSchema(
-                schema_id, None if parsed is None else fastavro.parse_schema(parsed)
-            )
+            schemas[topic] = TopicSchema(schema_id, parsed)
             log.info(
                 "output schema registered",
                 subject=subject(topic),

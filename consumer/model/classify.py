@@ -71,7 +71,7 @@ from consumer.model.reply_format import ReplyFormat, ResponseFormats
 from consumer.model.request_params import RequestParams
 from consumer.model.tier import applied_inputs, moderation_scores, send_moderation
 from consumer.model.tokens import count_tokens
-from consumer.model.verdicts import VerdictFactory, triage
+from consumer.model.verdicts import Triage, VerdictFactory, triage
 from consumer.model.watches import RejectionWatch
 from consumer.ops.metrics import Metrics
 from consumer.pipeline.admit import Admitted
@@ -274,10 +274,8 @@ class Classifier:
             return Classified(None, failure, call.usage)
         record(UsageOutcome.OK, tokens, started)
         seen = triage(completion.choices[0])
-        if seen.declined is not None:
-            outcome, reason = seen.declined
-            self.ledger.reply_problem([call], outcome)
-            return Classified(self.verdicts.refused(call, reason), None, call.usage)
+        if (refused := self._refused(call, seen)) is not None:
+            return refused
         if seen.cut:
             self.ledger.reply_problem([call], UsageOutcome.LENGTH)
             problem = (
@@ -292,6 +290,14 @@ class Classifier:
             return Classified(None, failure, call.usage)
         self._used(call, reading, 0)
         return Classified(self.verdicts.from_reply(call, reading.reply), None, call.usage)
+
+    def _refused(self, call: Call, seen: Triage) -> Classified | None:
+        """A refused or filtered reply as its verdict (counted in the ledger); None otherwise."""
+        if seen.declined is None:
+            return None
+        outcome, reason = seen.declined
+        self.ledger.reply_problem([call], outcome)
+        return Classified(self.verdicts.refused(call, reason), None, call.usage)
 
     async def chat(self, call: Call) -> Classified:
         """Ask the chat model (repairing, lengthening) until a verdict or a permanent failure."""
@@ -309,10 +315,8 @@ class Classifier:
                     raise misconfigured from exc
                 return Classified(None, exc, call.usage)
             seen = triage(completion.choices[0])
-            if seen.declined is not None:
-                outcome, reason = seen.declined
-                self.ledger.reply_problem([call], outcome)
-                return Classified(self.verdicts.refused(call, reason), None, call.usage)
+            if (refused := self._refused(call, seen)) is not None:
+                return refused
             if seen.cut:
                 self.ledger.reply_problem([call], UsageOutcome.LENGTH)
                 if not lengthened:

@@ -36,7 +36,7 @@ import json
 import math
 import re
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -46,7 +46,14 @@ from consumer.pipeline.source import Envelope
 from consumer.settings import InputFormat
 from schemas import ModerationRequest
 
-__all__ = ["admissible_value", "decode", "describe_request_errors", "is_blank"]
+__all__ = [
+    "FramedDecoder",
+    "admissible_value",
+    "decode",
+    "decode_record",
+    "describe_request_errors",
+    "is_blank",
+]
 
 #: Characters that carry no content: Unicode whitespace, NUL, and zero-width format marks.
 _BLANK = (
@@ -92,6 +99,32 @@ def decode(
         raise DecodeError(
             f"unexpected decode failure ({type(exc).__name__}); this is a modstream bug"
         ) from exc
+
+
+class FramedDecoder(Protocol):
+    """Decodes a schema-registry record (:class:`consumer.kafka.registry.SchemaRegistry`)."""
+
+    async def decode(self, value: bytes) -> ModerationRequest:
+        """The request, DecodeError, or waits while the registry is away."""
+        ...
+
+
+async def decode_record(
+    envelope: Envelope,
+    *,
+    input_format: InputFormat,
+    max_message_bytes: int,
+    registry: FramedDecoder | None,
+) -> ModerationRequest:
+    """One record in any input format: ``decode`` for json and text, the schema ``registry``
+    for avro, protobuf and json_schema (which it needs), after the same size check."""
+    if not input_format.uses_registry:
+        return decode(envelope, input_format=input_format, max_message_bytes=max_message_bytes)
+    if registry is None:
+        raise RuntimeError(f"{input_format} input needs the schema registry")
+    value = admissible_value(envelope, max_message_bytes=max_message_bytes)
+    # Waits (retrying) while the registry is away: an outage is no dead letter.
+    return await registry.decode(value)
 
 
 def admissible_value(envelope: Envelope, *, max_message_bytes: int) -> bytes:

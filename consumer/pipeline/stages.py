@@ -29,7 +29,7 @@ from consumer.ops.metrics import Metrics
 from consumer.ops.tracing import OFF, Tracing
 from consumer.pipeline.admit import Admitted, Admitter, admit_off_loop
 from consumer.pipeline.dead_letter import Stage, dead_letter
-from consumer.pipeline.decode import admissible_value, decode
+from consumer.pipeline.decode import decode_record
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.publish import Publisher
 from consumer.pipeline.source import Envelope
@@ -94,16 +94,12 @@ class Stages:
         settings = self.settings
         stage: Stage = "decode"
         try:
-            if self.registry is None:
-                request = decode(
-                    envelope,
-                    input_format=settings.input_format,
-                    max_message_bytes=settings.max_message_bytes,
-                )
-            else:
-                # Waits (retrying) while the registry is away: an outage is no dead letter.
-                value = admissible_value(envelope, max_message_bytes=settings.max_message_bytes)
-                request = await self.registry.decode(value)
+            request = await decode_record(
+                envelope,
+                input_format=settings.input_format,
+                max_message_bytes=settings.max_message_bytes,
+                registry=self.registry,
+            )
             stage = "admit"
             admitted = await admit_off_loop(self.admitter, request)
             log.debug("classifying", content=admitted.text, tokens=admitted.content_tokens)

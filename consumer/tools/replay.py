@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from consumer.errors import ConfigError
 from consumer.kafka.client import enter_kafka, kafka_options
-from consumer.kafka.registry import SchemaRegistry
+from consumer.kafka.registry import enter_input_registry
 from consumer.kafka.registry_outputs import output_encoder
 from consumer.kafka.topics import create_missing, require_topics, topic_partitions
 from consumer.model.build import log_request_params, model_stages, openai_client
@@ -248,11 +248,7 @@ async def run_replay(
             settings, client, chat=chat, batch_api=request.batch_api
         )
         log_request_params(settings)
-        registry = (
-            await stack.enter_async_context(SchemaRegistry(settings))
-            if settings.input_format.uses_registry
-            else None
-        )
+        registry = await enter_input_registry(stack, settings)
         if request.batch_api and publisher is not None:
             batch = BatchReplayer(
                 settings,

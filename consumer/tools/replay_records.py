@@ -7,7 +7,7 @@ from consumer.kafka.ranges import Record
 from consumer.kafka.registry import SchemaRegistry
 from consumer.model.classify import Classifier
 from consumer.pipeline.admit import Admitted, Admitter
-from consumer.pipeline.decode import admissible_value, decode
+from consumer.pipeline.decode import decode_record
 from consumer.pipeline.source import Envelope
 from consumer.settings import Settings
 from consumer.tools.cache import cache_key
@@ -26,17 +26,12 @@ async def admit_record(
 
     ``registry``: decodes avro, protobuf and json_schema input (required for those formats),
     waiting, as the service does, while the registry is away."""
-    if settings.input_format.uses_registry:
-        if registry is None:
-            raise RuntimeError(f"{settings.input_format} input needs the schema registry")
-        value = admissible_value(envelope, max_message_bytes=settings.max_message_bytes)
-        request = await registry.decode(value)
-    else:
-        request = decode(
-            envelope,
-            input_format=settings.input_format,
-            max_message_bytes=settings.max_message_bytes,
-        )
+    request = await decode_record(
+        envelope,
+        input_format=settings.input_format,
+        max_message_bytes=settings.max_message_bytes,
+        registry=registry,
+    )
     return admitter.admit(request)
 
 
