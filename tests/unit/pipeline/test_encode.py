@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from typing import Any
 
 import fastavro
@@ -13,8 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from consumer.errors import PublishRejected
+from consumer.errors import DecodeError, PublishRejected
+from consumer.pipeline.dead_letter import dead_letter
 from consumer.pipeline.encode import JsonEncoder, RegistryEncoder, TopicSchema, frame
+from consumer.pipeline.publish import RECORD_OVERHEAD_BYTES
+from consumer.pipeline.source import Envelope
 from schemas import CategoryScore, DeadLetter, UsageEvent, Verdict
 from schemas.avro import avro_schema
 from schemas.export import json_schema_text
@@ -121,3 +125,21 @@ def test_json_schema_values_are_framed_json_valid_under_the_registered_schema() 
 def test_a_topic_without_a_registered_schema_is_a_wiring_bug_not_a_dead_letter() -> None:
     with pytest.raises(RuntimeError, match="no registered schema for output topic 'other'"):
         AVRO.encode("other", SAMPLES[Verdict])
+
+
+@pytest.mark.parametrize("size", [999_000, 2_000_000])
+def test_a_dead_letter_cut_to_the_topics_limit_still_fits_once_framed_as_avro(size: int) -> None:
+    # Dead letters are cut by their JSON size (consumer.pipeline.dead_letter.fit); Avro must
+    # never be the larger, or a dead letter near the 1 MB limit would be refused by the broker.
+    limit = 1_000_000 - 2 * RECORD_OVERHEAD_BYTES
+    value = random.Random(size).randbytes(size)
+    envelope = Envelope("in", 0, 7, b"k", value, (("traceparent", b"00-ab-cd-01"),), 1)
+    dead = dead_letter(
+        envelope, DecodeError("not JSON"), stage="decode", policy_version="p1", max_bytes=limit
+    )
+    json_size = len(dead.model_dump_json().encode())
+    assert limit - 4096 <= json_size <= limit  # near the limit, as the real record would be
+    avro = AVRO.encode("DeadLetter", dead)
+    assert len(avro) <= json_size
+    _, back = read_avro(avro, DeadLetter)
+    assert back == dead
